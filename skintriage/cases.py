@@ -1,0 +1,503 @@
+"""The case service: every change to users and cases goes through these functions.
+
+State changes that two processes could race on (claiming a case for processing, claiming its
+reply for delivery) are single conditional UPDATEs, so a redelivered or duplicated job can never
+produce a second answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from skintriage.exceptions import CaseNotFound, RateLimited, TooManyInFlight
+from skintriage.models import AuditEvent, Case, CaseStatus, OutboxMessage, ProcessedUpdate, User, utcnow
+from skintriage.storage import ImageStore, StoredImage
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = (CaseStatus.DONE, CaseStatus.REJECTED, CaseStatus.FAILED)
+OPEN_STATUSES = (CaseStatus.RECEIVED, CaseStatus.QUEUED, CaseStatus.PROCESSING)
+
+
+def worker_identity() -> str:
+    """host:pid of this process, recorded on the cases it processes."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_is_dead(owner: str | None) -> bool:
+    """True when the owner ran on this host and its process no longer exists."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+# --- patients -------------------------------------------------------------------------------
+
+
+def get_user(*, session: Session, telegram_user_id: int) -> User | None:
+    """The patient with this Telegram id, if known."""
+    return session.scalar(select(User).where(User.telegram_user_id == telegram_user_id))
+
+
+def get_or_create_user(*, session: Session, telegram_user_id: int, chat_id: int, language: str) -> User:
+    """Find the patient or create them (without consent) and flush."""
+    user = get_user(session=session, telegram_user_id=telegram_user_id)
+    if user is not None:
+        if user.chat_id != chat_id:
+            user.chat_id = chat_id
+        return user
+    user = User(telegram_user_id=telegram_user_id, chat_id=chat_id, language=language)
+    try:
+        with session.begin_nested():
+            session.add(user)
+    except IntegrityError:
+        # Another update for the same patient created it concurrently.
+        user = get_user(session=session, telegram_user_id=telegram_user_id)
+        if user is None:
+            raise
+    return user
+
+
+def record_consent(*, session: Session, user: User) -> None:
+    """Store the time the patient consented."""
+    user.consent_at = utcnow()
+    audit(session=session, actor="patient", action="consent.given", detail={"user_id": user.id})
+
+
+def set_language(*, session: Session, user: User, language: str) -> None:
+    """Change the patient's language."""
+    user.language = language
+
+
+def mark_update_processed(*, session: Session, update_id: int) -> bool:
+    """Remember a Telegram update id; False when it was seen before (a repeated delivery)."""
+    try:
+        with session.begin_nested():
+            session.add(ProcessedUpdate(update_id=update_id))
+    except IntegrityError:
+        return False
+    return True
+
+
+# --- intake ---------------------------------------------------------------------------------
+
+
+def check_intake_limits(
+    *, session: Session, user: User, rate_limit: int, window_s: int, max_in_flight: int, now: datetime | None = None
+) -> None:
+    """Raise RateLimited or TooManyInFlight when the patient must wait before sending another photo."""
+    now = now or utcnow()
+    since = now - timedelta(seconds=window_s)
+    recent = session.scalars(
+        select(Case.received_at).where(Case.user_id == user.id, Case.received_at >= since).order_by(Case.received_at)
+    ).all()
+    if len(recent) >= rate_limit:
+        oldest = recent[len(recent) - rate_limit]
+        retry = int((oldest + timedelta(seconds=window_s) - now).total_seconds()) + 1
+        raise RateLimited(max(retry, 1))
+    in_flight = session.scalar(
+        select(func.count()).select_from(Case).where(Case.user_id == user.id, Case.status.in_(OPEN_STATUSES))
+    )
+    if (in_flight or 0) >= max_in_flight:
+        raise TooManyInFlight(f"{in_flight} cases are still being analysed")
+
+
+def find_recent_duplicate(
+    *, session: Session, user: User, sha256: str, window_s: int, now: datetime | None = None
+) -> Case | None:
+    """The patient's case for the same photo within the window, to reuse instead of a new case."""
+    now = now or utcnow()
+    return session.scalar(
+        select(Case)
+        .where(
+            Case.user_id == user.id,
+            Case.image_sha256 == sha256,
+            Case.received_at >= now - timedelta(seconds=window_s),
+        )
+        .order_by(Case.id.desc())
+        .limit(1)
+    )
+
+
+def create_case(
+    *,
+    session: Session,
+    user: User,
+    image: StoredImage,
+    width: int | None = None,
+    height: int | None = None,
+    update_id: int | None = None,
+    message_id: int | None = None,
+    file_unique_id: str | None = None,
+) -> Case:
+    """Create a case for a stored photo (status received) and flush to get its number."""
+    case = Case(
+        user_id=user.id,
+        status=CaseStatus.RECEIVED,
+        language=user.language,
+        image_key=image.key,
+        image_sha256=image.sha256,
+        image_bytes=image.size,
+        image_width=width,
+        image_height=height,
+        source_update_id=update_id,
+        source_message_id=message_id,
+        telegram_file_unique_id=file_unique_id,
+        quality_flags=[],
+        model_versions={},
+        timings_ms={},
+    )
+    session.add(case)
+    session.flush()
+    audit(session=session, actor="patient", action="case.received", case_id=case.id)
+    return case
+
+
+def get_case(*, session: Session, case_id: int) -> Case | None:
+    """A case by id (worker and console use; never from patient input)."""
+    return session.get(Case, case_id)
+
+
+def get_user_case(*, session: Session, user: User, case_id: int) -> Case:
+    """The patient's own case; CaseNotFound for anyone else's, so ids cannot be probed."""
+    case = session.scalar(select(Case).where(Case.id == case_id, Case.user_id == user.id))
+    if case is None:
+        raise CaseNotFound(f"no case {case_id} for this patient")
+    return case
+
+
+def history(*, session: Session, user: User, limit: int = 10) -> list[Case]:
+    """The patient's latest cases, newest first."""
+    return list(
+        session.scalars(select(Case).where(Case.user_id == user.id).order_by(Case.id.desc()).limit(limit)).all()
+    )
+
+
+# --- queueing and processing ----------------------------------------------------------------
+
+
+def mark_queued(*, session: Session, case_id: int) -> None:
+    """Record that the job was handed to the broker."""
+    session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.status.in_((CaseStatus.RECEIVED, CaseStatus.QUEUED)))
+        .values(status=CaseStatus.QUEUED, queued_at=utcnow())
+    )
+
+
+def mark_acknowledged(*, session: Session, case_id: int, message_id: int | None) -> None:
+    """Record that the patient was told the photo was received."""
+    session.execute(update(Case).where(Case.id == case_id).values(acknowledged_at=utcnow(), ack_message_id=message_id))
+
+
+class Claim(StrEnum):
+    """Outcome of trying to take a case for processing."""
+
+    CLAIMED = "claimed"
+    FINISHED = "finished"  # already done/rejected/failed: nothing to do
+    BUSY = "busy"  # a live worker holds it
+    EXHAUSTED = "exhausted"  # the attempt cap was reached; the case is now failed
+    MISSING = "missing"  # deleted (e.g. the patient used /delete)
+
+
+@dataclass
+class ClaimResult:
+    """A claim and the case row as it is after it."""
+
+    outcome: Claim
+    case: Case | None
+
+
+def claim_for_processing(
+    *, session: Session, case_id: int, max_attempts: int, stale_after_s: int, owner: str | None = None
+) -> ClaimResult:
+    """Atomically take a case for processing, counting the attempt; commit before returning."""
+    owner = owner or worker_identity()
+    now = utcnow()
+    stale = now - timedelta(seconds=stale_after_s)
+    case = session.get(Case, case_id)
+    if case is None:
+        return ClaimResult(Claim.MISSING, None)
+    if case.status in FINAL_STATUSES:
+        return ClaimResult(Claim.FINISHED, case)
+    reclaimable = or_(
+        Case.status.in_((CaseStatus.RECEIVED, CaseStatus.QUEUED)),
+        and_(Case.status == CaseStatus.PROCESSING, Case.started_at < stale),
+    )
+    if case.status == CaseStatus.PROCESSING and _owner_is_dead(case.processing_owner):
+        # The worker that held it died on this host (e.g. SIGKILL); take it over now.
+        reclaimable = or_(reclaimable, Case.processing_owner == case.processing_owner)
+    if case.attempts >= max_attempts:
+        if case.status == CaseStatus.PROCESSING and not (
+            _owner_is_dead(case.processing_owner) or (case.started_at and case.started_at < stale)
+        ):
+            return ClaimResult(Claim.BUSY, case)
+        mark_failed(session=session, case_id=case_id, error_code="attempts_exhausted")
+        session.commit()
+        session.refresh(case)
+        return ClaimResult(Claim.EXHAUSTED, case)
+    result = session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.attempts < max_attempts, reclaimable)
+        .values(
+            status=CaseStatus.PROCESSING,
+            started_at=now,
+            processing_owner=owner,
+            attempts=Case.attempts + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    session.refresh(case)
+    if result.rowcount == 1:
+        return ClaimResult(Claim.CLAIMED, case)
+    if case.status in FINAL_STATUSES:
+        return ClaimResult(Claim.FINISHED, case)
+    return ClaimResult(Claim.BUSY, case)
+
+
+def release_for_retry(*, session: Session, case_id: int, owner: str | None = None) -> None:
+    """Give a case back to the queue after a transient error (the attempt stays counted)."""
+    owner = owner or worker_identity()
+    session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
+        .values(status=CaseStatus.QUEUED, processing_owner=None, queued_at=utcnow())
+    )
+
+
+def save_result(
+    *,
+    session: Session,
+    case_id: int,
+    status: CaseStatus,
+    fields: dict[str, Any],
+    owner: str | None = None,
+) -> bool:
+    """Store the pipeline's result and finish the case; False when another worker finished it first."""
+    allowed = {
+        "tier",
+        "label",
+        "prob_mel",
+        "prob_nv",
+        "prob_other",
+        "mel_threshold",
+        "lesion_area_px",
+        "lesion_diameter_px",
+        "quality_flags",
+        "retake_reason",
+        "mask_key",
+        "overlay_key",
+        "heatmap_key",
+        "model_versions",
+        "timings_ms",
+        "demo_model",
+        "error_code",
+        "image_width",
+        "image_height",
+    }
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown result fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if status not in (CaseStatus.DONE, CaseStatus.REJECTED):
+        raise ValueError("save_result finishes a case as done or rejected; use mark_failed for failures")
+    owner = owner or worker_identity()
+    result = session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
+        .values(status=status, finished_at=utcnow(), **fields)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def mark_failed(*, session: Session, case_id: int, error_code: str) -> None:
+    """Finish a case as failed with a code (the patient is told; operators see the code)."""
+    session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.status.in_(OPEN_STATUSES))
+        .values(status=CaseStatus.FAILED, finished_at=utcnow(), error_code=error_code)
+        .execution_options(synchronize_session=False)
+    )
+    audit(session=session, actor="system", action="case.failed", case_id=case_id, detail={"error_code": error_code})
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+
+def claim_delivery(*, session: Session, case_id: int, lease_s: int = 120) -> Case | None:
+    """Atomically take the right to send a finished case's answer; None if sent or held by someone else."""
+    now = utcnow()
+    result = session.execute(
+        update(Case)
+        .where(
+            Case.id == case_id,
+            Case.status.in_(FINAL_STATUSES),
+            Case.delivered_at.is_(None),
+            or_(Case.delivery_claimed_at.is_(None), Case.delivery_claimed_at < now - timedelta(seconds=lease_s)),
+        )
+        .values(delivery_claimed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    case = session.get(Case, case_id)
+    if case is not None:
+        session.refresh(case)
+    return case
+
+
+def release_delivery(*, session: Session, case_id: int) -> None:
+    """Let another attempt send the answer (after a failed send)."""
+    session.execute(
+        update(Case).where(Case.id == case_id, Case.delivered_at.is_(None)).values(delivery_claimed_at=None)
+    )
+
+
+def mark_delivered(*, session: Session, case_id: int, message_id: int | None, text: str) -> None:
+    """Record that the answer reached Telegram and exactly what it said."""
+    session.execute(
+        update(Case)
+        .where(Case.id == case_id)
+        .values(delivered_at=utcnow(), reply_message_id=message_id, reply_text=text)
+        .execution_options(synchronize_session=False)
+    )
+    audit(session=session, actor="system", action="case.delivered", case_id=case_id)
+
+
+def mark_delay_notice(*, session: Session, case_id: int) -> None:
+    """Record that the patient was told their answer is delayed."""
+    session.execute(update(Case).where(Case.id == case_id).values(delay_notice_at=utcnow()))
+
+
+# --- sweeping and retention -----------------------------------------------------------------
+
+
+@dataclass
+class SweepPlan:
+    """What the sweeper should re-enqueue."""
+
+    to_process: list[int]
+    to_deliver: list[int]
+    outbox: list[int]
+
+
+def find_stuck(*, session: Session, stuck_after_s: int, now: datetime | None = None) -> SweepPlan:
+    """Cases lost between steps: never queued, queued or processing too long, or finished but unanswered."""
+    now = now or utcnow()
+    old = now - timedelta(seconds=stuck_after_s)
+    to_process = session.scalars(
+        select(Case.id).where(
+            or_(
+                and_(Case.status == CaseStatus.RECEIVED, Case.received_at < now - timedelta(seconds=5)),
+                and_(Case.status == CaseStatus.QUEUED, Case.queued_at < old),
+                and_(Case.status == CaseStatus.PROCESSING, Case.started_at < old),
+            )
+        )
+    ).all()
+    to_deliver = session.scalars(
+        select(Case.id).where(
+            Case.status.in_(FINAL_STATUSES),
+            Case.delivered_at.is_(None),
+            Case.finished_at < now - timedelta(seconds=min(stuck_after_s, 30)),
+            or_(Case.delivery_claimed_at.is_(None), Case.delivery_claimed_at < old),
+        )
+    ).all()
+    outbox = session.scalars(
+        select(OutboxMessage.id).where(
+            OutboxMessage.sent_at.is_(None),
+            OutboxMessage.created_at < now - timedelta(seconds=min(stuck_after_s, 30)),
+            or_(OutboxMessage.claimed_at.is_(None), OutboxMessage.claimed_at < old),
+        )
+    ).all()
+    return SweepPlan(list(to_process), list(to_deliver), list(outbox))
+
+
+def purge_expired_images(
+    *, session: Session, store: ImageStore, retention_days: int, now: datetime | None = None
+) -> int:
+    """Delete images of cases older than the retention period; keep the case records. Returns cases purged."""
+    now = now or utcnow()
+    cutoff = now - timedelta(days=retention_days)
+    expired = session.scalars(select(Case).where(Case.received_at < cutoff, Case.images_deleted_at.is_(None))).all()
+    purged = 0
+    for case in expired:
+        for attr in ("image_key", "mask_key", "overlay_key", "heatmap_key"):
+            key = getattr(case, attr)
+            if key is None:
+                continue
+            # Content-addressed: a younger case may hold the same bytes; keep them for it.
+            shared = session.scalar(
+                select(func.count())
+                .select_from(Case)
+                .where(
+                    Case.id != case.id,
+                    Case.images_deleted_at.is_(None),
+                    Case.received_at >= cutoff,
+                    or_(Case.image_key == key, Case.mask_key == key, Case.overlay_key == key, Case.heatmap_key == key),
+                )
+            )
+            if not shared:
+                store.delete(key)
+            setattr(case, attr, None)
+        case.images_deleted_at = now
+        purged += 1
+    if purged:
+        audit(session=session, actor="system", action="retention.purge", detail={"cases": purged})
+    return purged
+
+
+def delete_user_data(*, session: Session, store: ImageStore, user: User) -> int:
+    """Remove a patient's images, cases and profile (the /delete command). Returns cases deleted."""
+    cases = session.scalars(select(Case).where(Case.user_id == user.id)).all()
+    keys = {k for c in cases for k in (c.image_key, c.mask_key, c.overlay_key, c.heatmap_key) if k}
+    case_ids = [c.id for c in cases]
+    for key in keys:
+        others = session.scalar(
+            select(func.count())
+            .select_from(Case)
+            .where(
+                Case.user_id != user.id,
+                or_(Case.image_key == key, Case.mask_key == key, Case.overlay_key == key, Case.heatmap_key == key),
+            )
+        )
+        if not others:
+            store.delete(key)
+    session.execute(delete(OutboxMessage).where(OutboxMessage.user_id == user.id))
+    session.execute(delete(Case).where(Case.user_id == user.id))
+    session.delete(user)
+    audit(session=session, actor="patient", action="patient.deleted", detail={"cases": len(case_ids)})
+    return len(case_ids)
+
+
+def audit(
+    *,
+    session: Session,
+    actor: str,
+    action: str,
+    case_id: int | None = None,
+    operator_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append an audit event (ids only: no names, no images, no message text)."""
+    session.add(AuditEvent(actor=actor, action=action, case_id=case_id, operator_id=operator_id, detail=detail or {}))

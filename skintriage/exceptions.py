@@ -1,0 +1,54 @@
+"""The domain's errors.
+
+SkinTriageError
+ +-- ConfigurationError   settings that cannot work (placeholder secret outside the demo, bad URL)
+ +-- StorageError         the image store failed to read or write
+ |    +-- ImageNotFound   no object under that key (deleted by retention or by the patient)
+ |    +-- InvalidKey      a key that is not one of ours (path traversal, odd characters)
+ +-- CaseError            a case cannot move to the requested state
+      +-- CaseNotFound    no such case for this patient
+      +-- RateLimited     the patient sent too many photos; `retry_after_s` says when to try again
+      +-- TooManyInFlight the patient already has the maximum number of cases being analysed
+"""
+
+from __future__ import annotations
+
+
+class SkinTriageError(Exception):
+    """Base class of the domain's errors."""
+
+
+class ConfigurationError(SkinTriageError):
+    """Settings that cannot work; the message says which variable to change."""
+
+
+class StorageError(SkinTriageError):
+    """The image store failed."""
+
+
+class ImageNotFound(StorageError):
+    """No image under that key."""
+
+
+class InvalidKey(StorageError):
+    """A storage key that is not content-addressed by us."""
+
+
+class CaseError(SkinTriageError):
+    """A case cannot do what was asked."""
+
+
+class CaseNotFound(CaseError):
+    """No such case for this patient."""
+
+
+class RateLimited(CaseError):
+    """Too many photos in the rate window."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"rate limit reached; try again in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class TooManyInFlight(CaseError):
+    """Too many of the patient's cases are still being analysed."""

@@ -1,0 +1,248 @@
+"""SQLAlchemy 2 models: the only description of the schema (migrations are generated from it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Aware current time in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC; always returns aware datetimes (SQLite drops the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use skintriage.models.utcnow()")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention so migrations get stable constraint names."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class CaseStatus(StrEnum):
+    """Life of a case: queued -> processing -> done | rejected | failed."""
+
+    RECEIVED = "received"  # stored, not yet handed to the broker (broker down): the sweeper enqueues it
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    REJECTED = "rejected"  # the photo was unusable (RETAKE); the patient got the reason
+    FAILED = "failed"  # gave up (attempt cap, model missing); the patient was told
+
+
+class OperatorRole(StrEnum):
+    """What an operator may do in the console."""
+
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+
+
+class User(Base):
+    """A patient, known by Telegram ids; deleted with all their cases on /delete."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    telegram_user_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    cases: Mapped[list[Case]] = relationship(back_populates="user", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class Case(Base):
+    """One photo and everything that happened to it."""
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        Index("ix_cases_status_queued_at", "status", "queued_at"),
+        Index("ix_cases_user_received", "user_id", "received_at"),
+        Index("ix_cases_user_sha", "user_id", "image_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=CaseStatus.RECEIVED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    language: Mapped[str] = mapped_column(String(8), default="en")
+
+    # Where the photo came from (for dedupe) and where it lies (content-addressed key, never bytes).
+    source_update_id: Mapped[int | None] = mapped_column(BigInteger)
+    source_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    telegram_file_unique_id: Mapped[str | None] = mapped_column(String(128))
+    image_key: Mapped[str | None] = mapped_column(String(128))
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    image_bytes: Mapped[int | None] = mapped_column(Integer)
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+    images_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # Timeline.
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    processing_owner: Mapped[str | None] = mapped_column(String(128))  # "host:pid" of the worker holding it
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivery_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delay_notice_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # Result.
+    tier: Mapped[str | None] = mapped_column(String(16))
+    label: Mapped[str | None] = mapped_column(String(16))
+    prob_mel: Mapped[float | None] = mapped_column(Float)
+    prob_nv: Mapped[float | None] = mapped_column(Float)
+    prob_other: Mapped[float | None] = mapped_column(Float)
+    mel_threshold: Mapped[float | None] = mapped_column(Float)
+    lesion_area_px: Mapped[int | None] = mapped_column(Integer)
+    lesion_diameter_px: Mapped[float | None] = mapped_column(Float)
+    quality_flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    retake_reason: Mapped[str | None] = mapped_column(String(32))
+    mask_key: Mapped[str | None] = mapped_column(String(128))
+    overlay_key: Mapped[str | None] = mapped_column(String(128))
+    heatmap_key: Mapped[str | None] = mapped_column(String(128))
+    model_versions: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+
+    # What the patient was told, exactly, and the Telegram ids of those messages.
+    ack_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    reply_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    reply_text: Mapped[str | None] = mapped_column(Text)
+
+    user: Mapped[User] = relationship(back_populates="cases")
+    reviews: Mapped[list[Review]] = relationship(
+        back_populates="case", cascade="all, delete-orphan", passive_deletes=True, order_by="Review.created_at"
+    )
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """Per-class probabilities keyed by label, empty when not classified."""
+        if self.prob_mel is None:
+            return {}
+        return {"MEL": self.prob_mel, "NV": self.prob_nv or 0.0, "OTHER": self.prob_other or 0.0}
+
+
+class Operator(Base):
+    """A clinician who uses the console."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default=OperatorRole.REVIEWER)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Review(Base):
+    """An operator's verdict on a case."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
+    agrees: Mapped[bool] = mapped_column(Boolean)
+    corrected_label: Mapped[str | None] = mapped_column(String(16))
+    urgency: Mapped[str | None] = mapped_column(String(32))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    case: Mapped[Case] = relationship(back_populates="reviews")
+    operator: Mapped[Operator | None] = relationship()
+
+
+class OutboxMessage(Base):
+    """A message to a patient that is not a case result (e.g. an operator's follow-up), sent by the reply queue."""
+
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
+    operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32), default="followup")
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(String(255))
+
+
+class AuditEvent(Base):
+    """Who did what, when; kept when a patient deletes their data (ids only, no personal data)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(16))  # operator | patient | system
+    operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    case_id: Mapped[int | None] = mapped_column(Integer, index=True)  # no FK: survives deletion
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ProcessedUpdate(Base):
+    """Telegram update ids already handled, so a redelivered update does nothing twice."""
+
+    __tablename__ = "processed_updates"
+    __table_args__ = (UniqueConstraint("update_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    update_id: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

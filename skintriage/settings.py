@@ -1,0 +1,117 @@
+"""One Settings class, read from the environment and an optional .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from skintriage.exceptions import ConfigurationError
+
+PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "placeholder", "demo-secret-not-for-production"}
+DEMO_BOT_TOKEN = "123456:DEMO-local-bot-api-token"
+
+
+class Settings(BaseSettings):
+    """Every URL, path, threshold and secret, with safe defaults for the embedded setup."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: str = Field("development", validation_alias="SKINTRIAGE_ENV")
+
+    # Telegram. The base URLs point python-telegram-bot at a local or self-hosted Bot API server.
+    telegram_bot_token: SecretStr = Field(SecretStr(DEMO_BOT_TOKEN), validation_alias="TELEGRAM_BOT_TOKEN")
+    telegram_api_base_url: str = Field("https://api.telegram.org/bot", validation_alias="TELEGRAM_API_BASE_URL")
+    telegram_file_base_url: str = Field("https://api.telegram.org/file/bot", validation_alias="TELEGRAM_FILE_BASE_URL")
+
+    # Storage and queues. Defaults need no server: SQLite, kombu's filesystem transport, local folders.
+    data_dir: Path = Field(Path("data"), validation_alias="DATA_DIR")
+    model_dir: Path = Field(Path("models"), validation_alias="MODEL_DIR")
+    database_url: str = Field("", validation_alias="DATABASE_URL")
+    celery_broker_url: str = Field("filesystem://", validation_alias="CELERY_BROKER_URL")
+    image_store: str = Field("local", validation_alias="IMAGE_STORE")  # local | s3
+    s3_endpoint_url: str | None = Field(None, validation_alias="S3_ENDPOINT_URL")
+    s3_bucket: str = Field("skintriage-images", validation_alias="S3_BUCKET")
+    s3_access_key: SecretStr | None = Field(None, validation_alias="S3_ACCESS_KEY")
+    s3_secret_key: SecretStr | None = Field(None, validation_alias="S3_SECRET_KEY")
+    s3_region: str = Field("us-east-1", validation_alias="S3_REGION")
+
+    # Case handling.
+    retention_days: int = Field(30, validation_alias="RETENTION_DAYS")
+    max_attempts: int = Field(3, validation_alias="MAX_ATTEMPTS")
+    stuck_after_s: int = Field(300, validation_alias="STUCK_AFTER_S")
+    sweep_interval_s: int = Field(60, validation_alias="SWEEP_INTERVAL_S")
+    duplicate_window_s: int = Field(120, validation_alias="DUPLICATE_WINDOW_S")
+    rate_limit_photos: int = Field(10, validation_alias="RATE_LIMIT_PHOTOS")
+    rate_limit_window_s: int = Field(3600, validation_alias="RATE_LIMIT_WINDOW_S")
+    max_in_flight: int = Field(3, validation_alias="MAX_IN_FLIGHT")
+    max_file_bytes: int = Field(20 * 1024 * 1024, validation_alias="MAX_FILE_BYTES")
+    max_image_pixels: int = Field(40_000_000, validation_alias="MAX_IMAGE_PIXELS")
+
+    # Tier policy: a melanoma probability within this margin of the operating threshold is UNCERTAIN.
+    uncertain_margin: float = Field(0.05, validation_alias="UNCERTAIN_MARGIN")
+    min_confidence: float = Field(0.5, validation_alias="MIN_CONFIDENCE")
+    guidance_file: Path | None = Field(None, validation_alias="GUIDANCE_FILE")
+
+    # Demo: replies from demo models say plainly they are not for medical use.
+    allow_demo_models: bool = Field(False, validation_alias="ALLOW_DEMO_MODELS")
+
+    # Console.
+    console_secret_key: SecretStr = Field(
+        SecretStr("demo-secret-not-for-production"), validation_alias="CONSOLE_SECRET_KEY"
+    )
+    console_host: str = Field("127.0.0.1", validation_alias="CONSOLE_HOST")
+    console_port: int = Field(8000, validation_alias="CONSOLE_PORT")
+    console_secure_cookies: bool = Field(False, validation_alias="CONSOLE_SECURE_COOKIES")
+
+    # Observability.
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    log_json: bool = Field(True, validation_alias="LOG_JSON")
+    metrics_port: int = Field(0, validation_alias="METRICS_PORT")  # 0 = off
+    health_port: int = Field(0, validation_alias="HEALTH_PORT")  # 0 = off
+
+    @property
+    def resolved_database_url(self) -> str:
+        """DATABASE_URL, or a SQLite file under DATA_DIR."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'skintriage.sqlite').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """CELERY_BROKER_URL; the filesystem transport keeps its folders under DATA_DIR."""
+        return self.celery_broker_url
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of kombu's filesystem transport."""
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def is_demo(self) -> bool:
+        """True for the embedded demo and development setups."""
+        return self.environment in {"development", "demo", "test"}
+
+    def check_secrets(self) -> None:
+        """Refuse to start with a placeholder secret outside development and the demo."""
+        if self.is_demo:
+            return
+        token = self.telegram_bot_token.get_secret_value()
+        if token in PLACEHOLDER_SECRETS or token == DEMO_BOT_TOKEN:
+            raise ConfigurationError(
+                "TELEGRAM_BOT_TOKEN is a placeholder; set the token BotFather gave you "
+                "(or SKINTRIAGE_ENV=development for local work)"
+            )
+        if self.console_secret_key.get_secret_value() in PLACEHOLDER_SECRETS:
+            raise ConfigurationError(
+                "CONSOLE_SECRET_KEY is a placeholder; set a long random value, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Process-wide settings (tests call get_settings.cache_clear() after changing the environment)."""
+    return Settings()
