@@ -9,7 +9,7 @@ import sys
 from datetime import UTC, datetime
 
 # Telegram bot tokens look like 123456789:AA...; they also appear inside Bot API URLs.
-TOKEN_RE = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{20,}\b")
+TOKEN_RE = re.compile(r"(?<!\d)\d{5,}:[A-Za-z0-9_-]{20,}")
 SECRET_URL_RE = re.compile(r"(://[^:/\s]+:)[^@\s]+@")
 _extra_secrets: set[str] = set()
 

@@ -1,0 +1,27 @@
+"""Factories for test data: images, users and cases."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def lesion_photo(width: int = 600, height: int = 450, *, seed: int = 0, fmt: str = "JPEG") -> bytes:
+    """A skin-coloured photo with a dark, irregular lesion in the middle, encoded as JPEG or PNG."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    skin = np.stack([np.full((height, width), c, np.float32) for c in (214, 170, 150)], axis=-1)
+    skin += rng.normal(0, 6, skin.shape)
+    cy, cx = height / 2 + rng.uniform(-20, 20), width / 2 + rng.uniform(-20, 20)
+    ry, rx = height * rng.uniform(0.15, 0.25), width * rng.uniform(0.12, 0.2)
+    angle = np.arctan2(yy - cy, xx - cx)
+    wobble = 1 + 0.12 * np.sin(5 * angle + rng.uniform(0, 6))
+    inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= wobble**2
+    lesion = np.array([95, 60, 45], np.float32) + rng.normal(0, 8, (height, width, 3))
+    img = np.where(inside[..., None], lesion, skin)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt, quality=90)
+    return buf.getvalue()

@@ -1,0 +1,62 @@
+"""Settings defaults, secret checks and log redaction."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from skintriage.exceptions import ConfigurationError
+from skintriage.logconfig import RedactingFilter, redact, register_secret
+from skintriage.settings import Settings
+
+
+def test_embedded_defaults_need_no_server(monkeypatch, tmp_path):
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    assert settings.resolved_database_url.startswith("sqlite:///")
+    assert settings.celery_broker_url == "filesystem://"
+    assert settings.image_store == "local"
+
+
+def test_placeholder_secret_refuses_to_start_outside_demo(monkeypatch):
+    monkeypatch.setenv("SKINTRIAGE_ENV", "production")
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    with pytest.raises(ConfigurationError, match="TELEGRAM_BOT_TOKEN"):
+        Settings().check_secrets()
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "987654321:" + "A" * 35)
+    with pytest.raises(ConfigurationError, match="CONSOLE_SECRET_KEY"):
+        Settings().check_secrets()
+    monkeypatch.setenv("CONSOLE_SECRET_KEY", "x" * 48)
+    Settings().check_secrets()
+
+
+def test_demo_environment_accepts_placeholders(monkeypatch):
+    monkeypatch.setenv("SKINTRIAGE_ENV", "demo")
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    Settings().check_secrets()
+
+
+def test_bot_token_and_url_passwords_are_redacted():
+    token = "123456789:AAH" + "x" * 32
+    text = f"POST https://api.telegram.org/bot{token}/sendMessage to postgresql://user:hunter2@db/x"
+    out = redact(text)
+    assert token not in out and "hunter2" not in out
+    register_secret("s3cr3t-value")
+    assert "s3cr3t-value" not in redact("key=s3cr3t-value")
+
+
+def test_filter_redacts_messages_and_tracebacks():
+    token = "123456789:AAH" + "y" * 32
+    try:
+        raise RuntimeError(f"failed url .../bot{token}/getMe")
+    except RuntimeError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "calling %s", (token,), exc_info=None)
+        import sys
+
+        record.exc_info = sys.exc_info()
+    RedactingFilter().filter(record)
+    assert token not in record.getMessage()
+    assert token not in record.exc_text
