@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     console_host: str = Field("127.0.0.1", validation_alias="CONSOLE_HOST")
     console_port: int = Field(8000, validation_alias="CONSOLE_PORT")
     console_secure_cookies: bool = Field(False, validation_alias="CONSOLE_SECURE_COOKIES")
+    console_login_max_failures: int = Field(5, validation_alias="CONSOLE_LOGIN_MAX_FAILURES")
+    console_lockout_s: int = Field(900, validation_alias="CONSOLE_LOCKOUT_S")  # doubles with each further failure
+    console_session_max_age_s: int = Field(12 * 3600, validation_alias="CONSOLE_SESSION_MAX_AGE_S")
 
     # Observability.
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")

@@ -1,0 +1,215 @@
+"""The case list's filters, ordering, paging and counts, built as bound SQLAlchemy expressions.
+
+Every filter value is either checked against a closed set (tier, status, reviewed) or parsed
+(dates, numbers) or bound as a parameter (model version), so no user text is ever spliced into SQL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import Select, Text, case, cast, exists, func, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+from starlette.datastructures import QueryParams
+
+from ml.labels import Tier
+from skintriage.models import Case, CaseStatus, Review
+
+# Order of the "needs review" queue: the riskiest first, then the ones a doctor may have to act on.
+QUEUE_TIERS: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
+ALL_TIERS: tuple[str, ...] = tuple(t.value for t in Tier)
+ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in CaseStatus)
+PER_PAGE_DEFAULT = 50
+PER_PAGE_MAX = 200
+MODEL_VERSION_MAX = 128
+
+
+class FilterError(ValueError):
+    """A filter value the case list cannot use; the message says what is accepted."""
+
+
+def _one_of(values: list[str], allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
+    picked = tuple(v for v in values if v)
+    bad = [v for v in picked if v not in allowed]
+    if bad:
+        raise FilterError(f"unknown {name} {bad[0]!r}; use one of {', '.join(allowed)}")
+    return tuple(dict.fromkeys(picked))
+
+
+def _date(value: str | None, name: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise FilterError(f"{name} must be a date like 2025-01-31") from exc
+
+
+def _positive_int(value: str | None, name: str, default: int, maximum: int | None = None) -> int:
+    if value in (None, ""):
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise FilterError(f"{name} must be a whole number of at least 1")
+    number = int(value)
+    return min(number, maximum) if maximum else number
+
+
+def reviewed_clause() -> ColumnElement[bool]:
+    """True for cases with at least one review."""
+    return exists(select(Review.id).where(Review.case_id == Case.id))
+
+
+def model_version_clause(version: str) -> ColumnElement[bool]:
+    """Cases whose model_versions JSON holds exactly this version string as a value."""
+    # The JSON text holds each value as a JSON string literal, so match the quoted form.
+    return cast(Case.model_versions, Text).contains(json.dumps(version), autoescape=True)
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    """What the operator asked to see."""
+
+    tiers: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    reviewed: bool | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    model_version: str | None = None
+    queue: bool = False
+    page: int = 1
+    per_page: int = PER_PAGE_DEFAULT
+
+    @classmethod
+    def from_query(cls, params: QueryParams) -> CaseFilter:
+        """Parse the case list's query string; FilterError for values it cannot use."""
+        reviewed_raw = params.get("reviewed", "")
+        if reviewed_raw not in ("", "yes", "no"):
+            raise FilterError("reviewed must be yes, no or empty")
+        view = params.get("view", "")
+        if view not in ("", "all", "review"):
+            raise FilterError("view must be all or review")
+        version = params.get("model_version") or None
+        if version is not None and len(version) > MODEL_VERSION_MAX:
+            raise FilterError(f"model_version is longer than {MODEL_VERSION_MAX} characters")
+        date_from = _date(params.get("date_from"), "date_from")
+        date_to = _date(params.get("date_to"), "date_to")
+        if date_from and date_to and date_from > date_to:
+            raise FilterError("date_from is after date_to; swap them")
+        return cls(
+            tiers=_one_of(params.getlist("tier"), ALL_TIERS, "tier"),
+            statuses=_one_of(params.getlist("status"), ALL_STATUSES, "status"),
+            reviewed={"yes": True, "no": False}.get(reviewed_raw),
+            date_from=date_from,
+            date_to=date_to,
+            model_version=version,
+            queue=view == "review",
+            page=_positive_int(params.get("page"), "page", 1),
+            per_page=_positive_int(params.get("per_page"), "per_page", PER_PAGE_DEFAULT, PER_PAGE_MAX),
+        )
+
+    def conditions(self, *, with_tiers: bool = True) -> list[ColumnElement[bool]]:
+        """WHERE clauses for these filters (with_tiers=False for per-tier counts)."""
+        clauses: list[ColumnElement[bool]] = []
+        if with_tiers and self.tiers:
+            clauses.append(Case.tier.in_(self.tiers))
+        if self.statuses:
+            clauses.append(Case.status.in_(self.statuses))
+        if self.reviewed is True:
+            clauses.append(reviewed_clause())
+        elif self.reviewed is False:
+            clauses.append(~reviewed_clause())
+        if self.date_from:
+            clauses.append(Case.received_at >= datetime.combine(self.date_from, time.min, UTC))
+        if self.date_to:
+            clauses.append(Case.received_at < datetime.combine(self.date_to + timedelta(days=1), time.min, UTC))
+        if self.model_version:
+            clauses.append(model_version_clause(self.model_version))
+        if self.queue:
+            clauses.extend([Case.status == CaseStatus.DONE, Case.tier.in_(QUEUE_TIERS), ~reviewed_clause()])
+        return clauses
+
+    def statement(self) -> Select[tuple[Case]]:
+        """The ordered SELECT for these filters (without paging)."""
+        stmt = select(Case).where(*self.conditions())
+        if self.queue:
+            priority = case({tier: i for i, tier in enumerate(QUEUE_TIERS)}, value=Case.tier, else_=len(QUEUE_TIERS))
+            # Within a tier, whoever has waited longest comes first.
+            return stmt.order_by(priority, Case.received_at.asc(), Case.id.asc())
+        return stmt.order_by(Case.received_at.desc(), Case.id.desc())
+
+    def params(self, **overrides: Any) -> list[tuple[str, str]]:
+        """These filters as query-string pairs (for paging links and the CSV export)."""
+        f = replace(self, **overrides) if overrides else self
+        pairs: list[tuple[str, str]] = [("tier", t) for t in f.tiers] + [("status", s) for s in f.statuses]
+        if f.reviewed is not None:
+            pairs.append(("reviewed", "yes" if f.reviewed else "no"))
+        if f.date_from:
+            pairs.append(("date_from", f.date_from.isoformat()))
+        if f.date_to:
+            pairs.append(("date_to", f.date_to.isoformat()))
+        if f.model_version:
+            pairs.append(("model_version", f.model_version))
+        if f.queue:
+            pairs.append(("view", "review"))
+        if f.page != 1:
+            pairs.append(("page", str(f.page)))
+        if f.per_page != PER_PAGE_DEFAULT:
+            pairs.append(("per_page", str(f.per_page)))
+        return pairs
+
+    def query_string(self, **overrides: Any) -> str:
+        """These filters URL-encoded."""
+        return urlencode(self.params(**overrides))
+
+
+@dataclass
+class CasePage:
+    """One page of the case list and its counts."""
+
+    cases: list[Case]
+    total: int
+    tier_counts: dict[str, int]
+    page: int
+    pages: int
+    reviewed_case_ids: set[int]
+
+
+def list_cases(*, session: Session, filters: CaseFilter) -> CasePage:
+    """Run the filtered, ordered, paged case query and the counts shown above it."""
+    total = session.scalar(select(func.count()).select_from(Case).where(*filters.conditions())) or 0
+    pages = max(1, -(-total // filters.per_page))
+    page = min(filters.page, pages)
+    cases = list(
+        session.scalars(filters.statement().offset((page - 1) * filters.per_page).limit(filters.per_page)).all()
+    )
+    rows = session.execute(
+        select(Case.tier, func.count()).where(*filters.conditions(with_tiers=False)).group_by(Case.tier)
+    ).all()
+    tier_counts = {tier or "none": count for tier, count in rows}
+    ids = [c.id for c in cases]
+    reviewed = set(session.scalars(select(Review.case_id).where(Review.case_id.in_(ids)))) if ids else set()
+    return CasePage(cases, total, tier_counts, page, pages, reviewed)
+
+
+def queue_size(*, session: Session) -> int:
+    """How many finished cases still wait for a review."""
+    return session.scalar(select(func.count()).select_from(Case).where(*CaseFilter(queue=True).conditions())) or 0
+
+
+def model_versions_in_use(*, session: Session, limit: int = 200) -> list[str]:
+    """Distinct model version strings recorded on cases (for the filter's choices)."""
+    texts = session.scalars(select(cast(Case.model_versions, Text)).distinct().limit(limit)).all()
+    versions: set[str] = set()
+    for text in texts:
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            versions.update(str(v) for v in data.values() if v)
+    return sorted(versions)

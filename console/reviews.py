@@ -1,0 +1,129 @@
+"""Operators' verdicts on cases and their follow-up messages to patients (both audited)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from ml.labels import LABELS
+from skintriage.cases import audit
+from skintriage.models import Case, Operator, OutboxMessage, Review
+
+log = logging.getLogger(__name__)
+
+# How soon the patient should see a doctor, in the operator's judgement.
+URGENCIES: dict[str, str] = {
+    "routine": "Routine: next regular skin check",
+    "soon": "Soon: within 4 weeks",
+    "urgent": "Urgent: within a week",
+    "same_day": "Same day",
+}
+NOTE_MAX = 4000
+MESSAGE_MAX = 2000  # Telegram allows 4096; leave room for the bot's header and disclaimer
+
+
+@dataclass
+class ReviewInput:
+    """A review form as submitted."""
+
+    verdict: str  # "agree" | "disagree"
+    corrected_label: str = ""
+    urgency: str = ""
+    note: str = ""
+    message: str = ""
+
+
+def validate_review(form: ReviewInput, *, case: Case) -> list[str]:
+    """Problems with a review form, as messages for the operator (empty when it can be saved)."""
+    errors: list[str] = []
+    if form.verdict not in ("agree", "disagree"):
+        errors.append("Choose agree or disagree.")
+    if form.corrected_label and form.corrected_label not in LABELS:
+        errors.append(f"Corrected label must be one of {', '.join(LABELS)}.")
+    if form.verdict == "disagree" and not form.corrected_label:
+        errors.append("When you disagree, give the label you think is right.")
+    if form.verdict == "disagree" and form.corrected_label and form.corrected_label == case.label:
+        errors.append("The corrected label equals the model's; choose agree instead.")
+    if form.verdict == "agree" and form.corrected_label and form.corrected_label != case.label:
+        errors.append("You agreed but gave a different label; choose disagree to correct it.")
+    if form.urgency and form.urgency not in URGENCIES:
+        errors.append(f"Urgency must be one of {', '.join(URGENCIES)}.")
+    if len(form.note) > NOTE_MAX:
+        errors.append(f"The note is longer than {NOTE_MAX} characters.")
+    errors.extend(validate_message(form.message, required=False))
+    return errors
+
+
+def validate_message(text: str, *, required: bool = True) -> list[str]:
+    """Problems with a follow-up message text."""
+    if required and not text.strip():
+        return ["Write the message first."]
+    if len(text) > MESSAGE_MAX:
+        return [f"The message is longer than {MESSAGE_MAX} characters."]
+    return []
+
+
+def record_review(*, session: Session, case: Case, operator: Operator, form: ReviewInput) -> Review:
+    """Store a validated review and audit it (the caller commits)."""
+    review = Review(
+        case_id=case.id,
+        operator_id=operator.id,
+        agrees=form.verdict == "agree",
+        corrected_label=form.corrected_label or (case.label if form.verdict == "agree" else None),
+        urgency=form.urgency or None,
+        note=form.note.strip() or None,
+    )
+    session.add(review)
+    session.flush()
+    audit(
+        session=session,
+        actor="operator",
+        action="case.reviewed",
+        case_id=case.id,
+        operator_id=operator.id,
+        detail={
+            "review_id": review.id,
+            "agrees": review.agrees,
+            "model_label": case.label,
+            "corrected_label": review.corrected_label,
+            "urgency": review.urgency,
+        },
+    )
+    return review
+
+
+def create_followup(*, session: Session, case: Case, operator: Operator, text: str) -> OutboxMessage:
+    """Store a follow-up message for the case's patient, audited; the caller commits, then enqueues it."""
+    user = case.user
+    message = OutboxMessage(
+        user_id=user.id,
+        case_id=case.id,
+        operator_id=operator.id,
+        chat_id=user.chat_id,
+        kind="followup",
+        text=text.strip(),
+    )
+    session.add(message)
+    session.flush()
+    # Ids and the language only: the text itself stays out of the audit log.
+    audit(
+        session=session,
+        actor="operator",
+        action="message.queued",
+        case_id=case.id,
+        operator_id=operator.id,
+        detail={"message_id": message.id, "language": user.language, "chars": len(message.text)},
+    )
+    return message
+
+
+def enqueue_followup(message_id: int) -> bool:
+    """Hand a committed message to the bot's reply queue; False leaves it to the sweeper."""
+    from worker.enqueue import enqueue_outbox
+
+    queued = enqueue_outbox(message_id)
+    if not queued:
+        log.warning("reply queue unreachable; outbox message %s waits for the sweeper", message_id)
+    return queued

@@ -1,0 +1,224 @@
+"""Case list, review queue, CSV export, case detail, reviews and follow-up messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from babel import Locale, UnknownLocaleError
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from console.deps import current_operator, get_db, render, require_csrf
+from console.export import cases_csv
+from console.filters import (
+    ALL_STATUSES,
+    ALL_TIERS,
+    CaseFilter,
+    FilterError,
+    list_cases,
+    model_versions_in_use,
+)
+from console.reviews import (
+    URGENCIES,
+    ReviewInput,
+    create_followup,
+    enqueue_followup,
+    record_review,
+    validate_message,
+    validate_review,
+)
+from ml.labels import LABELS
+from skintriage.cases import audit
+from skintriage.models import Case, Operator, OutboxMessage, Review
+
+router = APIRouter()
+
+EARLIER_CASES_SHOWN = 8
+
+
+class CaseMissing(Exception):
+    """No case with that number (deleted by the patient, or never existed)."""
+
+
+def _language_name(code: str) -> str:
+    try:
+        return Locale.parse(code.replace("-", "_")).get_display_name("en") or code
+    except (ValueError, UnknownLocaleError):
+        return code
+
+
+def _load_case(db: Session, case_id: int) -> Case:
+    case = db.get(Case, case_id)
+    if case is None:
+        raise CaseMissing(case_id)
+    return case
+
+
+@router.get("/", include_in_schema=False)
+def home(operator: Operator = Depends(current_operator)) -> RedirectResponse:
+    """The console starts at the review queue."""
+    return RedirectResponse("/cases?view=review", status_code=303)
+
+
+@router.get("/cases", response_class=HTMLResponse)
+def case_list(
+    request: Request, operator: Operator = Depends(current_operator), db: Session = Depends(get_db)
+) -> HTMLResponse:
+    """The filtered case list (newest first) or the needs-review queue (riskiest first)."""
+    try:
+        filters = CaseFilter.from_query(request.query_params)
+    except FilterError as exc:
+        return render(request, "error.html", {"title": "Bad filter", "message": str(exc)}, status_code=400, db=db)
+    page = list_cases(session=db, filters=filters)
+    return render(
+        request,
+        "cases.html",
+        {
+            "filters": filters,
+            "page": page,
+            "tiers": ALL_TIERS,
+            "statuses": ALL_STATUSES,
+            "versions": model_versions_in_use(session=db),
+        },
+        db=db,
+    )
+
+
+@router.get("/cases/export.csv")
+def export_csv(
+    request: Request, operator: Operator = Depends(current_operator), db: Session = Depends(get_db)
+) -> Response:
+    """Every case matching the filters (all pages) as CSV; the export is audited."""
+    try:
+        filters = CaseFilter.from_query(request.query_params)
+    except FilterError as exc:
+        return Response(str(exc), status_code=400, media_type="text/plain")
+    cases = db.scalars(filters.statement()).all()
+    body = cases_csv(session=db, cases=cases)
+    audit(
+        session=db,
+        actor="operator",
+        action="cases.exported",
+        operator_id=operator.id,
+        detail={"rows": len(cases), "filters": filters.query_string(page=1)},
+    )
+    db.commit()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="cases-{stamp}.csv"'},
+    )
+
+
+def _case_page(
+    request: Request,
+    db: Session,
+    case: Case,
+    *,
+    errors: list[str] | None = None,
+    form: ReviewInput | None = None,
+    notice: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    earlier = list(
+        db.scalars(
+            select(Case)
+            .where(Case.user_id == case.user_id, Case.id != case.id, Case.received_at <= case.received_at)
+            .order_by(Case.received_at.desc(), Case.id.desc())
+            .limit(EARLIER_CASES_SHOWN)
+        ).all()
+    )
+    later_count = len(
+        db.scalars(select(Case.id).where(Case.user_id == case.user_id, Case.received_at > case.received_at)).all()
+    )
+    messages = db.scalars(
+        select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(OutboxMessage.created_at)
+    ).all()
+    reviews = db.scalars(select(Review).where(Review.case_id == case.id).order_by(Review.created_at)).all()
+    settings = request.app.state.settings
+    return render(
+        request,
+        "case.html",
+        {
+            "case": case,
+            "earlier": earlier,
+            "later_count": later_count,
+            "reviews": reviews,
+            "messages": messages,
+            "labels": LABELS,
+            "urgencies": URGENCIES,
+            "language_name": _language_name(case.user.language),
+            "uncertain_margin": settings.uncertain_margin,
+            "errors": errors or [],
+            "form": form or ReviewInput(verdict=""),
+            "notice": notice,
+        },
+        status_code=status_code,
+        db=db,
+    )
+
+
+@router.get("/cases/{case_id}", response_class=HTMLResponse)
+def case_detail(
+    request: Request,
+    case_id: int,
+    notice: str | None = None,
+    operator: Operator = Depends(current_operator),
+    db: Session = Depends(get_db),
+) -> HTMLResponse:
+    """Everything about one case; the view is audited."""
+    case = _load_case(db, case_id)
+    audit(session=db, actor="operator", action="case.viewed", case_id=case.id, operator_id=operator.id)
+    db.commit()
+    notices = {"reviewed": "Review saved.", "sent": "Message queued for the patient.",
+               "deferred": "Message saved; the reply queue is unreachable, it will be sent when it is back."}
+    return _case_page(request, db, case, notice=notices.get(notice or ""))
+
+
+@router.post("/cases/{case_id}/reviews", dependencies=[Depends(require_csrf)])
+def submit_review(
+    request: Request,
+    case_id: int,
+    verdict: str = Form(""),
+    corrected_label: str = Form(""),
+    urgency: str = Form(""),
+    note: str = Form(""),
+    message: str = Form(""),
+    operator: Operator = Depends(current_operator),
+    db: Session = Depends(get_db),
+) -> Response:
+    """Save a review (and queue the optional follow-up message to the patient)."""
+    case = _load_case(db, case_id)
+    form = ReviewInput(verdict, corrected_label, urgency, note, message)
+    errors = validate_review(form, case=case)
+    if errors:
+        return _case_page(request, db, case, errors=errors, form=form, status_code=400)
+    record_review(session=db, case=case, operator=operator, form=form)
+    outbox = create_followup(session=db, case=case, operator=operator, text=message) if message.strip() else None
+    db.commit()
+    notice = "reviewed"
+    if outbox is not None:
+        notice = "sent" if enqueue_followup(outbox.id) else "deferred"
+    return RedirectResponse(f"/cases/{case.id}?notice={notice}#reviews", status_code=303)
+
+
+@router.post("/cases/{case_id}/messages", dependencies=[Depends(require_csrf)])
+def send_message(
+    request: Request,
+    case_id: int,
+    message: str = Form(""),
+    operator: Operator = Depends(current_operator),
+    db: Session = Depends(get_db),
+) -> Response:
+    """Queue a follow-up message to the case's patient through the bot's reply queue."""
+    case = _load_case(db, case_id)
+    errors = validate_message(message)
+    if errors:
+        return _case_page(request, db, case, errors=errors, status_code=400)
+    outbox = create_followup(session=db, case=case, operator=operator, text=message)
+    db.commit()
+    notice = "sent" if enqueue_followup(outbox.id) else "deferred"
+    return RedirectResponse(f"/cases/{case.id}?notice={notice}#messages", status_code=303)

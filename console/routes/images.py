@@ -1,0 +1,85 @@
+"""Case images, only to logged-in operators, only for keys that belong to a case (never a static folder)."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from sqlalchemy.orm import Session
+
+from console.deps import current_operator, get_db, get_store
+from skintriage.cases import audit
+from skintriage.exceptions import ImageNotFound, InvalidKey, StorageError
+from skintriage.models import Case, Operator
+from skintriage.storage import ImageStore, check_key
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+# Browsers cannot show HEIC (or unknown bytes); those are converted to JPEG, within this pixel budget.
+CONVERT_MAX_PIXELS = 40_000_000
+
+
+def _not_found() -> Response:
+    return Response("no such image", status_code=404, media_type="text/plain")
+
+
+def _to_jpeg(data: bytes) -> bytes | None:
+    from PIL import Image, ImageOps
+
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except ImportError:  # pragma: no cover - pillow-heif is a dependency
+        pass
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > CONVERT_MAX_PIXELS:
+                return None
+            rgb = ImageOps.exif_transpose(img).convert("RGB")
+            buf = io.BytesIO()
+            rgb.save(buf, format="JPEG", quality=90)
+            return buf.getvalue()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+@router.get("/cases/{case_id}/images/{key:path}")
+def image(
+    case_id: int,
+    key: str,
+    operator: Operator = Depends(current_operator),
+    db: Session = Depends(get_db),
+    store: ImageStore = Depends(get_store),
+) -> Response:
+    """The bytes of one of a case's images (photo, mask, overlay or heatmap); the view is audited."""
+    try:
+        check_key(key)
+    except InvalidKey:
+        return _not_found()
+    case = db.get(Case, case_id)
+    # Content-addressed keys can be shared between cases; the case in the URL names whose view to audit.
+    if case is None or key not in {case.image_key, case.mask_key, case.overlay_key, case.heatmap_key}:
+        return _not_found()
+    try:
+        data = store.get(key)
+    except ImageNotFound:
+        return _not_found()
+    except StorageError:
+        log.exception("image store failed for case %s", case.id)
+        return Response("image store unavailable", status_code=503, media_type="text/plain")
+    audit(session=db, actor="operator", action="case.image_viewed", case_id=case.id, operator_id=operator.id,
+          detail={"kind": key.split("/", 1)[0]})
+    db.commit()
+    ext = key.rsplit(".", 1)[-1]
+    media_type = MEDIA_TYPES.get(ext)
+    if media_type is None:
+        data = _to_jpeg(data)
+        if data is None:
+            return Response("this image cannot be shown in a browser", status_code=415, media_type="text/plain")
+        media_type = "image/jpeg"
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, no-store"})

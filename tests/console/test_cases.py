@@ -1,0 +1,234 @@
+"""Case list, review queue, case detail, reviews, follow-up messages and CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+from sqlalchemy import select
+
+from skintriage.db import session_scope
+from skintriage.models import AuditEvent, OutboxMessage, Review
+from tests.console.session_helpers import csrf_of
+
+
+def case_ids(html: str) -> list[int]:
+    """Case numbers in the list's table, in order."""
+    return [int(n) for n in re.findall(r'<a href="/cases/(\d+)" class="case-link">', html)]
+
+
+def test_list_is_newest_first_with_counts(reviewer, seeded):
+    page = reviewer.get("/cases")
+    assert page.status_code == 200
+    ids = case_ids(page.text)
+    assert sorted(ids) == sorted(seeded.cases.values())
+    # The seed's three cases of today arrived retake, failed, queued (newest first); a_low is 10 days old.
+    assert ids[:3] == [seeded.cases["b_retake"], seeded.cases["b_failed"], seeded.cases["b_queued"]]
+    assert ids[-1] == seeded.cases["a_low"]
+    assert '<strong id="total">8</strong>' in page.text
+
+
+def test_filter_by_tier_shows_only_that_tier(reviewer, seeded):
+    page = reviewer.get("/cases", params={"tier": "HIGH"})
+    assert set(case_ids(page.text)) == {seeded.cases["a_high"], seeded.cases["b_high_old"]}
+    both = reviewer.get("/cases", params=[("tier", "HIGH"), ("tier", "LOW")])
+    assert set(case_ids(both.text)) == {seeded.cases["a_high"], seeded.cases["b_high_old"], seeded.cases["a_low"]}
+
+
+def test_filter_by_status_reviewed_dates_and_model_version(reviewer, seeded):
+    from datetime import timedelta
+
+    from skintriage.models import utcnow
+
+    assert case_ids(reviewer.get("/cases", params={"status": "rejected"}).text) == [seeded.cases["b_retake"]]
+    old = reviewer.get("/cases", params={"model_version": "resnet50-000000000000"})
+    assert case_ids(old.text) == [seeded.cases["a_low"]]
+    # A prefix of a version is not that version.
+    assert case_ids(reviewer.get("/cases", params={"model_version": "resnet50-0000"}).text) == []
+    today = utcnow().date()
+    recent = reviewer.get("/cases", params={"date_from": (today - timedelta(days=2)).isoformat()})
+    assert seeded.cases["a_low"] not in case_ids(recent.text)
+    assert seeded.cases["a_high"] in case_ids(recent.text)
+    until = reviewer.get("/cases", params={"date_to": (today - timedelta(days=4)).isoformat()})
+    assert set(case_ids(until.text)) == {seeded.cases["a_low"], seeded.cases["a_medium"]}
+    assert len(case_ids(reviewer.get("/cases", params={"reviewed": "yes"}).text)) == 0
+    assert len(case_ids(reviewer.get("/cases", params={"reviewed": "no"}).text)) == 8
+
+
+def test_bad_filter_values_are_refused_with_a_message(reviewer):
+    response = reviewer.get("/cases", params={"tier": "EXTREME"})
+    assert response.status_code == 400
+    assert "unknown tier" in response.text
+    assert reviewer.get("/cases", params={"date_from": "yesterday"}).status_code == 400
+    assert reviewer.get("/cases", params={"page": "0"}).status_code == 400
+
+
+def test_review_queue_orders_high_uncertain_medium_low_and_drops_reviewed(reviewer, seeded):
+    queue = case_ids(reviewer.get("/cases", params={"view": "review"}).text)
+    c = seeded.cases
+    # HIGH (oldest first), UNCERTAIN, MEDIUM, LOW; RETAKE, failed and queued cases are not in the queue.
+    assert queue == [c["b_high_old"], c["a_high"], c["b_uncertain"], c["a_medium"], c["a_low"]]
+    page = reviewer.get(f"/cases/{c['b_high_old']}")
+    response = reviewer.post(
+        f"/cases/{c['b_high_old']}/reviews",
+        data={"csrf_token": csrf_of(page.text), "verdict": "agree", "urgency": "urgent"},
+    )
+    assert response.status_code == 303
+    assert case_ids(reviewer.get("/cases", params={"view": "review"}).text)[0] == c["a_high"]
+
+
+def test_paging_splits_the_list(reviewer, seeded):
+    first = reviewer.get("/cases", params={"per_page": "3"})
+    second = reviewer.get("/cases", params={"per_page": "3", "page": "2"})
+    third = reviewer.get("/cases", params={"per_page": "3", "page": "3"})
+    pages = [case_ids(p.text) for p in (first, second, third)]
+    assert [len(p) for p in pages] == [3, 3, 2]
+    assert sorted(sum(pages, [])) == sorted(seeded.cases.values())
+    assert "page 1 of 3" in first.text
+
+
+def test_case_page_shows_images_probabilities_timeline_history_and_reply(reviewer, seeded, console_db_url):
+    case_id = seeded.cases["a_high"]
+    page = reviewer.get(f"/cases/{case_id}")
+    assert page.status_code == 200
+    html = page.text
+    for key in seeded.keys.values():
+        assert f'src="/cases/{case_id}/images/{key}"' in html
+    assert 'id="img-heatmap"' in html
+    assert "Operating threshold for melanoma: <strong>0.320</strong>" in html
+    assert "above" in html
+    assert "slightly_blurry" in html
+    assert "resnet50-bbbbbbbbbbbb" in html
+    for step in ("Received:", "Queued:", "Processed:", "Answer delivered:"):
+        assert step in html
+    # Earlier cases of the same patient, not the other patient's.
+    assert f'href="/cases/{seeded.cases["a_low"]}"' in html
+    assert f'href="/cases/{seeded.cases["a_medium"]}"' in html
+    assert f'href="/cases/{seeded.cases["b_uncertain"]}"' not in html
+    assert "Result for case a_high: please see a dermatologist.\nThis is not a diagnosis." in html
+    with session_scope(console_db_url) as s:
+        views = s.scalars(select(AuditEvent).where(AuditEvent.action == "case.viewed")).all()
+        assert [(v.case_id, v.operator_id) for v in views] == [(case_id, seeded.operators["rita"])]
+
+
+def test_case_page_escapes_what_the_patient_was_told(reviewer, seeded, console_db_url):
+    from skintriage.models import Case
+
+    with session_scope(console_db_url) as s:
+        s.get(Case, seeded.cases["a_low"]).reply_text = "<script>alert(1)</script>"
+    html = reviewer.get(f"/cases/{seeded.cases['a_low']}").text
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_unknown_case_is_404(reviewer):
+    assert reviewer.get("/cases/999999").status_code == 404
+
+
+def test_review_is_stored_and_audited(reviewer, seeded, console_db_url):
+    case_id = seeded.cases["b_uncertain"]
+    token = csrf_of(reviewer.get(f"/cases/{case_id}").text)
+    response = reviewer.post(
+        f"/cases/{case_id}/reviews",
+        data={"csrf_token": token, "verdict": "disagree", "corrected_label": "NV", "urgency": "routine",
+              "note": "Symmetric, regular network."},
+    )
+    assert response.status_code == 303
+    assert response.headers["location"].startswith(f"/cases/{case_id}?notice=reviewed")
+    with session_scope(console_db_url) as s:
+        review = s.scalars(select(Review).where(Review.case_id == case_id)).one()
+        assert (review.agrees, review.corrected_label, review.urgency) == (False, "NV", "routine")
+        assert review.operator_id == seeded.operators["rita"]
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "case.reviewed")).one()
+        assert event.case_id == case_id and event.detail["review_id"] == review.id
+    assert "Symmetric, regular network." in reviewer.get(f"/cases/{case_id}").text
+
+
+def test_inconsistent_review_is_refused(reviewer, seeded, console_db_url):
+    case_id = seeded.cases["b_uncertain"]
+    token = csrf_of(reviewer.get(f"/cases/{case_id}").text)
+    response = reviewer.post(f"/cases/{case_id}/reviews", data={"csrf_token": token, "verdict": "disagree"})
+    assert response.status_code == 400
+    assert "give the label you think is right" in response.text
+    response = reviewer.post(
+        f"/cases/{case_id}/reviews", data={"csrf_token": token, "verdict": "agree", "urgency": "tomorrow-ish"}
+    )
+    assert response.status_code == 400
+    with session_scope(console_db_url) as s:
+        assert s.scalars(select(Review)).all() == []
+
+
+def test_followup_message_goes_to_the_outbox_and_the_reply_queue(reviewer, seeded, console_db_url, settings_env):
+    case_id = seeded.cases["b_uncertain"]
+    token = csrf_of(reviewer.get(f"/cases/{case_id}").text)
+    response = reviewer.post(
+        f"/cases/{case_id}/reviews",
+        data={"csrf_token": token, "verdict": "agree", "urgency": "soon",
+              "message": "Пожалуйста, запишитесь к дерматологу в течение месяца."},
+    )
+    assert response.status_code == 303
+    assert "notice=sent" in response.headers["location"]
+    with session_scope(console_db_url) as s:
+        message = s.scalars(select(OutboxMessage)).one()
+        assert message.chat_id == 1002 and message.case_id == case_id and message.kind == "followup"
+        assert message.operator_id == seeded.operators["rita"]
+        assert message.text.startswith("Пожалуйста")
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "message.queued")).one()
+        assert event.detail == {"message_id": message.id, "language": "ru", "chars": len(message.text)}
+        assert "text" not in event.detail
+    # The filesystem broker under DATA_DIR now holds the job for the reply sender.
+    queued = list((settings_env / "data" / "broker" / "queue").iterdir())
+    assert len(queued) == 1
+    page = reviewer.get(f"/cases/{case_id}").text
+    assert "waiting in the reply queue" in page and "Russian" in page
+
+
+def test_message_without_review(reviewer, seeded, console_db_url):
+    case_id = seeded.cases["a_high"]
+    token = csrf_of(reviewer.get(f"/cases/{case_id}").text)
+    assert reviewer.post(f"/cases/{case_id}/messages", data={"csrf_token": token, "message": "  "}).status_code == 400
+    response = reviewer.post(f"/cases/{case_id}/messages", data={"csrf_token": token, "message": "Please call us."})
+    assert response.status_code == 303
+    with session_scope(console_db_url) as s:
+        assert [m.text for m in s.scalars(select(OutboxMessage)).all()] == ["Please call us."]
+
+
+def test_csv_export_has_every_filtered_case_and_is_audited(reviewer, seeded, console_db_url):
+    response = reviewer.get("/cases/export.csv", params={"tier": "HIGH", "per_page": "1"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    # All pages, not just the first one.
+    assert {int(r["case_id"]) for r in rows} == {seeded.cases["a_high"], seeded.cases["b_high_old"]}
+    assert {r["tier"] for r in rows} == {"HIGH"}
+    assert "telegram" not in response.text.lower() and "1001" not in response.text
+    with session_scope(console_db_url) as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "cases.exported")).one()
+        assert event.detail["rows"] == 2
+
+
+def test_csv_cells_cannot_become_spreadsheet_formulas():
+    from console.export import safe_cell
+
+    assert safe_cell("=HYPERLINK(\"http://x\")").startswith("'=")
+    assert safe_cell("+1") == "'+1"
+    assert safe_cell("@SUM(A1)") == "'@SUM(A1)"
+    assert safe_cell(-0.5) == "-0.5000"
+    assert safe_cell("NV") == "NV"
+
+
+def test_images_browsers_cannot_show_are_converted_to_jpeg(reviewer, seeded, store, console_db_url):
+    from skintriage.models import Case
+    from tests.factories import lesion_photo
+
+    odd = store.put(lesion_photo(80, 60, seed=5, fmt="PNG"), kind="photo", ext="bin")
+    garbage = store.put(b"not an image at all", kind="photo", ext="heic")
+    with session_scope(console_db_url) as s:
+        s.get(Case, seeded.cases["a_low"]).image_key = odd.key
+        s.get(Case, seeded.cases["a_medium"]).image_key = garbage.key
+    response = reviewer.get(f"/cases/{seeded.cases['a_low']}/images/{odd.key}")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    assert response.content[:2] == b"\xff\xd8"
+    assert reviewer.get(f"/cases/{seeded.cases['a_medium']}/images/{garbage.key}").status_code == 415
