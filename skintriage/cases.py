@@ -138,6 +138,28 @@ def find_recent_duplicate(
     )
 
 
+
+def update_seen(*, session: Session, update_id: int) -> bool:
+    """Whether a Telegram update id was already handled (a cheap check before downloading a photo)."""
+    return session.scalar(select(ProcessedUpdate.id).where(ProcessedUpdate.update_id == update_id)) is not None
+
+
+def find_recent_same_file(
+    *, session: Session, user: User, file_unique_id: str, window_s: int, now: datetime | None = None
+) -> Case | None:
+    """The patient's case for the same Telegram file within the window (found before downloading it)."""
+    now = now or utcnow()
+    return session.scalar(
+        select(Case)
+        .where(
+            Case.user_id == user.id,
+            Case.telegram_file_unique_id == file_unique_id,
+            Case.received_at >= now - timedelta(seconds=window_s),
+        )
+        .order_by(Case.id.desc())
+        .limit(1)
+    )
+
 def create_case(
     *,
     session: Session,
@@ -275,13 +297,24 @@ def claim_for_processing(
     return ClaimResult(Claim.BUSY, case)
 
 
-def release_for_retry(*, session: Session, case_id: int, owner: str | None = None) -> None:
-    """Give a case back to the queue after a transient error (the attempt stays counted)."""
+def release_for_retry(
+    *, session: Session, case_id: int, owner: str | None = None, refund_attempt: bool = False
+) -> None:
+    """Give a case back to the queue after a transient error.
+
+    The attempt stays counted unless refund_attempt: the attempt cap is for jobs that kill their
+    worker, so an outage of the database or the image store should not use up a patient's attempts.
+    """
     owner = owner or worker_identity()
+    values: dict[str, Any] = {"status": CaseStatus.QUEUED, "processing_owner": None, "queued_at": utcnow()}
+    if refund_attempt:
+        # A PROCESSING case was claimed, so attempts >= 1 here.
+        values["attempts"] = Case.attempts - 1
     session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
-        .values(status=CaseStatus.QUEUED, processing_owner=None, queued_at=utcnow())
+        .values(**values)
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -385,9 +418,86 @@ def mark_delivered(*, session: Session, case_id: int, message_id: int | None, te
     audit(session=session, actor="system", action="case.delivered", case_id=case_id)
 
 
+def mark_undeliverable(*, session: Session, case_id: int, reason: str) -> None:
+    """Stop trying to send a case's answer (the patient blocked the bot, the chat is gone).
+
+    delivered_at is set so the sweeper leaves it; reply_text stays empty, the reason goes to
+    error_code (unless the case already has one) and to the audit trail.
+    """
+    session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.delivered_at.is_(None))
+        .values(
+            delivered_at=utcnow(),
+            reply_message_id=None,
+            reply_text=None,
+            error_code=func.coalesce(Case.error_code, f"undeliverable:{reason}"[:64]),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    audit(session=session, actor="system", action="case.undeliverable", case_id=case_id, detail={"reason": reason})
+
+
 def mark_delay_notice(*, session: Session, case_id: int) -> None:
     """Record that the patient was told their answer is delayed."""
     session.execute(update(Case).where(Case.id == case_id).values(delay_notice_at=utcnow()))
+
+
+# --- outbox (operator follow-ups) -------------------------------------------------------------
+
+
+def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> OutboxMessage | None:
+    """Atomically take the right to send an outbox message; None if sent or held by someone else."""
+    now = utcnow()
+    result = session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.id == message_id,
+            OutboxMessage.sent_at.is_(None),
+            or_(OutboxMessage.claimed_at.is_(None), OutboxMessage.claimed_at < now - timedelta(seconds=lease_s)),
+        )
+        .values(claimed_at=now, attempts=OutboxMessage.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    message = session.get(OutboxMessage, message_id)
+    if message is not None:
+        session.refresh(message)
+    return message
+
+
+def release_outbox(*, session: Session, message_id: int, error: str | None = None) -> None:
+    """Let another attempt send the message (after a failed send), noting why it failed."""
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None))
+        .values(claimed_at=None, error=error[:255] if error else None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def mark_outbox_sent(*, session: Session, message_id: int) -> None:
+    """Record that the message reached Telegram."""
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == message_id)
+        .values(sent_at=utcnow(), error=None)
+        .execution_options(synchronize_session=False)
+    )
+    audit(session=session, actor="system", action="outbox.sent", detail={"message_id": message_id})
+
+
+def mark_outbox_failed(*, session: Session, message_id: int, error: str) -> None:
+    """Give up on a message for good (patient blocked the bot): sent_at set with an error means not sent."""
+    session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None))
+        .values(sent_at=utcnow(), error=error[:255])
+        .execution_options(synchronize_session=False)
+    )
+    audit(session=session, actor="system", action="outbox.failed", detail={"message_id": message_id, "error": error})
 
 
 # --- sweeping and retention -----------------------------------------------------------------

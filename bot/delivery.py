@@ -1,0 +1,175 @@
+"""The patient's answer: composed from a finished case in their language, then sent.
+
+Called by the worker's reply queue (`deliver_case`, `send_outbox_message`, `make_bot`) and by /history
+to show a case again. Telegram shows at most 1024 characters under a photo, so a long answer keeps the
+tier and the probabilities in the caption and continues in a following message. Every answer carries
+the disclaimer; answers from demo models say so first.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass
+
+from telegram import Bot
+from telegram.constants import ParseMode
+from telegram.request import HTTPXRequest
+
+from bot.i18n import Texts, load_texts
+from ml.labels import Tier
+from skintriage.exceptions import ImageNotFound
+from skintriage.models import Case, CaseStatus, OutboxMessage
+from skintriage.settings import Settings, get_settings
+from skintriage.storage import ImageStore
+
+log = logging.getLogger(__name__)
+
+CAPTION_LIMIT = 1024
+TEXT_LIMIT = 4096
+_TAG = re.compile(r"<[^>]+>")
+
+
+def visible(text: str) -> str:
+    """What a Telegram client shows for an HTML text."""
+    return html.unescape(_TAG.sub("", text))
+
+
+def telegram_length(text: str) -> int:
+    """Length of an HTML text as Telegram counts it (UTF-16 code units of the visible text)."""
+    return len(visible(text).encode("utf-16-le")) // 2
+
+
+def percent(texts: Texts, lang: str, p: float) -> str:
+    """A probability in plain words: "12%", "under 1%", "over 99%"."""
+    if p < 0.01:
+        return texts.get(lang, "result.percent_tiny")
+    if p > 0.99:
+        return texts.get(lang, "result.percent_huge")
+    return f"{round(p * 100)}%"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A composed answer: an optional image key, the caption (or the text) and a follow-up message."""
+
+    image_key: str | None
+    caption: str
+    follow_up: str | None = None
+
+    @property
+    def full_text(self) -> str:
+        """Everything the patient reads, as plain text (stored as the case's reply_text)."""
+        parts = [self.caption] + ([self.follow_up] if self.follow_up else [])
+        return "\n\n".join(visible(p) for p in parts)
+
+
+def _split(head: list[str], tail: list[str], texts: Texts, lang: str) -> tuple[str, str | None]:
+    """Caption = head + tail when it fits under a photo; otherwise head in the caption, tail below."""
+    whole = "\n\n".join(head + tail)
+    if telegram_length(whole) <= CAPTION_LIMIT:
+        return whole, None
+    caption = "\n\n".join([*head, texts.get(lang, "result.continued")])
+    if telegram_length(caption) > CAPTION_LIMIT:
+        caption, tail = head[0], head[1:] + tail
+    return caption, "\n\n".join(tail)
+
+
+def compose(case: Case, *, texts: Texts) -> Reply:
+    """The answer for a finished case (done, rejected or failed), in the case's language."""
+    lang = case.language
+    demo = [texts.get(lang, "result.demo_warning")] if case.demo_model else []
+    disclaimer = texts.get(lang, "result.disclaimer")
+    if case.status == CaseStatus.FAILED:
+        return Reply(None, "\n\n".join([texts.get(lang, "result.failed", case_id=case.id), disclaimer]))
+    if case.status == CaseStatus.REJECTED or case.tier == Tier.RETAKE:
+        body = [
+            *demo,
+            texts.get(lang, "result.retake_title", case_id=case.id),
+            texts.retake_reason(lang, case.retake_reason),
+            texts.guidance(lang, Tier.RETAKE),
+            disclaimer,
+        ]
+        return Reply(None, "\n\n".join(body))
+    tier = case.tier if case.tier in {t.value for t in Tier} else Tier.UNCERTAIN
+    head = [*demo, texts.get(lang, "result.title", case_id=case.id, tier=texts.get(lang, f"tier.{tier}"))]
+    probs = case.probabilities
+    if probs:
+        head.append(
+            texts.get(
+                lang,
+                "result.probabilities",
+                mel=percent(texts, lang, probs["MEL"]),
+                nv=percent(texts, lang, probs["NV"]),
+                other=percent(texts, lang, probs["OTHER"]),
+            )
+        )
+    tail = [texts.guidance(lang, tier)]
+    image_key = case.overlay_key or case.image_key
+    if case.overlay_key:
+        tail.append(texts.get(lang, "result.outline_note"))
+    tail.append(disclaimer)
+    caption, follow_up = _split(head, tail, texts, lang)
+    if image_key is None:
+        return Reply(None, "\n\n".join([caption] + ([follow_up] if follow_up else [])))
+    return Reply(image_key, caption, follow_up)
+
+
+async def send_reply(bot: Bot, *, chat_id: int, reply: Reply, store: ImageStore, note: str | None = None) -> int | None:
+    """Send a composed answer (photo + caption, then the follow-up); returns the first message's id."""
+    photo = None
+    if reply.image_key:
+        try:
+            photo = store.get(reply.image_key)
+        except ImageNotFound:
+            log.info("image of an answer is gone (retention or deletion); sending the text only")
+    if photo is None:
+        text = "\n\n".join([reply.caption] + [p for p in (reply.follow_up, note) if p])
+        message = await bot.send_message(chat_id, text[:TEXT_LIMIT], parse_mode=ParseMode.HTML)
+        return message.message_id
+    message = await bot.send_photo(chat_id, photo=photo, caption=reply.caption, parse_mode=ParseMode.HTML)
+    if reply.follow_up:
+        await bot.send_message(chat_id, reply.follow_up, parse_mode=ParseMode.HTML)
+    return message.message_id
+
+
+async def deliver_case(
+    bot: Bot, *, case: Case, store: ImageStore, chat_id: int | None = None, texts: Texts | None = None
+) -> tuple[int | None, str]:
+    """Compose and send a finished case's answer; returns (message id, full text). Raises telegram.error.* on failure.
+
+    `chat_id` defaults to case.user.chat_id (the case must then be attached to a session or have its user loaded).
+    """
+    texts = texts or load_texts(get_settings().guidance_file)
+    reply = compose(case, texts=texts)
+    message_id = await send_reply(bot, chat_id=chat_id or case.user.chat_id, reply=reply, store=store)
+    return message_id, reply.full_text
+
+
+async def send_outbox_message(bot: Bot, *, message: OutboxMessage) -> int | None:
+    """Send an operator's follow-up message as plain text (never parsed as markup); returns its message id."""
+    sent = await bot.send_message(message.chat_id, message.text[:TEXT_LIMIT])
+    return sent.message_id
+
+
+def make_request(*, pool_size: int = 16) -> HTTPXRequest:
+    """The HTTP client for Bot API calls: generous upload time for photos, quick failure on a dead connection."""
+    return HTTPXRequest(
+        connection_pool_size=pool_size,
+        connect_timeout=5.0,
+        read_timeout=15.0,
+        write_timeout=15.0,
+        media_write_timeout=60.0,
+        pool_timeout=5.0,
+    )
+
+
+def make_bot(settings: Settings) -> Bot:
+    """A telegram.Bot with the configured token and base URLs (the worker's reply queue uses it)."""
+    return Bot(
+        settings.telegram_bot_token.get_secret_value(),
+        base_url=settings.telegram_api_base_url,
+        base_file_url=settings.telegram_file_base_url,
+        request=make_request(),
+    )

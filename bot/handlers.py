@@ -1,0 +1,421 @@
+"""Thin Telegram handlers: parse the update, call the service off the event loop, reply.
+
+Conversation state lives in the database (consent time, language), not in memory, so a restarted
+bot carries on where it was. One application-wide error handler (`on_error`) answers the patient when
+something fails; handlers carry no blanket try/except.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from babel.dates import format_date
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+
+from bot import intake, patients
+from bot.delivery import compose, send_reply
+from bot.i18n import LANGUAGE_NAMES, LANGUAGES, Texts, language_for
+from bot.intake import Decision, Outcome
+from bot.patients import Patient
+from ml.errors import InvalidImageError
+from skintriage.exceptions import StorageError
+from skintriage.models import CaseStatus
+from skintriage.settings import Settings
+from skintriage.storage import ImageStore
+
+log = logging.getLogger(__name__)
+
+HISTORY_LIMIT = 10
+CONSENT_YES = "consent:yes"
+LANGUAGE_PATTERN = r"^lang:(en|ko)$"
+CASE_PATTERN = r"^case:(\d{1,12})$"
+DELETE_PATTERN = r"^delete:(yes|no)$"
+COMMANDS = ("start", "help", "history", "delete", "language", "privacy")
+
+
+@dataclass
+class Services:
+    """What the handlers need, built once by bot.app.build_application."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: ImageStore
+    texts: Texts
+    enqueue: Callable[[int], bool]
+
+
+def _services(context: ContextTypes.DEFAULT_TYPE) -> Services:
+    return context.application.bot_data["services"]
+
+
+def _patient(update: Update) -> Patient:
+    user = update.effective_user
+    return Patient(user.id, update.effective_chat.id, user.language_code)
+
+
+async def _say(update: Update, text: str, markup: InlineKeyboardMarkup | None = None) -> int:
+    message = await update.get_bot().send_message(
+        update.effective_chat.id, text, parse_mode=ParseMode.HTML, reply_markup=markup
+    )
+    return message.message_id
+
+
+def _keyboard(rows: list[list[tuple[str, str]]]) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[InlineKeyboardButton(t, callback_data=d) for t, d in row] for row in rows])
+
+
+def _language_row() -> list[tuple[str, str]]:
+    return [(LANGUAGE_NAMES[lang], f"lang:{lang}") for lang in reversed(LANGUAGES)]
+
+
+def _introduction(svc: Services, lang: str) -> tuple[str, InlineKeyboardMarkup]:
+    keys = ("start.greeting", "start.does", "start.does_not", "start.stored", "start.consent_ask")
+    text = "\n\n".join(svc.texts.get(lang, k, days=svc.settings.retention_days) for k in keys)
+    return text, _keyboard([[(svc.texts.get(lang, "button.consent"), CONSENT_YES)], _language_row()])
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/start: introduction and the consent button, or a welcome back."""
+    svc = _services(context)
+    lang, consented = await asyncio.to_thread(patients.start, sessions=svc.sessions, patient=_patient(update))
+    if consented:
+        text = "\n\n".join([svc.texts.get(lang, "start.welcome_back"), svc.texts.get(lang, "tips.photo")])
+        await _say(update, text, _keyboard([_language_row()]))
+        return
+    await _say(update, *_introduction(svc, lang))
+
+
+async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/help: how to use the bot."""
+    svc = _services(context)
+    lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
+    await _say(update, "\n\n".join([svc.texts.get(lang, "help.text"), svc.texts.get(lang, "tips.photo")]))
+
+
+async def on_privacy(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/privacy: what is stored and for how long."""
+    svc = _services(context)
+    lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
+    await _say(update, svc.texts.get(lang, "privacy.text", days=svc.settings.retention_days))
+
+
+async def on_language(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/language: offer the languages."""
+    svc = _services(context)
+    lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
+    await _say(update, svc.texts.get(lang, "language.choose"), _keyboard([_language_row()]))
+
+
+async def on_history(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/history: the latest cases with a button to see each again."""
+    svc = _services(context)
+    lang, rows = await asyncio.to_thread(
+        patients.recent_cases, sessions=svc.sessions, patient=_patient(update), limit=HISTORY_LIMIT
+    )
+    if not rows:
+        await _say(update, svc.texts.get(lang, "history.empty"))
+        return
+    lines = [svc.texts.get(lang, "history.title")]
+    for row in rows:
+        date = format_date(row.received_at, format="medium", locale=lang)
+        lines.append(
+            svc.texts.get(lang, "history.line", case_id=row.case_id, date=date, status=_status(svc, lang, row))
+        )
+    buttons = [[(svc.texts.get(lang, "history.button", case_id=row.case_id), f"case:{row.case_id}")] for row in rows]
+    await _say(update, "\n".join(lines), _keyboard(buttons))
+
+
+def _status(svc: Services, lang: str, row: patients.CaseSummary) -> str:
+    if row.status == CaseStatus.DONE and row.tier:
+        return svc.texts.get(lang, f"tier.{row.tier}")
+    if row.status == CaseStatus.REJECTED:
+        return svc.texts.get(lang, "tier.RETAKE")
+    if row.status == CaseStatus.FAILED:
+        return svc.texts.get(lang, "status.failed")
+    return svc.texts.get(lang, "status.open")
+
+
+async def on_delete(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/delete: ask for confirmation."""
+    svc = _services(context)
+    lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
+    buttons = [
+        [(svc.texts.get(lang, "button.delete_yes"), "delete:yes")],
+        [(svc.texts.get(lang, "button.delete_no"), "delete:no")],
+    ]
+    await _say(update, svc.texts.get(lang, "delete.confirm"), _keyboard(buttons))
+
+
+# --- buttons --------------------------------------------------------------------------------
+
+
+async def on_consent_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The consent button: record consent and ask for the photo."""
+    svc = _services(context)
+    query = update.callback_query
+    lang, already = await asyncio.to_thread(patients.give_consent, sessions=svc.sessions, patient=_patient(update))
+    await query.answer()
+    if query.message and query.message.reply_markup:
+        await query.edit_message_reply_markup(None)
+    key = "consent.already" if already else "consent.thanks"
+    await _say(update, "\n\n".join([svc.texts.get(lang, key), svc.texts.get(lang, "tips.photo")]))
+
+
+async def on_language_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A language button: store it and confirm in the new language (repeating the introduction before consent)."""
+    svc = _services(context)
+    query = update.callback_query
+    lang = context.match.group(1)
+    consented = await asyncio.to_thread(
+        patients.choose_language, sessions=svc.sessions, patient=_patient(update), language=lang
+    )
+    await query.answer()
+    if consented:
+        await _say(update, svc.texts.get(lang, "language.set"))
+    else:
+        await _say(update, *_introduction(svc, lang))
+
+
+async def on_case_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A /history button: show the patient's own case again (never anyone else's)."""
+    svc = _services(context)
+    query = update.callback_query
+    case_id = int(context.match.group(1))
+    lang, case = await asyncio.to_thread(
+        patients.own_case, sessions=svc.sessions, patient=_patient(update), case_id=case_id
+    )
+    if case is None:
+        await query.answer(svc.texts.get(lang, "history.not_found"), show_alert=True)
+        return
+    await query.answer()
+    if case.status not in (CaseStatus.DONE, CaseStatus.REJECTED, CaseStatus.FAILED):
+        await _say(update, svc.texts.get(lang, "history.still_open", case_id=case.id))
+        return
+    case.language = lang  # detached copy: answer in the patient's current language
+    note = svc.texts.get(lang, "history.photo_deleted") if case.images_deleted_at else None
+    await send_reply(
+        query.get_bot(),
+        chat_id=update.effective_chat.id,
+        reply=compose(case, texts=svc.texts),
+        store=svc.store,
+        note=note,
+    )
+
+
+async def on_delete_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The /delete confirmation buttons: delete everything, or nothing."""
+    svc = _services(context)
+    query = update.callback_query
+    await query.answer()
+    if context.match.group(1) == "no":
+        lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
+        await query.edit_message_text(svc.texts.get(lang, "delete.cancelled"), parse_mode=ParseMode.HTML)
+        return
+    lang, count = await asyncio.to_thread(
+        patients.delete_everything, sessions=svc.sessions, store=svc.store, patient=_patient(update)
+    )
+    text = svc.texts.get(lang, "delete.nothing") if count is None else svc.texts.get(lang, "delete.done", count=count)
+    await query.edit_message_text(text, parse_mode=ParseMode.HTML)
+
+
+async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Any other button data (old keyboards, forged data): say it no longer works."""
+    svc = _services(context)
+    lang = language_for(update.effective_user.language_code)
+    await update.callback_query.answer(svc.texts.get(lang, "other.stale_button"))
+
+
+# --- photos and files -----------------------------------------------------------------------
+
+
+async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A photo (Telegram-compressed): take its largest size."""
+    photo = update.effective_message.photo[-1]
+    await _receive_image(update, context, photo.file_id, photo.file_unique_id, photo.file_size)
+
+
+async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A file: images start a case, anything else gets a short explanation."""
+    document = update.effective_message.document
+    if not intake.is_image_document(document.mime_type, document.file_name):
+        svc = _services(context)
+        lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
+        await _say(update, svc.texts.get(lang, "intake.unsupported_file"))
+        return
+    await _receive_image(update, context, document.file_id, document.file_unique_id, document.file_size)
+
+
+async def _receive_image(
+    update: Update, context: ContextTypes.DEFAULT_TYPE, file_id: str, file_unique_id: str, file_size: int | None
+) -> None:
+    """Checks, download, header check, store + commit, enqueue, acknowledge (see bot.intake)."""
+    svc, patient, bot = _services(context), _patient(update), context.bot
+    decision = await asyncio.to_thread(
+        intake.before_download, sessions=svc.sessions, settings=svc.settings, patient=patient,
+        update_id=update.update_id, file_unique_id=file_unique_id,
+    )  # fmt: skip
+    if decision.outcome is not Outcome.PROCEED:
+        await _explain(update, svc, decision)
+        return
+    lang = decision.language
+    await bot.send_chat_action(patient.chat_id, ChatAction.TYPING)
+    data = None if (file_size or 0) > svc.settings.max_file_bytes else await _download(bot, file_id)
+    if data is None or len(data) > svc.settings.max_file_bytes:
+        await _say(update, _too_big(svc, lang, file_size or (len(data) if data else 0)))
+        return
+    try:
+        info = await asyncio.to_thread(intake.inspect_image, data, settings=svc.settings)
+    except InvalidImageError as exc:
+        await _say(update, svc.texts.get(lang, "intake.unusable", reason=svc.texts.retake_reason(lang, exc.reason)))
+        return
+    decision = await asyncio.to_thread(
+        intake.register, sessions=svc.sessions, store=svc.store, settings=svc.settings, patient=patient, data=data,
+        info=info, update_id=update.update_id, message_id=update.effective_message.message_id,
+        file_unique_id=file_unique_id,
+    )  # fmt: skip
+    if decision.outcome is not Outcome.CREATED:
+        await _explain(update, svc, decision)
+        return
+    queued = await asyncio.to_thread(intake.queue, sessions=svc.sessions, case_id=decision.case_id, enqueue=svc.enqueue)
+    key = "intake.ack" if queued else "intake.delayed"
+    message_id = await _say(update, svc.texts.get(lang, key, case_id=decision.case_id))
+    await asyncio.to_thread(
+        intake.acknowledged, sessions=svc.sessions, case_id=decision.case_id, message_id=message_id, delayed=not queued
+    )
+
+
+async def _download(bot, file_id: str) -> bytes | None:  # noqa: ANN001 - telegram.Bot or ExtBot
+    """The file's bytes, or None when Telegram refuses because it is too big for bots (20 MB)."""
+    try:
+        file = await bot.get_file(file_id)
+    except BadRequest as exc:
+        if "too big" in exc.message.lower():
+            return None
+        raise
+    return bytes(await file.download_as_bytearray())
+
+
+def _megabytes(size: int) -> str:
+    value = size / (1024 * 1024)
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _too_big(svc: Services, lang: str, size: int) -> str:
+    size_mb = _megabytes(size) if size else "20+"
+    return svc.texts.get(lang, "intake.too_big", size_mb=size_mb, limit_mb=_megabytes(svc.settings.max_file_bytes))
+
+
+async def _explain(update: Update, svc: Services, decision: Decision) -> None:
+    """Tell the patient why a photo did not start a new case."""
+    lang, texts = decision.language, svc.texts
+    if decision.outcome is Outcome.SEEN:
+        log.info("update %d was delivered again; already handled", update.update_id)
+    elif decision.outcome is Outcome.NEEDS_CONSENT:
+        intro, markup = _introduction(svc, lang)
+        await _say(update, "\n\n".join([texts.get(lang, "consent.required"), intro]), markup)
+    elif decision.outcome is Outcome.DUPLICATE:
+        key = "intake.duplicate_done" if decision.finished else "intake.duplicate_open"
+        await _say(update, texts.get(lang, key, case_id=decision.case_id))
+    elif decision.outcome is Outcome.RATE_LIMITED:
+        await _say(
+            update, texts.get(lang, "intake.rate_limited", minutes=max(1, math.ceil(decision.retry_after_s / 60)))
+        )
+    elif decision.outcome is Outcome.IN_FLIGHT:
+        await _say(update, texts.get(lang, "intake.in_flight", count=svc.settings.max_in_flight))
+
+
+# --- everything else ------------------------------------------------------------------------
+
+
+def _reply_with(key: str) -> Callable:
+    async def handler(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        svc = _services(context)
+        lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
+        await _say(update, svc.texts.get(lang, key))
+
+    handler.__doc__ = f"Answer with the {key} text."
+    handler.__name__ = f"on_{key.replace('.', '_')}"
+    return handler
+
+
+async def on_group(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Group chats: decline politely, store nothing (health data belongs in a private chat)."""
+    svc = _services(context)
+    lang = language_for(update.effective_user.language_code if update.effective_user else None)
+    await _say(update, svc.texts.get(lang, "other.group", bot_username=context.bot.username))
+
+
+async def on_channel_post(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Channel posts come from no patient: ignore them."""
+
+
+async def on_edited(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Edited messages never start or change a case; say so once per edit."""
+    if update.effective_chat and update.effective_chat.type == "private":
+        await _reply_with("other.edited")(update, context)
+
+
+async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """The one error handler: log with the traceback, tell the patient in plain words, never a stack trace."""
+    error = context.error
+    if isinstance(error, Forbidden):
+        log.info("the patient blocked the bot; nothing to answer")
+        return
+    log.error("update failed: %s", type(error).__name__, exc_info=error)
+    if not isinstance(update, Update) or update.effective_chat is None or update.effective_chat.type != "private":
+        return
+    svc = _services(context)
+    lang = language_for(update.effective_user.language_code if update.effective_user else None)
+    message = update.effective_message
+    unavailable = isinstance(error, OperationalError | InterfaceError | StorageError)
+    if unavailable and message is not None and (message.photo or message.document):
+        key = "intake.unavailable"
+    else:
+        key = "error.unavailable" if unavailable else "error.generic"
+    try:
+        await _say(update, svc.texts.get(lang, key))
+    except TelegramError as exc:  # Telegram itself may be what failed; the log above has the cause
+        log.warning("could not tell the patient about the error: %s", type(exc).__name__)
+
+
+def register(application: Application) -> None:
+    """Add every handler, in the order they are tried."""
+    application.add_handler(MessageHandler(filters.UpdateType.EDITED, on_edited))
+    application.add_handler(MessageHandler(filters.ChatType.GROUPS, on_group))
+    application.add_handler(MessageHandler(filters.ChatType.CHANNEL, on_channel_post))
+    for name, callback in (
+        ("start", on_start),
+        ("help", on_help),
+        ("privacy", on_privacy),
+        ("language", on_language),
+        ("history", on_history),
+        ("delete", on_delete),
+    ):
+        application.add_handler(CommandHandler(name, callback))
+    application.add_handler(MessageHandler(filters.COMMAND, _reply_with("other.unknown_command")))
+    application.add_handler(MessageHandler(filters.PHOTO, on_photo))
+    application.add_handler(MessageHandler(filters.Document.ALL, on_document))
+    application.add_handler(
+        MessageHandler(filters.VIDEO | filters.ANIMATION | filters.VIDEO_NOTE, _reply_with("other.video"))
+    )
+    application.add_handler(MessageHandler(filters.VOICE | filters.AUDIO, _reply_with("other.voice")))
+    application.add_handler(MessageHandler(filters.Sticker.ALL, _reply_with("other.sticker")))
+    application.add_handler(MessageHandler(filters.ALL, _reply_with("other.text")))
+    application.add_handler(CallbackQueryHandler(on_consent_button, pattern=f"^{CONSENT_YES}$"))
+    application.add_handler(CallbackQueryHandler(on_language_button, pattern=LANGUAGE_PATTERN))
+    application.add_handler(CallbackQueryHandler(on_case_button, pattern=CASE_PATTERN))
+    application.add_handler(CallbackQueryHandler(on_delete_button, pattern=DELETE_PATTERN))
+    application.add_handler(CallbackQueryHandler(on_stale_button))
+    application.add_error_handler(on_error)

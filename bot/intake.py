@@ -1,0 +1,170 @@
+"""Photo intake: from a patient's photo to a committed, queued case.
+
+Order matters and each step is a plain blocking function the handler runs off the event loop:
+  1. `before_download`: repeated update? consent? same Telegram file just now? rate limit, cases in flight?
+  2. the handler downloads the bytes; `inspect_image` reads only the header (format, size, pixel bomb)
+  3. `register`: store the image, then in ONE transaction mark the update processed, reuse a case for
+     the same bytes within the duplicate window or create the case, and COMMIT
+  4. `queue`: enqueue the committed case; on success mark it queued. When the broker is down the case
+     stays "received" and the sweeper enqueues it later, so the photo is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import PurePosixPath
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.patients import Patient, ensure_user, transaction
+from ml.decode import ImageInfo, probe_image
+from skintriage import cases
+from skintriage.exceptions import RateLimited, TooManyInFlight
+from skintriage.models import Case, CaseStatus
+from skintriage.observability import PHOTOS_RECEIVED
+from skintriage.settings import Settings
+from skintriage.storage import ImageStore
+
+log = logging.getLogger(__name__)
+
+# Store extensions by decoded format; anything else ml.decode accepts is kept as .bin.
+STORE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic", "AVIF": "heic"}
+IMAGE_MIME_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/heic", "image/heif", "image/avif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".heic", ".heif", ".avif"}
+
+
+class Outcome(StrEnum):
+    """What became of a photo."""
+
+    PROCEED = "proceed"  # checks passed: download it
+    SEEN = "seen"  # a repeated delivery of an update already handled: say nothing
+    NEEDS_CONSENT = "needs_consent"
+    DUPLICATE = "duplicate"  # the same photo within the duplicate window: its case is reused
+    RATE_LIMITED = "rate_limited"
+    IN_FLIGHT = "in_flight"
+    CREATED = "created"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An outcome and what the reply needs to say."""
+
+    outcome: Outcome
+    language: str
+    case_id: int | None = None
+    finished: bool = False
+    retry_after_s: int = 0
+
+
+def is_image_document(mime_type: str | None, file_name: str | None) -> bool:
+    """Whether a file sent "as a document" claims to be an image worth downloading."""
+    if mime_type and mime_type.lower() in IMAGE_MIME_TYPES:
+        return True
+    suffix = PurePosixPath(file_name or "").suffix.lower()
+    return suffix in IMAGE_SUFFIXES and (not mime_type or mime_type.lower() in {"application/octet-stream", ""})
+
+
+def _reusable(case: Case | None) -> bool:
+    # A failed case told the patient to send the photo again: that resend must start a new case.
+    return case is not None and case.status != CaseStatus.FAILED
+
+
+def before_download(
+    *,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    patient: Patient,
+    update_id: int,
+    file_unique_id: str | None,
+) -> Decision:
+    """The checks that need no bytes: repeated update, consent, same file just now, rate limit, cases in flight."""
+    with transaction(sessions) as session:
+        user = ensure_user(session, patient)
+        if cases.update_seen(session=session, update_id=update_id):
+            return Decision(Outcome.SEEN, user.language)
+        if user.consent_at is None:
+            return Decision(Outcome.NEEDS_CONSENT, user.language)
+        if file_unique_id:
+            same = cases.find_recent_same_file(
+                session=session, user=user, file_unique_id=file_unique_id, window_s=settings.duplicate_window_s
+            )
+            if _reusable(same):
+                return Decision(Outcome.DUPLICATE, user.language, same.id, same.status in cases.FINAL_STATUSES)
+        try:
+            cases.check_intake_limits(
+                session=session,
+                user=user,
+                rate_limit=settings.rate_limit_photos,
+                window_s=settings.rate_limit_window_s,
+                max_in_flight=settings.max_in_flight,
+            )
+        except RateLimited as exc:
+            return Decision(Outcome.RATE_LIMITED, user.language, retry_after_s=exc.retry_after_s)
+        except TooManyInFlight:
+            return Decision(Outcome.IN_FLIGHT, user.language)
+        return Decision(Outcome.PROCEED, user.language)
+
+
+def inspect_image(data: bytes, *, settings: Settings) -> ImageInfo:
+    """Read the header only; raises ml.errors.InvalidImageError with the reason the patient is told."""
+    return probe_image(data, max_pixels=settings.max_image_pixels)
+
+
+def register(
+    *,
+    sessions: sessionmaker[Session],
+    store: ImageStore,
+    settings: Settings,
+    patient: Patient,
+    data: bytes,
+    info: ImageInfo,
+    update_id: int,
+    message_id: int | None,
+    file_unique_id: str | None,
+) -> Decision:
+    """Store the photo and commit its case (or find the case of the same bytes); the case is not queued yet."""
+    image = store.put(data, kind="photo", ext=STORE_EXTENSIONS.get(info.format.upper(), "bin"))
+    with transaction(sessions) as session:
+        user = ensure_user(session, patient)
+        if not cases.mark_update_processed(session=session, update_id=update_id):
+            return Decision(Outcome.SEEN, user.language)
+        same = cases.find_recent_duplicate(
+            session=session, user=user, sha256=image.sha256, window_s=settings.duplicate_window_s
+        )
+        if _reusable(same):
+            return Decision(Outcome.DUPLICATE, user.language, same.id, same.status in cases.FINAL_STATUSES)
+        case = cases.create_case(
+            session=session,
+            user=user,
+            image=image,
+            width=info.width,
+            height=info.height,
+            update_id=update_id,
+            message_id=message_id,
+            file_unique_id=file_unique_id,
+        )
+        decision = Decision(Outcome.CREATED, user.language, case.id)
+    PHOTOS_RECEIVED.inc()
+    log.info("case %d received", decision.case_id)
+    return decision
+
+
+def queue(*, sessions: sessionmaker[Session], case_id: int, enqueue: Callable[[int], bool]) -> bool:
+    """Hand a committed case to the broker and mark it queued; False leaves it for the sweeper."""
+    if not enqueue(case_id):
+        log.warning("case %d kept as received: the broker is unreachable; the sweeper will enqueue it", case_id)
+        return False
+    with transaction(sessions) as session:
+        cases.mark_queued(session=session, case_id=case_id)
+    return True
+
+
+def acknowledged(*, sessions: sessionmaker[Session], case_id: int, message_id: int | None, delayed: bool) -> None:
+    """Record the acknowledgement (and the delay notice when the broker was down)."""
+    with transaction(sessions) as session:
+        cases.mark_acknowledged(session=session, case_id=case_id, message_id=message_id)
+        if delayed:
+            cases.mark_delay_notice(session=session, case_id=case_id)

@@ -1,0 +1,133 @@
+"""The patient's account as the bot sees it: language, consent, history, deletion.
+
+Plain blocking functions over the case service; handlers run them with `asyncio.to_thread` so a slow
+database never stalls other patients' updates. Each call is one committed transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.i18n import language_for
+from skintriage import cases
+from skintriage.exceptions import CaseNotFound
+from skintriage.models import Case, User
+from skintriage.storage import ImageStore
+
+
+@dataclass(frozen=True)
+class Patient:
+    """Who sent an update: Telegram user, private chat and the app's language code."""
+
+    telegram_user_id: int
+    chat_id: int
+    language_code: str | None = None
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    """One line of /history."""
+
+    case_id: int
+    received_at: datetime
+    status: str
+    tier: str | None
+
+
+@contextmanager
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    session = sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def ensure_user(session: Session, patient: Patient) -> User:
+    """The patient's row, created (without consent) on first contact in their Telegram language."""
+    return cases.get_or_create_user(
+        session=session,
+        telegram_user_id=patient.telegram_user_id,
+        chat_id=patient.chat_id,
+        language=language_for(patient.language_code),
+    )
+
+
+def language_of(*, sessions: sessionmaker[Session], patient: Patient) -> str:
+    """The patient's chosen language, or their Telegram language when they are not known yet."""
+    with transaction(sessions) as session:
+        user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
+        return user.language if user else language_for(patient.language_code)
+
+
+def start(*, sessions: sessionmaker[Session], patient: Patient) -> tuple[str, bool]:
+    """Register the patient on /start; returns (language, already consented)."""
+    with transaction(sessions) as session:
+        user = ensure_user(session, patient)
+        return user.language, user.consent_at is not None
+
+
+def give_consent(*, sessions: sessionmaker[Session], patient: Patient) -> tuple[str, bool]:
+    """Record consent (once); returns (language, whether it had already been given)."""
+    with transaction(sessions) as session:
+        user = ensure_user(session, patient)
+        if user.consent_at is not None:
+            return user.language, True
+        cases.record_consent(session=session, user=user)
+        return user.language, False
+
+
+def choose_language(*, sessions: sessionmaker[Session], patient: Patient, language: str) -> bool:
+    """Store the patient's language; returns whether they have consented."""
+    with transaction(sessions) as session:
+        user = ensure_user(session, patient)
+        cases.set_language(session=session, user=user, language=language)
+        return user.consent_at is not None
+
+
+def recent_cases(
+    *, sessions: sessionmaker[Session], patient: Patient, limit: int = 10
+) -> tuple[str, list[CaseSummary]]:
+    """The patient's language and latest cases, newest first."""
+    with transaction(sessions) as session:
+        user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
+        if user is None:
+            return language_for(patient.language_code), []
+        rows = cases.history(session=session, user=user, limit=limit)
+        return user.language, [CaseSummary(c.id, c.received_at, c.status, c.tier) for c in rows]
+
+
+def own_case(*, sessions: sessionmaker[Session], patient: Patient, case_id: int) -> tuple[str, Case | None]:
+    """The patient's language and their case (None when it is not theirs or does not exist)."""
+    with transaction(sessions) as session:
+        user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
+        if user is None:
+            return language_for(patient.language_code), None
+        try:
+            case = cases.get_user_case(session=session, user=user, case_id=case_id)
+        except CaseNotFound:
+            return user.language, None
+        session.expunge(case)
+        return user.language, case
+
+
+def delete_everything(
+    *, sessions: sessionmaker[Session], store: ImageStore, patient: Patient
+) -> tuple[str, int | None]:
+    """Delete the patient's images, cases and profile; returns (language, cases deleted or None if unknown)."""
+    with transaction(sessions) as session:
+        user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
+        if user is None:
+            return language_for(patient.language_code), None
+        language = user.language
+        return language, cases.delete_user_data(session=session, store=store, user=user)

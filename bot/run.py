@@ -1,0 +1,53 @@
+"""`skintriage bot`: run the Telegram bot with long polling (real Telegram, or a local Bot API server)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from sqlalchemy import text
+
+from skintriage.exceptions import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `skintriage bot`."""
+    parser.add_argument(
+        "--drop-pending-updates",
+        action="store_true",
+        help="forget updates that arrived while the bot was down (default: answer them)",
+    )
+
+
+def _database_check(url: str) -> dict:
+    from skintriage.db import engine_for
+
+    with engine_for(url).connect() as conn:
+        conn.execute(text("SELECT 1"))
+    return {"ok": True, "database": "up"}
+
+
+def main(args: argparse.Namespace) -> int:
+    """Check the settings and the schema, serve /healthz, then poll until interrupted."""
+    from telegram import Update
+
+    from bot.app import build_application
+    from skintriage import migrate
+    from skintriage.logconfig import configure_logging, register_secret
+    from skintriage.observability import serve_health
+    from skintriage.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    settings.check_secrets()
+    register_secret(settings.telegram_bot_token.get_secret_value())
+    url = settings.resolved_database_url
+    if migrate.current(url) is None:
+        raise ConfigurationError("the database has no schema yet; run `skintriage db upgrade` first")
+    serve_health(settings.health_port, lambda: _database_check(url))
+    application = build_application(settings)
+    log.info("bot polling %s", settings.telegram_api_base_url)
+    application.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=args.drop_pending_updates)
+    return 0

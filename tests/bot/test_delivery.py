@@ -1,0 +1,165 @@
+"""The patient's answer: composition in both languages, Telegram's caption limit, and sending it for real."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from telegram.error import NetworkError
+
+from bot.delivery import compose, deliver_case, make_bot, send_outbox_message, telegram_length, visible
+from bot.i18n import Texts
+from ml.labels import RetakeReason, Tier
+from skintriage import cases
+from skintriage.models import Case, CaseStatus, OutboxMessage
+from skintriage.settings import Settings
+from skintriage.storage import LocalImageStore
+from tests.factories import lesion_photo
+
+TEXTS = Texts.load()
+
+
+def done_case(tier: str, lang: str = "en", *, demo: bool = False, overlay_key: str | None = "overlay-key") -> Case:
+    return Case(
+        id=42,
+        language=lang,
+        status=CaseStatus.DONE,
+        tier=tier,
+        prob_mel=0.004 if tier == "LOW" else 0.62,
+        prob_nv=0.9 if tier == "LOW" else 0.3,
+        prob_other=0.096 if tier == "LOW" else 0.08,
+        overlay_key=overlay_key,
+        image_key="photo-key",
+        demo_model=demo,
+    )
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+@pytest.mark.parametrize("tier", ["HIGH", "MEDIUM", "LOW", "UNCERTAIN"])
+def test_result_caption_fits_under_the_photo_with_tier_probabilities_guidance_and_disclaimer(tier, lang) -> None:
+    reply = compose(done_case(tier, lang), texts=TEXTS)
+    assert reply.image_key == "overlay-key"
+    assert telegram_length(reply.caption) <= 1024
+    full = reply.full_text
+    assert full.startswith(visible(TEXTS.get(lang, "result.title", case_id=42, tier=TEXTS.get(lang, f"tier.{tier}"))))
+    assert visible(TEXTS.guidance(lang, tier)) in full
+    assert full.endswith(visible(TEXTS.get(lang, "result.disclaimer")))
+    assert ("62%" if tier != "LOW" else visible(TEXTS.get(lang, "result.percent_tiny"))) in full
+    assert "DEMO" not in full and "데모" not in full
+
+
+def test_low_tier_in_plain_words_exactly() -> None:
+    reply = compose(done_case("LOW"), texts=TEXTS)
+    assert reply.follow_up is None
+    assert reply.full_text.split("\n\n")[:2] == [
+        "Case #42: Looks like a common mole",
+        "What the model estimates:\n• Melanoma (a skin cancer): under 1%\n• Common mole: 90%\n• Other skin lesion: 10%",
+    ]
+
+
+def test_demo_model_answers_say_so_first() -> None:
+    for lang, word in (("en", "DEMO MODEL"), ("ko", "데모 모델")):
+        reply = compose(done_case("HIGH", lang, demo=True), texts=TEXTS)
+        assert word in reply.caption.split("\n\n")[0]
+        retake = Case(
+            id=1, language=lang, status=CaseStatus.REJECTED, tier="RETAKE", retake_reason="blurry", demo_model=True
+        )
+        assert word in compose(retake, texts=TEXTS).caption
+
+
+def test_long_guidance_continues_in_a_following_message(tmp_path) -> None:
+    path = tmp_path / "guidance.toml"
+    long_text = "Please see a dermatologist within two weeks. " * 30
+    path.write_text(f'[HIGH]\nen = "{long_text}"\n', encoding="utf-8")
+    texts = Texts.load(guidance_file=path)
+    reply = compose(done_case("HIGH", demo=True), texts=texts)
+    assert telegram_length(reply.caption) <= 1024
+    assert reply.caption.endswith(TEXTS.get("en", "result.continued"))
+    assert "62%" in reply.caption and "DEMO MODEL" in reply.caption
+    assert long_text.strip() in visible(reply.follow_up)
+    assert visible(reply.follow_up).endswith(visible(TEXTS.get("en", "result.disclaimer")))
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+@pytest.mark.parametrize("reason", [r.value for r in RetakeReason] + [None])
+def test_retake_answers_give_the_specific_reason_and_how_to_take_a_better_photo(reason, lang) -> None:
+    case = Case(id=5, language=lang, status=CaseStatus.REJECTED, tier=Tier.RETAKE, retake_reason=reason)
+    reply = compose(case, texts=TEXTS)
+    assert reply.image_key is None
+    assert visible(TEXTS.retake_reason(lang, reason)) in reply.full_text
+    assert visible(TEXTS.guidance(lang, "RETAKE")) in reply.full_text
+    assert reply.full_text.endswith(visible(TEXTS.get(lang, "result.disclaimer")))
+
+
+def test_failed_case_apologises_and_says_to_see_a_doctor() -> None:
+    reply = compose(Case(id=9, language="en", status=CaseStatus.FAILED, error_code="attempts_exhausted"), texts=TEXTS)
+    assert reply.full_text.startswith("Case #9: I'm sorry")
+    assert "please see a doctor" in reply.full_text
+    assert reply.full_text.endswith(visible(TEXTS.get("en", "result.disclaimer")))
+
+
+def _settings(local_api) -> Settings:
+    return Settings(
+        TELEGRAM_BOT_TOKEN=local_api.token,
+        TELEGRAM_API_BASE_URL=local_api.api_base_url,
+        TELEGRAM_FILE_BASE_URL=local_api.file_base_url,
+    )
+
+
+def test_deliver_case_sends_the_outlined_photo_with_caption_to_the_patient(
+    local_api, patient, sqlite_url, tmp_path
+) -> None:
+    from skintriage.db import session_scope
+
+    store = LocalImageStore(tmp_path / "images")
+    photo, overlay = lesion_photo(seed=1), lesion_photo(seed=2)
+    patient.send_text(301, "hi")
+    with session_scope(sqlite_url) as session:
+        user = cases.get_or_create_user(session=session, telegram_user_id=301, chat_id=301, language="ko")
+        case = cases.create_case(session=session, user=user, image=store.put(photo))
+        case.status, case.tier = CaseStatus.DONE, "MEDIUM"
+        case.prob_mel, case.prob_nv, case.prob_other = 0.2, 0.1, 0.7
+        case.overlay_key = store.put(overlay, kind="overlay").key
+
+        async def go():
+            async with make_bot(_settings(local_api)) as bot:
+                return await deliver_case(bot, case=case, store=store, texts=TEXTS)
+
+        message_id, text = asyncio.run(go())  # chat id from case.user while the session is open
+    (sent,) = patient.messages(301)
+    assert sent["method"] == "sendPhoto" and sent["message_id"] == message_id
+    assert patient.file_bytes(sent["photo"]) == overlay
+    assert sent["caption"] == text and text.startswith(f"사례 #{case.id}: 피부과 진료 권장")
+
+
+def test_deliver_case_falls_back_to_text_when_the_image_is_gone_and_raises_on_telegram_errors(
+    local_api, patient, tmp_path
+) -> None:
+    store = LocalImageStore(tmp_path / "images")
+    patient.send_text(302, "hi")
+    case = done_case("HIGH", overlay_key="overlay/ab/" + "ab" * 32 + ".jpg")
+    case.image_key = None
+
+    async def go():
+        async with make_bot(_settings(local_api)) as bot:
+            result = await deliver_case(bot, case=case, store=store, chat_id=302, texts=TEXTS)
+            patient.set_faults("sendMessage", ["500"])
+            with pytest.raises(NetworkError):
+                await deliver_case(bot, case=case, store=store, chat_id=302, texts=TEXTS)
+            return result
+
+    message_id, text = asyncio.run(go())
+    (sent,) = patient.messages(302)
+    assert sent["method"] == "sendMessage" and sent["text"] == text and sent["message_id"] == message_id
+
+
+def test_outbox_message_is_sent_as_plain_text(local_api, patient) -> None:
+    patient.send_text(303, "hi")
+
+    async def go():
+        async with make_bot(_settings(local_api)) as bot:
+            return await send_outbox_message(bot, message=OutboxMessage(chat_id=303, text="Dr. Kim: <please> call us"))
+
+    message_id = asyncio.run(go())
+    (sent,) = patient.messages(303)
+    assert sent["text"] == "Dr. Kim: <please> call us" and sent["message_id"] == message_id

@@ -1,0 +1,34 @@
+"""Case-service functions the bot added: seen updates and the same Telegram file."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from skintriage import cases
+from skintriage.db import session_scope
+from skintriage.models import utcnow
+from skintriage.storage import StoredImage
+
+
+def test_update_seen_after_mark_update_processed(db_url: str) -> None:
+    with session_scope(db_url) as session:
+        assert not cases.update_seen(session=session, update_id=77)
+        assert cases.mark_update_processed(session=session, update_id=77)
+        assert cases.update_seen(session=session, update_id=77)
+        assert not cases.update_seen(session=session, update_id=78)
+
+
+def test_find_recent_same_file_is_per_patient_and_within_the_window(db_url: str) -> None:
+    image = StoredImage(key="photo/ab/" + "ab" * 32 + ".jpg", sha256="ab" * 32, size=10)
+    with session_scope(db_url) as session:
+        alice = cases.get_or_create_user(session=session, telegram_user_id=1, chat_id=1, language="en")
+        bob = cases.get_or_create_user(session=session, telegram_user_id=2, chat_id=2, language="en")
+        case = cases.create_case(session=session, user=alice, image=image, file_unique_id="AQADxyz")
+        found = cases.find_recent_same_file(session=session, user=alice, file_unique_id="AQADxyz", window_s=60)
+        assert found is not None and found.id == case.id
+        assert cases.find_recent_same_file(session=session, user=bob, file_unique_id="AQADxyz", window_s=60) is None
+        later = utcnow() + timedelta(seconds=120)
+        assert (
+            cases.find_recent_same_file(session=session, user=alice, file_unique_id="AQADxyz", window_s=60, now=later)
+            is None
+        )
