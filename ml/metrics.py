@@ -58,13 +58,22 @@ def per_image_scores(probability: np.ndarray, true: np.ndarray, thresholds: Sequ
     return out
 
 
-def summarize(rows: Sequence[dict[str, float]], *, threshold: float) -> dict[str, float]:
-    """Mean of every per-image score, plus the thresholded Jaccard at the model's threshold."""
+def summarize(rows: Sequence[dict[str, float]], *, iou_key: str) -> dict[str, float]:
+    """Mean of every per-image score, the thresholded Jaccard of every IoU key, and the headline one.
+
+    iou_key names the IoU column (e.g. 'iou@0.5') whose thresholded Jaccard is reported as
+    'thresholded_jaccard'.
+    """
     if not rows:
         raise ValueError("no per-image scores to summarise")
-    keys = rows[0].keys()
-    summary = {f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
-    summary["thresholded_jaccard"] = thresholded_jaccard(r[f"iou@{threshold:g}"] for r in rows)
+    keys = [k for k, v in rows[0].items() if isinstance(v, int | float)]
+    if iou_key not in keys:
+        raise ValueError(f"no {iou_key!r} among the scores {keys}")
+    summary: dict[str, float] = {f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
+    for k in keys:
+        if k.startswith("iou"):
+            summary[f"thresholded_jaccard{k[3:]}"] = thresholded_jaccard(r[k] for r in rows)
+    summary["thresholded_jaccard"] = thresholded_jaccard(r[iou_key] for r in rows)
     summary["images"] = len(rows)
     return summary
 

@@ -42,6 +42,7 @@ class SegmentationPreset:
 
     input_size: tuple[int, int]
     hair_removal: bool = False
+    tta: bool = False
 
     def __call__(self, image_rgb: np.ndarray) -> np.ndarray:
         """Return the network input (H, W, 3) float32 for one RGB uint8 image of any size."""
@@ -74,6 +75,7 @@ class SegmentationPreset:
             "scale": "uint8 0-255 as float32; the model divides by 255 itself",
             "hair_removal": "dullrazor" if self.hair_removal else None,
             "upsample": "cv2.INTER_LINEAR of the probability map to the original size",
+            "tta": "flips" if self.tta else None,
         }
 
 

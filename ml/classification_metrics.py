@@ -1,0 +1,183 @@
+"""Classification metrics in LABELS order: confusion, per-class P/R/F1, AUC, ECE and the melanoma operating point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ml.labels import LABELS, MEL_INDEX
+
+# Class prevalence of the full HAM10000 dataset (the sample over-represents MEL and OTHER);
+# accuracy reweighted to it is comparable with the reference study's accuracy.
+FULL_HAM10000_PREVALENCE: dict[str, float] = {"MEL": 0.111, "NV": 0.670, "OTHER": 0.219}
+
+
+def _labels_array(y_true: np.ndarray | list[int], n_classes: int) -> np.ndarray:
+    """Integer labels as an array, checked against the number of classes."""
+    y = np.asarray(y_true, dtype=np.int64)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D class indices, got shape {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes - 1}], got {y.min()}..{y.max()}")
+    return y
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = len(LABELS)) -> np.ndarray:
+    """Counts with rows = true class and columns = predicted class."""
+    t = _labels_array(y_true, n_classes)
+    p = _labels_array(y_pred, n_classes)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} labels but y_pred has {p.size}")
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (t, p), 1)
+    return cm
+
+
+def per_class_prf(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    support = cm.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def balanced_accuracy(cm: np.ndarray) -> float:
+    """Mean recall over the classes that occur."""
+    support = cm.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        raise ValueError("confusion matrix is empty; balanced accuracy needs at least one sample")
+    return float(np.mean(np.diag(cm)[present] / support[present]))
+
+
+def binary_roc_auc(y_binary: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC as the probability that a positive outscores a negative (ties count one half)."""
+    y = np.asarray(y_binary).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # Mann-Whitney U from average ranks handles ties exactly.
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def roc_points(y_binary: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rate, true-positive rate and thresholds of the ROC curve (descending thresholds)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(np.asarray(y_binary).astype(int), np.asarray(scores, dtype=np.float64))
+    return fpr, tpr, thresholds
+
+
+def sensitivity_specificity(y_binary: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Sensitivity and specificity of the rule score >= threshold."""
+    y = np.asarray(y_binary).astype(bool)
+    flagged = np.asarray(scores, dtype=np.float64) >= threshold
+    sens = float((flagged & y).sum() / y.sum()) if y.any() else float("nan")
+    spec = float((~flagged & ~y).sum() / (~y).sum()) if (~y).any() else float("nan")
+    return sens, spec
+
+
+def threshold_for_sensitivity(y_binary: np.ndarray, scores: np.ndarray, target: float = 0.9) -> float:
+    """The highest threshold whose rule score >= threshold reaches the target sensitivity.
+
+    The highest such threshold gives the best specificity at that sensitivity.
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"target sensitivity {target} must be in (0, 1]")
+    y = np.asarray(y_binary).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if not y.any():
+        raise ValueError("no positive (melanoma) samples to choose a threshold on; use a larger validation split")
+    pos = np.sort(s[y])[::-1]
+    # Flagging the k highest-scoring positives needs threshold <= the k-th score.
+    k = int(np.ceil(target * len(pos) - 1e-9))
+    return float(pos[max(k, 1) - 1])
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE: bin by confidence (equal-width bins), weight |accuracy - confidence| by bin size."""
+    bins = reliability_bins(probs, y_true, n_bins=n_bins)
+    total = bins["count"].sum()
+    gaps = np.abs(bins["accuracy"] - bins["confidence"]) * bins["count"]
+    return float(gaps.sum() / total)
+
+
+def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per-bin count, mean confidence and accuracy of the top-label prediction."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probabilities must be (N, classes), got shape {p.shape}")
+    y = _labels_array(y_true, p.shape[1])
+    if len(y) != len(p) or len(y) == 0:
+        raise ValueError(f"need one label per probability row, got {len(y)} labels for {len(p)} rows")
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # Bins are (lo, hi]; confidence is never 0 for a top label, so the first bin starts open.
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    conf_sum = np.bincount(index, weights=confidence, minlength=n_bins)
+    acc_sum = np.bincount(index, weights=correct, minlength=n_bins)
+    nonzero = count > 0
+    return {
+        "edges": edges,
+        "count": count,
+        "confidence": np.divide(conf_sum, count, out=np.zeros(n_bins), where=nonzero),
+        "accuracy": np.divide(acc_sum, count, out=np.zeros(n_bins), where=nonzero),
+    }
+
+
+def reweighted_accuracy(recall: np.ndarray, prevalence: dict[str, float] = FULL_HAM10000_PREVALENCE) -> float:
+    """Accuracy expected at another class prevalence: sum over classes of prevalence x recall."""
+    weights = np.array([prevalence[label] for label in LABELS], dtype=np.float64)
+    return float((weights / weights.sum() * np.asarray(recall, dtype=np.float64)).sum())
+
+
+def summarize(probs: np.ndarray, y_true: np.ndarray, *, mel_threshold: float | None = None) -> dict[str, Any]:
+    """All headline metrics for (N, 3) probabilities in LABELS order, as plain JSON-able values."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = _labels_array(y_true, len(LABELS))
+    if p.shape != (len(y), len(LABELS)):
+        raise ValueError(f"probabilities must have shape ({len(y)}, {len(LABELS)}), got {p.shape}")
+    pred = p.argmax(axis=1)
+    cm = confusion_matrix(y, pred)
+    prf = per_class_prf(cm)
+    aucs = {label: binary_roc_auc(y == i, p[:, i]) for i, label in enumerate(LABELS)}
+    is_mel = y == MEL_INDEX
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": balanced_accuracy(cm),
+        "accuracy_full_prevalence": reweighted_accuracy(prf["recall"]),
+        "per_class": {
+            label: {k: float(prf[k][i]) for k in ("precision", "recall", "f1", "support")}
+            for i, label in enumerate(LABELS)
+        },
+        "mel_auc": aucs["MEL"],
+        "macro_auc": float(np.nanmean(list(aucs.values()))),
+        "auc": aucs,
+        "confusion_matrix": cm.tolist(),
+        "ece": expected_calibration_error(p, y),
+        "nll": float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)))),
+    }
+    if mel_threshold is not None:
+        sens, spec = sensitivity_specificity(is_mel, p[:, MEL_INDEX], mel_threshold)
+        out["operating_point"] = {"mel_threshold": float(mel_threshold), "sensitivity": sens, "specificity": spec}
+    return out

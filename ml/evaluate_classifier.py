@@ -1,0 +1,316 @@
+"""`skintriage evaluate-classifier`: score a carded classifier on a split; JSON + Markdown report and PNG plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml.calibration import softmax
+from ml.classification_metrics import (
+    FULL_HAM10000_PREVALENCE,
+    reliability_bins,
+    roc_points,
+    summarize,
+)
+from ml.classifier import Classifier
+from ml.data import SPLITS, Sample, read_image_rgb, read_mask, read_split_csv, split_hash
+from ml.labels import LABELS
+from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD
+
+log = logging.getLogger(__name__)
+
+# The reference study's published test figures (ImageNet ResNet50 fine-tuned, full HAM10000).
+REFERENCE_STUDY = {"accuracy": 0.8504, "mel_f1": 0.70, "mel_recall": 0.88}
+CHUNK = 64  # images decoded at a time: 600x450 photos are ~0.8 MB each
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the evaluate-classifier flags."""
+    parser.add_argument("--model-dir", type=Path, default=Path("models"), help=f"folder holding {CLASSIFIER_CARD}")
+    parser.add_argument("--card", type=Path, default=None, help=f"card path (default MODEL_DIR/{CLASSIFIER_CARD})")
+    parser.add_argument("--data", type=Path, required=True, help="HAM10000 folder the split refers to")
+    parser.add_argument("--split-csv", type=Path, default=Path("runs/split.csv"))
+    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default docs/classification/<name>)")
+    parser.add_argument("--tta", action="store_true", help="average the four flip views")
+    parser.add_argument("--masks", choices=("gt", "unet"), default="gt",
+                        help="crop models: crop by the ground-truth masks or by the U-Net's masks")
+    parser.add_argument("--seg-card", type=Path, default=None,
+                        help=f"segmentation card for --masks unet (default MODEL_DIR/{SEGMENTATION_CARD})")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+
+
+def _masks_for(chunk: list[Sample], images: list[np.ndarray], source: str, segmenter: Any) -> list[np.ndarray]:
+    """Lesion masks for a chunk: the dataset's ground truth or the U-Net's prediction."""
+    if source == "unet":
+        return [np.asarray(m, dtype=np.uint8) for m in segmenter.predict_masks(images)]
+    masks = []
+    for sample in chunk:
+        if sample.mask_path is None:
+            raise ValueError(f"image {sample.image_id} has no ground-truth mask; use --masks unet")
+        masks.append(read_mask(sample.mask_path))
+    return masks
+
+
+def predict_logits(
+    classifier: Classifier, samples: list[Sample], *, masks: str = "gt", segmenter: Any = None, tta: bool = False
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Raw logits for every sample (cropping first for crop models) and counts of empty masks."""
+    from tqdm import tqdm
+
+    out = []
+    empty = 0
+    for start in tqdm(range(0, len(samples), CHUNK), desc="evaluating", mininterval=10, leave=False):
+        chunk = samples[start : start + CHUNK]
+        images = [read_image_rgb(s.image_path) for s in chunk]
+        if classifier.input_variant == "crop":
+            chunk_masks = _masks_for(chunk, images, masks, segmenter)
+            empty += sum(int(not m.any()) for m in chunk_masks)
+            images = [classifier.prepare(img, m) for img, m in zip(images, chunk_masks, strict=True)]
+        out.append(classifier.logits(images, tta=tta))
+    return np.concatenate(out), {"empty_masks": empty}
+
+
+def evaluate(
+    classifier: Classifier,
+    samples: list[Sample],
+    *,
+    masks: str = "gt",
+    segmenter: Any = None,
+    tta: bool = False,
+) -> dict[str, Any]:
+    """Metrics before and after temperature scaling, at the card's melanoma operating point."""
+    y = np.array([LABELS.index(s.label) for s in samples], dtype=np.int64)
+    logits, counts = predict_logits(classifier, samples, masks=masks, segmenter=segmenter, tta=tta)
+    raw = softmax(logits)
+    calibrated = softmax(logits, classifier.temperature)
+    metrics = summarize(calibrated, y, mel_threshold=classifier.mel_threshold)
+    uncalibrated = summarize(raw, y)
+    curves = {}
+    for i, label in enumerate(LABELS):
+        f, t, _ = roc_points(y == i, calibrated[:, i])
+        curves[label] = {"fpr": f.tolist(), "tpr": t.tolist()}
+    return {
+        "metrics": metrics,
+        "ece_uncalibrated": uncalibrated["ece"],
+        "ece_calibrated": metrics["ece"],
+        "nll_uncalibrated": uncalibrated["nll"],
+        "reliability": {
+            "uncalibrated": {k: v.tolist() for k, v in reliability_bins(raw, y).items()},
+            "calibrated": {k: v.tolist() for k, v in reliability_bins(calibrated, y).items()},
+        },
+        "roc": curves,
+        "counts": counts,
+        "labels": y.tolist(),
+        "probabilities": calibrated.round(5).tolist(),
+    }
+
+
+def plot_confusion(cm: np.ndarray, path: Path, title: str) -> None:
+    """Confusion-matrix PNG with counts and row-normalised percentages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(LABELS)):
+        for j in range(len(LABELS)):
+            ax.text(j, i, f"{cm[i, j]}\n{rows[i, j]:.0%}", ha="center", va="center",
+                    color="white" if rows[i, j] > 0.5 else "black", fontsize=9)
+    ax.set_xticks(range(len(LABELS)), LABELS)
+    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc(result: dict[str, Any], path: Path, title: str) -> None:
+    """One-vs-rest ROC curves with the melanoma operating point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = result["metrics"]
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    for label, curve in result["roc"].items():
+        ax.plot(curve["fpr"], curve["tpr"], label=f"{label} (AUC {metrics['auc'][label]:.3f})",
+                linewidth=2 if label == "MEL" else 1)
+    op = metrics["operating_point"]
+    ax.plot(1 - op["specificity"], op["sensitivity"], "ko",
+            label=f"MEL operating point\nsens {op['sensitivity']:.2f}, spec {op['specificity']:.2f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("false-positive rate (1 - specificity)")
+    ax.set_ylabel("true-positive rate (sensitivity)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_reliability(result: dict[str, Any], path: Path, title: str) -> None:
+    """Reliability diagram (top-label accuracy vs confidence) before and after temperature scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.8), sharey=True)
+    for ax, key, ece in zip(axes, ("uncalibrated", "calibrated"),
+                            (result["ece_uncalibrated"], result["ece_calibrated"]), strict=True):
+        bins = result["reliability"][key]
+        edges = np.asarray(bins["edges"])
+        centers = (edges[:-1] + edges[1:]) / 2
+        count = np.asarray(bins["count"])
+        acc = np.where(count > 0, bins["accuracy"], np.nan)
+        ax.bar(centers, acc, width=edges[1] - edges[0], edgecolor="black", alpha=0.7, label="accuracy")
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+        ax.set_title(f"{key} (ECE {ece:.3f})", fontsize=9)
+        ax.set_xlabel("confidence of the top label")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The Markdown report: headline numbers, per-class table, confusion matrix, plots."""
+    m = report["metrics"]
+    op = m["operating_point"]
+    lines = [
+        f"# Classifier evaluation: {report['model_version']} on the {report['split']} split",
+        "",
+        f"- card: `{report['card']}`; input `{report['input_variant']}` {report['input_size'][0]}x"
+        f"{report['input_size'][1]}; masks: {report['masks']}; TTA: {'yes' if report['tta'] else 'no'}",
+        f"- split hash {report['split_hash']} (card trained on {report['card_split_hash']}); {m['n']} images",
+        f"- temperature {report['temperature']:.3f}; melanoma threshold {op['mel_threshold']:.4f} "
+        f"(chosen on validation for sensitivity {report['target_sensitivity']:.2f})",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| accuracy (this sample's prevalence) | {m['accuracy']:.4f} |",
+        f"| accuracy reweighted to full HAM10000 prevalence | {m['accuracy_full_prevalence']:.4f} |",
+        f"| balanced accuracy | {m['balanced_accuracy']:.4f} |",
+        f"| MEL ROC AUC | {m['mel_auc']:.4f} |",
+        f"| macro ROC AUC | {m['macro_auc']:.4f} |",
+        f"| MEL sensitivity at the operating point | {op['sensitivity']:.4f} |",
+        f"| MEL specificity at the operating point | {op['specificity']:.4f} |",
+        f"| ECE before / after temperature scaling | {report['ece_uncalibrated']:.4f} / "
+        f"{report['ece_calibrated']:.4f} |",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for label in LABELS:
+        c = m["per_class"][label]
+        lines.append(f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {int(c['support'])} |")
+    lines += ["", "Confusion matrix (rows true, columns predicted by arg-max):", "",
+              "| true \\ predicted | " + " | ".join(LABELS) + " |", "| --- |" + " --- |" * len(LABELS)]
+    for label, row in zip(LABELS, m["confusion_matrix"], strict=True):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    prevalence = ", ".join(f"{k} {v:.1%}" for k, v in FULL_HAM10000_PREVALENCE.items())
+    lines += [
+        "",
+        f"Reweighted accuracy = sum over classes of full-dataset prevalence ({prevalence}) x recall.",
+        "",
+        "![confusion matrix](confusion.png) ![ROC](roc.png)",
+        "",
+        "![reliability](reliability.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    """Write report.json (without per-image rows), report.md and the three PNG plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{report['model_version']} - {report['split']} ({report['input_variant']}, masks {report['masks']})"
+    plot_confusion(np.asarray(report["metrics"]["confusion_matrix"]), out_dir / "confusion.png", title)
+    plot_roc(report, out_dir / "roc.png", title)
+    plot_reliability(report, out_dir / "reliability.png", title)
+    slim = {k: v for k, v in report.items() if k not in ("labels", "probabilities", "roc")}
+    (out_dir / "report.json").write_text(json.dumps(slim, indent=2) + "\n")
+    (out_dir / "report.md").write_text(render_markdown(report))
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run evaluate-classifier from parsed arguments; return the exit code."""
+    import torch
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    card_path = args.card or args.model_dir / CLASSIFIER_CARD
+    classifier = Classifier.from_card(card_path, device=args.device)
+    if not args.split_csv.is_file():
+        print(f"error: split file {args.split_csv} not found; pass the split the model was trained on "
+              "(its hash is in the card under training.split_hash)", file=sys.stderr)
+        return 2
+    samples = read_split_csv(args.split_csv, args.data)[args.split]
+    digest = split_hash(args.split_csv)
+    card_digest = classifier.card.training.get("split_hash", "unknown")
+    if digest != card_digest:
+        log.warning("split %s differs from the one the model was trained on (%s); test images may have been "
+                    "seen in training", digest, card_digest)
+    segmenter = None
+    masks = args.masks if classifier.input_variant == "crop" else "none (whole image)"
+    if classifier.input_variant == "crop" and args.masks == "unet":
+        from ml.unet import Segmenter
+
+        seg_card = args.seg_card or args.model_dir / SEGMENTATION_CARD
+        segmenter = Segmenter.from_card(seg_card)
+        masks = f"unet ({segmenter.version})"
+    result = evaluate(classifier, samples, masks=args.masks, segmenter=segmenter, tta=args.tta)
+    report = {
+        "card": str(card_path),
+        "model_version": classifier.version,
+        "input_variant": classifier.input_variant,
+        "input_size": list(classifier.input_size),
+        "split": args.split,
+        "split_hash": digest,
+        "card_split_hash": card_digest,
+        "masks": masks,
+        "tta": bool(args.tta),
+        "temperature": classifier.temperature,
+        "target_sensitivity": classifier.card.operating_point.get("target_sensitivity"),
+        "reference_study": REFERENCE_STUDY,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **result,
+    }
+    out_dir = args.out or Path("docs/classification") / classifier.card.name
+    write_report(report, out_dir)
+    m = report["metrics"]
+    op = m["operating_point"]
+    print(f"wrote {out_dir}/report.md, report.json, confusion.png, roc.png, reliability.png")
+    print(f"{args.split}: accuracy {m['accuracy']:.4f} (full-prevalence {m['accuracy_full_prevalence']:.4f}), "
+          f"balanced accuracy {m['balanced_accuracy']:.4f}, MEL AUC {m['mel_auc']:.4f}, macro AUC "
+          f"{m['macro_auc']:.4f}, MEL sens {op['sensitivity']:.3f} spec {op['specificity']:.3f}, "
+          f"ECE {report['ece_uncalibrated']:.4f} -> {report['ece_calibrated']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="skintriage evaluate-classifier", description=__doc__)
+    add_arguments(_parser)
+    sys.exit(main(_parser.parse_args()))

@@ -1,0 +1,165 @@
+"""train-classifier and evaluate-classifier on the tiny synthetic HAM10000 (32 px, a few epochs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ml import evaluate_classifier, train_classifier
+from ml.classifier import Classifier
+from ml.data import read_split_csv
+from ml.labels import LABELS
+from ml.modelcard import CLASSIFIER_CARD, ModelCard
+
+# Settings that let ResNet50 memorise ~30 images within a few epochs: no smoothing, light
+# augmentation, constant learning rate; the strong profile's regularisers are for real data.
+FAST = ["--size", "32", "--weights", "none", "--batch-size", "8", "--threads", "1", "--augment", "light",
+        "--label-smoothing", "0", "--balance", "none", "--ema", "0", "--schedule", "constant", "--warmup", "0",
+        "--lr", "1e-3", "--optimizer", "adamw"]
+
+
+def _args(parser_module, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser_module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def _train_argv(data: Path, root: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--out", str(root / "model"), "--run-dir", str(root / "run"),
+            "--split-csv", str(root / "split.csv"), *FAST, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_ham: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One 8-epoch training run shared by the tests below: (workdir, train() result)."""
+    root = tmp_path_factory.mktemp("cls_train")
+    result = train_classifier.train(_args(train_classifier, _train_argv(synthetic_ham, root, "--epochs", "8")))
+    return root, result
+
+
+def test_reference_profile_matches_the_study():
+    s = train_classifier.PROFILES["reference"]
+    assert (s["optimizer"], s["lr"], s["batch_size"], s["patience"], s["label_smoothing"]) == (
+        "sgd", 1e-3, 64, 50, 0.0)
+    assert s["epochs"] == 999
+
+
+def test_flags_override_profile_defaults():
+    args = _args(train_classifier, ["--data", "x", "--profile", "reference", "--lr", "0.01"])
+    settings = train_classifier.resolve_settings(args)
+    assert settings["lr"] == 0.01
+    assert settings["optimizer"] == "sgd"
+
+
+def test_lr_factor_warms_up_then_anneals_to_one_percent():
+    f = train_classifier.lr_factor
+    assert f(0.025, schedule="cosine", warmup=0.05) == pytest.approx(0.5)
+    assert f(0.05, schedule="cosine", warmup=0.05) == pytest.approx(1.0)
+    assert f(1.0, schedule="cosine", warmup=0.05) == pytest.approx(0.01)
+    assert f(0.7, schedule="constant", warmup=0.0) == 1.0
+
+
+def test_class_weights_are_inverse_frequency_with_mean_sample_weight_one():
+    labels = np.array([0, 1, 1, 1, 2, 2])
+    w = train_classifier.class_weights(labels)
+    np.testing.assert_allclose(w, [2.0, 2 / 3, 1.0])
+    assert w[labels].mean() == pytest.approx(1.0)
+
+
+def test_ema_warmup_follows_the_model_early():
+    update = train_classifier.ema_with_warmup(0.99)
+    averaged, current = [torch.zeros(2)], [torch.ones(2)]
+    update(averaged, current, torch.tensor(1))  # decay min(0.99, 2/11)
+    assert averaged[0][0].item() == pytest.approx(1 - 2 / 11)
+
+
+def test_short_training_run_lowers_the_loss(trained):
+    _, result = trained
+    history = ModelCard.load(Path(result["card"])).training["history"]
+    losses = [h["train_loss"] for h in history]
+    assert len(losses) == 8
+    assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2])
+
+
+def test_training_writes_a_verified_card_with_calibration_and_operating_point(trained):
+    _, result = trained
+    card_path = Path(result["card"])
+    card = ModelCard.load(card_path)
+    card.verify(card_path)
+    assert card.kind == "classifier"
+    assert card.labels == list(LABELS)
+    assert card.weights_file == f"resnet50-{card.weights_sha256[:12]}.pt"
+    assert card.temperature > 0
+    op = card.operating_point
+    assert op["target_sensitivity"] == 0.9
+    assert op["val_sensitivity"] >= 0.9
+    assert set(op) >= {"mel_threshold", "val_specificity", "test_sensitivity", "test_specificity"}
+    assert card.preprocessing["input_variant"] == "whole"
+    assert card.preprocessing["mean"] == [0.485, 0.456, 0.406]
+    assert card.input_size == [32, 32]
+    assert len(card.training["split_hash"]) == 16
+    assert {"accuracy", "balanced_accuracy", "mel_auc", "ece", "ece_uncalibrated"} <= set(card.metrics["test"])
+
+
+def test_checkpoint_records_args_labels_size_normalisation_and_split(trained):
+    root, _ = trained
+    ckpt = torch.load(root / "run" / "last.pt", weights_only=True)
+    assert ckpt["labels"] == list(LABELS)
+    assert ckpt["input_size"] == [32, 32]
+    assert ckpt["normalization"]["std"] == [0.229, 0.224, 0.225]
+    assert ckpt["split_hash"] == ModelCard.load(root / "model" / CLASSIFIER_CARD).training["split_hash"]
+    assert ckpt["args"]["size"] == "32"
+    assert ckpt["state"]["epoch"] == 8
+
+
+def test_inference_wrapper_reproduces_the_training_time_validation_numbers(trained, synthetic_ham: Path):
+    root, result = trained
+    classifier = Classifier.from_card(root / "model" / CLASSIFIER_CARD, device="cpu")
+    val = read_split_csv(root / "split.csv", synthetic_ham)["val"]
+    out = evaluate_classifier.evaluate(classifier, val)
+    assert out["metrics"]["accuracy"] == pytest.approx(result["val"]["accuracy"])
+    assert out["metrics"]["nll"] == pytest.approx(result["val"]["nll"], rel=1e-3)
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, synthetic_ham: Path, tmp_path: Path):
+    root, _ = trained
+    shutil.copytree(root / "run", tmp_path / "run")
+    shutil.copy(root / "split.csv", tmp_path / "split.csv")
+    args = _args(train_classifier, _train_argv(synthetic_ham, tmp_path, "--epochs", "9", "--resume"))
+    result = train_classifier.train(args)
+    history = ModelCard.load(Path(result["card"])).training["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 10))
+    first = json.loads((root / "model" / CLASSIFIER_CARD).read_text())["training"]["history"]
+    assert history[:8] == first
+
+
+def test_time_budget_stops_cleanly_and_crop_input_is_recorded(synthetic_ham: Path, tmp_path: Path):
+    args = _args(train_classifier, _train_argv(synthetic_ham, tmp_path, "--epochs", "50", "--input", "crop",
+                                               "--max-minutes", "0.0001"))
+    result = train_classifier.train(args)
+    card = ModelCard.load(Path(result["card"]))
+    assert card.training["epochs_run"] == 1
+    assert card.training["stop_reason"].startswith("time budget")
+    assert card.preprocessing["input_variant"] == "crop"
+    assert card.preprocessing["crop_margin"] == pytest.approx(0.2)
+
+
+def test_evaluate_classifier_writes_json_markdown_and_plots(trained, synthetic_ham: Path, tmp_path: Path):
+    root, _ = trained
+    args = _args(evaluate_classifier, ["--card", str(root / "model" / CLASSIFIER_CARD), "--data",
+                                       str(synthetic_ham), "--split-csv", str(root / "split.csv"),
+                                       "--out", str(tmp_path / "report"), "--tta"])
+    assert evaluate_classifier.main(args) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["tta"] is True
+    assert set(report["metrics"]["per_class"]) == set(LABELS)
+    assert {"ece_uncalibrated", "ece_calibrated"} <= set(report)
+    assert "accuracy_full_prevalence" in report["metrics"]
+    for name in ("report.md", "confusion.png", "roc.png", "reliability.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
