@@ -1,0 +1,141 @@
+"""Case-service functions the worker relies on, on SQLite and PostgreSQL: refunds, undeliverable answers, outbox."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from skintriage import cases
+from skintriage.db import session_factory
+from skintriage.models import AuditEvent, Case, CaseStatus, OutboxMessage, utcnow
+from skintriage.storage import LocalImageStore
+from tests.factories import lesion_photo
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalImageStore(tmp_path / "images")
+
+
+def _claimed_case(session, store, *, owner="host:1"):
+    user = cases.get_or_create_user(session=session, telegram_user_id=2001, chat_id=2001, language="en")
+    case = cases.create_case(session=session, user=user, image=store.put(lesion_photo(64, 48)))
+    session.commit()
+    claim = cases.claim_for_processing(
+        session=session, case_id=case.id, max_attempts=3, stale_after_s=300, owner=owner
+    )
+    assert claim.outcome == cases.Claim.CLAIMED
+    return case.id
+
+
+def test_release_for_retry_keeps_the_attempt_by_default(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store)
+        cases.release_for_retry(session=session, case_id=case_id, owner="host:1")
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert (case.status, case.attempts, case.processing_owner) == (CaseStatus.QUEUED, 1, None)
+
+
+def test_release_for_retry_can_refund_the_attempt_after_a_transient_error(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store)
+        cases.release_for_retry(session=session, case_id=case_id, owner="host:1", refund_attempt=True)
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert (case.status, case.attempts) == (CaseStatus.QUEUED, 0)
+
+
+def test_release_for_retry_ignores_a_case_another_worker_holds(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store, owner="host:1")
+        cases.release_for_retry(session=session, case_id=case_id, owner="host:2", refund_attempt=True)
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert (case.status, case.attempts, case.processing_owner) == (CaseStatus.PROCESSING, 1, "host:1")
+
+
+def test_mark_undeliverable_stops_the_sweeper_and_keeps_an_earlier_error(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store)
+        cases.mark_failed(session=session, case_id=case_id, error_code="attempts_exhausted")
+        session.commit()
+        assert cases.claim_delivery(session=session, case_id=case_id) is not None
+        cases.mark_undeliverable(session=session, case_id=case_id, reason="forbidden")
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert case.delivered_at is not None
+        assert case.reply_text is None
+        assert case.error_code == "attempts_exhausted"
+        later = utcnow() + timedelta(hours=1)
+        assert case_id not in cases.find_stuck(session=session, stuck_after_s=60, now=later).to_deliver
+        actions = session.scalars(select(AuditEvent.action).where(AuditEvent.case_id == case_id)).all()
+        assert "case.undeliverable" in actions
+
+
+def test_mark_undeliverable_records_the_reason_on_a_done_case(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store)
+        assert cases.save_result(
+            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:1"
+        )
+        session.commit()
+        cases.mark_undeliverable(session=session, case_id=case_id, reason="forbidden")
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert case.error_code == "undeliverable:forbidden"
+        assert case.status == CaseStatus.DONE
+
+
+def _outbox(session) -> int:
+    message = OutboxMessage(chat_id=2001, text="Please see a dermatologist this week.")
+    session.add(message)
+    session.commit()
+    return message.id
+
+
+def test_outbox_message_is_claimed_once_and_counts_attempts(db_url):
+    with session_factory(db_url)() as session:
+        message_id = _outbox(session)
+        first = cases.claim_outbox(session=session, message_id=message_id)
+        assert first is not None and first.attempts == 1
+        assert cases.claim_outbox(session=session, message_id=message_id) is None
+        cases.release_outbox(session=session, message_id=message_id, error="TimedOut")
+        session.commit()
+        again = cases.claim_outbox(session=session, message_id=message_id)
+        assert again is not None and again.attempts == 2 and again.error == "TimedOut"
+        cases.mark_outbox_sent(session=session, message_id=message_id)
+        session.commit()
+        assert cases.claim_outbox(session=session, message_id=message_id) is None
+        sent = session.get(OutboxMessage, message_id)
+        session.refresh(sent)
+        assert sent.sent_at is not None and sent.error is None
+
+
+def test_outbox_claim_expires_after_its_lease(db_url):
+    with session_factory(db_url)() as session:
+        message_id = _outbox(session)
+        assert cases.claim_outbox(session=session, message_id=message_id) is not None
+        session.get(OutboxMessage, message_id).claimed_at = utcnow() - timedelta(seconds=600)
+        session.commit()
+        assert cases.claim_outbox(session=session, message_id=message_id, lease_s=120) is not None
+
+
+def test_failed_outbox_message_is_not_swept_again(db_url):
+    with session_factory(db_url)() as session:
+        message_id = _outbox(session)
+        cases.claim_outbox(session=session, message_id=message_id)
+        cases.mark_outbox_failed(session=session, message_id=message_id, error="Forbidden: bot was blocked by the user")
+        session.commit()
+        message = session.get(OutboxMessage, message_id)
+        session.refresh(message)
+        assert message.sent_at is not None and message.error.startswith("Forbidden")
+        later = utcnow() + timedelta(hours=1)
+        assert message_id not in cases.find_stuck(session=session, stuck_after_s=60, now=later).outbox

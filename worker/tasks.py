@@ -1,0 +1,378 @@
+"""Celery tasks: analyse a case, send its answer, send operator follow-ups, and the periodic jobs.
+
+Every task takes a row id and re-reads the row; the row, not the message, says what is left to do,
+so a redelivered or duplicated job (acks_late) does nothing twice:
+  - claiming a case for processing and claiming its reply are single conditional UPDATEs;
+  - a case that is already finished only gets its delivery (re)enqueued, and delivery is claimed.
+Retries are narrowed to transient errors (database, image store, Telegram network); a bad photo is
+a RETAKE result, never a retry; the attempt cap in cases.claim_for_processing ends a job that keeps
+killing its worker, and the patient is told.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
+
+from skintriage import cases
+from skintriage.db import session_factory
+from skintriage.exceptions import ImageNotFound, InvalidKey, StorageError
+from skintriage.models import Case, CaseStatus
+from skintriage.observability import CASES, DELIVERIES, INFERENCE, QUEUE_WAIT
+from skintriage.settings import Settings, get_settings
+from skintriage.storage import ImageStore, make_store
+from worker import enqueue, pipeline_cache, retention, sweeper
+from worker.celery_app import DELIVER_TASK, OUTBOX_TASK, PURGE_TASK, SWEEP_TASK, TRIAGE_TASK
+from worker.telegram_session import run_with_bot
+
+log = logging.getLogger(__name__)
+
+# Errors that a later try can get past: the database or the image store being away (see _is_transient).
+TRANSIENT_DB_ERRORS = (OperationalError,)
+MAX_TRANSIENT_RETRIES = 8  # about 20 minutes of backoff; then the sweeper takes over
+MAX_MODEL_RETRIES = 6  # while MODEL_DIR has no trusted model; then the sweeper takes over
+MAX_DELIVERY_RETRIES = 6
+BACKOFF_BASE_S = 5.0
+BACKOFF_MAX_S = 300.0
+
+
+def backoff_s(retries: int, *, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_MAX_S) -> float:
+    """Exponential backoff with full jitter: base * 2**retries seconds at most, capped."""
+    return random.uniform(base / 2, min(cap, base * 2**retries))
+
+
+def _sessions(settings: Settings) -> Session:
+    return session_factory(settings.resolved_database_url)()
+
+
+_stores: dict[tuple[Any, ...], ImageStore] = {}
+_stores_lock = threading.Lock()
+
+
+def _store(settings: Settings) -> ImageStore:
+    key = (settings.image_store, str(settings.data_dir.resolve()), settings.s3_endpoint_url, settings.s3_bucket)
+    with _stores_lock:
+        if key not in _stores:
+            _stores[key] = make_store(settings)
+        return _stores[key]
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ImageNotFound | InvalidKey):
+        return False
+    if isinstance(exc, StorageError | OperationalError):
+        return True
+    # A dropped connection surfaces as DBAPIError with connection_invalidated.
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+# --- triage ---------------------------------------------------------------------------------
+
+
+@shared_task(name=TRIAGE_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def triage_case(self: Any, case_id: int) -> str:
+    """Analyse one case and enqueue its answer; safe to run any number of times for the same case."""
+    settings = get_settings()
+    from ml.errors import ModelUnavailableError
+
+    try:
+        pipeline = pipeline_cache.get_pipeline(settings)
+    except ModelUnavailableError as exc:
+        return _models_unavailable(self, case_id, settings, exc)
+
+    try:
+        with _sessions(settings) as session:
+            claim = cases.claim_for_processing(
+                session=session,
+                case_id=case_id,
+                max_attempts=settings.max_attempts,
+                stale_after_s=settings.stuck_after_s,
+            )
+            outcome = claim.outcome
+            if outcome == cases.Claim.CLAIMED:
+                return _process(claim.case, session=session, settings=settings, pipeline=pipeline)
+    except Exception as exc:
+        if not _is_transient(exc):
+            raise
+        return _retry_transient(self, case_id, settings, exc)
+
+    if outcome == cases.Claim.MISSING:
+        log.info("case %d no longer exists; nothing to do", case_id)
+        return "missing"
+    if outcome == cases.Claim.BUSY:
+        if self.request.retries >= MAX_TRANSIENT_RETRIES:
+            log.info("case %d still held by %s; the sweeper will check it", case_id, claim.case.processing_owner)
+            return "busy"
+        countdown = min(max(settings.stuck_after_s / 4, 5.0), 120.0)
+        raise self.retry(countdown=countdown)
+    if outcome == cases.Claim.EXHAUSTED:
+        log.error("case %d failed after %d attempts; telling the patient", case_id, settings.max_attempts)
+        CASES.labels(status=CaseStatus.FAILED, tier="").inc()
+    # FINISHED or EXHAUSTED: the answer may not have gone out yet (the sender is idempotent).
+    if claim.case is not None and claim.case.delivered_at is None:
+        enqueue.enqueue_delivery(case_id)
+    return outcome.value
+
+
+def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any) -> str:
+    """Run the pipeline on a claimed case, store the images and the result, enqueue the answer."""
+    case_id = case.id
+    if case.queued_at is not None and case.started_at is not None:
+        QUEUE_WAIT.observe(max((case.started_at - case.queued_at).total_seconds(), 0.0))
+    store = _store(settings)
+    try:
+        try:
+            image = store.get(case.image_key) if case.image_key else None
+        except ImageNotFound:
+            image = None
+        if image is None:
+            # The photo was deleted (retention or the patient's /delete) before it was analysed.
+            cases.mark_failed(session=session, case_id=case_id, error_code="image_missing")
+            session.commit()
+            enqueue.enqueue_delivery(case_id)
+            return "image_missing"
+
+        started = time.monotonic()
+        try:
+            result = pipeline.run(image)
+        except Exception:
+            # Not a bad photo (those come back as RETAKE): a bug or a broken model. Do not guess.
+            log.exception("pipeline failed on case %d; the case fails and the patient is told", case_id)
+            session.rollback()
+            cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error")
+            session.commit()
+            enqueue.enqueue_delivery(case_id)
+            return "pipeline_error"
+        elapsed = time.monotonic() - started
+        INFERENCE.observe(elapsed)
+
+        fields = _result_fields(result, store=store, total_ms=elapsed * 1000)
+        status = CaseStatus.REJECTED if fields["tier"] == "RETAKE" else CaseStatus.DONE
+        saved = cases.save_result(session=session, case_id=case_id, status=status, fields=fields)
+        session.commit()
+    except Exception as exc:
+        session.rollback()
+        if _is_transient(exc):
+            _release(session, case_id)
+        raise
+    if saved:
+        CASES.labels(status=status, tier=fields["tier"]).inc()
+        log.info(
+            "case %d %s tier=%s in %.0f ms",
+            case_id,
+            status,
+            fields["tier"],
+            elapsed * 1000,
+            extra={"case_id": case_id, "tier": fields["tier"], "status": str(status)},
+        )
+    else:
+        log.info("case %d was finished by another worker; keeping its result", case_id)
+    enqueue.enqueue_delivery(case_id)
+    return str(status)
+
+
+def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[str, Any]:
+    """The case columns for a TriageResult, storing its images on the way."""
+    probs = result.probabilities or {}
+    timings = dict(result.timings_ms or {})
+    timings.setdefault("worker_total", round(total_ms, 1))
+    fields: dict[str, Any] = {
+        "tier": str(result.tier),
+        "label": result.label,
+        "prob_mel": probs.get("MEL"),
+        "prob_nv": probs.get("NV"),
+        "prob_other": probs.get("OTHER"),
+        "mel_threshold": result.mel_threshold,
+        "lesion_area_px": result.lesion_area_px,
+        "lesion_diameter_px": result.lesion_diameter_px,
+        "quality_flags": list(result.quality_flags or []),
+        "retake_reason": str(result.retake_reason) if result.retake_reason else None,
+        "model_versions": dict(result.model_versions or {}),
+        "timings_ms": timings,
+        "demo_model": bool(result.demo_model),
+    }
+    if result.image_width:
+        fields["image_width"] = result.image_width
+        fields["image_height"] = result.image_height
+    for attr, kind, ext, column in (
+        ("mask_png", "mask", "png", "mask_key"),
+        ("overlay_jpeg", "overlay", "jpg", "overlay_key"),
+        ("heatmap_jpeg", "heatmap", "jpg", "heatmap_key"),
+    ):
+        data = getattr(result, attr, None)
+        if data:
+            fields[column] = store.put(data, kind=kind, ext=ext).key
+    return fields
+
+
+def _release(session: Session, case_id: int) -> None:
+    """Give the case back after a transient error without using up one of its attempts."""
+    try:
+        cases.release_for_retry(session=session, case_id=case_id, refund_attempt=True)
+        session.commit()
+    except Exception as exc:  # noqa: BLE001 - the database may be what failed; the claim goes stale instead
+        session.rollback()
+        log.warning("could not release case %d (%s); retried once its claim is stale", case_id, type(exc).__name__)
+
+
+def _retry_transient(task: Any, case_id: int, settings: Settings, exc: BaseException) -> str:
+    retries = task.request.retries
+    if retries >= MAX_TRANSIENT_RETRIES:
+        log.error("case %d: giving up retrying %s; the sweeper re-enqueues it later", case_id, type(exc).__name__)
+        return "transient_error"
+    countdown = backoff_s(retries)
+    log.warning(
+        "case %d: transient %s, retry %d in %.0f s", case_id, type(exc).__name__, retries + 1, countdown
+    )
+    raise task.retry(countdown=countdown, exc=exc)
+
+
+def _models_unavailable(task: Any, case_id: int, settings: Settings, exc: BaseException) -> str:
+    """Keep the case queued (never answer with a wrong model) and try again later."""
+    log.error(
+        "not serving: no trusted model in %s (%s). Install trained models with their cards there "
+        "(see README), or set ALLOW_DEMO_MODELS=true for the demo. Case %d stays queued.",
+        settings.model_dir,
+        exc,
+        case_id,
+    )
+    try:
+        with _sessions(settings) as session:
+            # A fresh queued_at keeps the sweeper from adding duplicates while this job retries.
+            cases.mark_queued(session=session, case_id=case_id)
+            session.commit()
+    except OperationalError:
+        pass
+    retries = task.request.retries
+    if retries >= MAX_MODEL_RETRIES:
+        return "model_unavailable"
+    raise task.retry(countdown=backoff_s(retries, base=10.0))
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+
+def _retry_after_s(exc: RetryAfter) -> float:
+    value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+@shared_task(name=DELIVER_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def deliver_case(self: Any, case_id: int) -> str:
+    """Send a finished case's answer to the patient, at most once."""
+    settings = get_settings()
+    from bot.delivery import deliver_case as send_answer
+
+    try:
+        with _sessions(settings) as session:
+            case = cases.claim_delivery(session=session, case_id=case_id)
+            if case is None:
+                log.debug("case %d: answer already sent or being sent", case_id)
+                return "skipped"
+            store = _store(settings)
+            try:
+                message_id, text = run_with_bot(settings, lambda bot: send_answer(bot, case=case, store=store))
+            except Exception as exc:
+                return _delivery_failed(self, session, case_id, exc)
+            cases.mark_delivered(session=session, case_id=case_id, message_id=message_id, text=text)
+            session.commit()
+    except Exception as exc:
+        if isinstance(exc, TRANSIENT_DB_ERRORS):
+            return _retry_delivery(self, case_id, exc, countdown=backoff_s(self.request.retries))
+        raise
+    DELIVERIES.labels(outcome="sent").inc()
+    log.info("case %d: answer sent", case_id, extra={"case_id": case_id})
+    return "sent"
+
+
+def _delivery_failed(task: Any, session: Session, case_id: int, exc: BaseException) -> str:
+    """Decide what a failed send means: give up for good, wait as told, or back off and retry."""
+    if isinstance(exc, Forbidden | BadRequest):
+        # Blocked bot, deleted chat, or a message Telegram will never accept: retrying cannot help.
+        reason = "forbidden" if isinstance(exc, Forbidden) else "bad_request"
+        log.warning("case %d: Telegram refused the answer (%s: %s); not retrying", case_id, reason, exc)
+        cases.mark_undeliverable(session=session, case_id=case_id, reason=reason)
+        session.commit()
+        DELIVERIES.labels(outcome=reason).inc()
+        return reason
+    session.rollback()
+    cases.release_delivery(session=session, case_id=case_id)
+    session.commit()
+    if isinstance(exc, RetryAfter):
+        DELIVERIES.labels(outcome="retry_after").inc()
+        countdown = _retry_after_s(exc) + random.uniform(0, 1)
+        log.warning("case %d: Telegram flood control, retrying in %.0f s as asked", case_id, countdown)
+        # Waiting as told is not a failure: it does not count against the retry budget.
+        raise task.retry(countdown=countdown, exc=exc, max_retries=None)
+    if isinstance(exc, InvalidToken):
+        log.error("case %d: Telegram rejected the bot token; fix TELEGRAM_BOT_TOKEN", case_id)
+    elif isinstance(exc, NetworkError | TelegramError | StorageError | OperationalError):
+        log.warning("case %d: sending failed (%s); retrying", case_id, type(exc).__name__)
+    else:
+        raise exc
+    DELIVERIES.labels(outcome="retry").inc()
+    return _retry_delivery(task, case_id, exc, countdown=backoff_s(task.request.retries, base=2.0))
+
+
+def _retry_delivery(task: Any, case_id: int, exc: BaseException, *, countdown: float) -> str:
+    if task.request.retries >= MAX_DELIVERY_RETRIES:
+        log.error("case %d: giving up sending for now (%s); the sweeper tries again", case_id, type(exc).__name__)
+        return "retry_later"
+    raise task.retry(countdown=countdown, exc=exc)
+
+
+@shared_task(name=OUTBOX_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def send_outbox(self: Any, message_id: int) -> str:
+    """Send an operator's follow-up message to a patient, at most once."""
+    settings = get_settings()
+    from bot.delivery import send_outbox_message
+
+    with _sessions(settings) as session:
+        message = cases.claim_outbox(session=session, message_id=message_id)
+        if message is None:
+            return "skipped"
+        try:
+            run_with_bot(settings, lambda bot: send_outbox_message(bot, message=message))
+        except (Forbidden, BadRequest) as exc:
+            cases.mark_outbox_failed(session=session, message_id=message_id, error=f"{type(exc).__name__}: {exc}")
+            session.commit()
+            DELIVERIES.labels(outcome="outbox_refused").inc()
+            return "refused"
+        except RetryAfter as exc:
+            cases.release_outbox(session=session, message_id=message_id, error="flood control")
+            session.commit()
+            raise self.retry(countdown=_retry_after_s(exc) + random.uniform(0, 1), exc=exc, max_retries=None) from exc
+        except (TelegramError, StorageError, OperationalError) as exc:
+            session.rollback()
+            cases.release_outbox(session=session, message_id=message_id, error=type(exc).__name__)
+            session.commit()
+            return _retry_delivery(self, message_id, exc, countdown=backoff_s(self.request.retries, base=2.0))
+        cases.mark_outbox_sent(session=session, message_id=message_id)
+        session.commit()
+    DELIVERIES.labels(outcome="outbox_sent").inc()
+    return "sent"
+
+
+# --- periodic jobs --------------------------------------------------------------------------
+
+
+@shared_task(name=SWEEP_TASK, ignore_result=True)
+def sweep() -> dict[str, int]:
+    """Re-enqueue cases and messages lost between steps (see worker.sweeper)."""
+    return sweeper.sweep_once(settings=get_settings()).as_dict()
+
+
+@shared_task(name=PURGE_TASK, ignore_result=True)
+def purge_images() -> int:
+    """Delete images past the retention period, keeping the case records."""
+    settings = get_settings()
+    return retention.purge_once(settings=settings, store=_store(settings))
