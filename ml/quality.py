@@ -173,10 +173,12 @@ def _first_failure(m: dict[str, float], c: QualityConfig) -> RetakeReason | None
     # Colour before exposure: a screenshot of text is mostly white, but it is not skin either.
     if m["skin_fraction"] < c.min_skin_fraction or m["neutral_fraction"] > c.max_neutral_fraction:
         return RetakeReason.NOT_SKIN
-    if m["flat_fraction"] > c.max_flat_fraction:
-        return RetakeReason.NOT_SKIN
+    # Exposure before flatness: clipped white is perfectly flat, so an overexposed photo of skin
+    # would otherwise read as a featureless non-photo and get the wrong advice.
     if m["clipped_fraction"] > c.max_clipped_fraction or m["dark_p5"] > c.max_dark_p5:
         return RetakeReason.WASHED_OUT
+    if m["flat_fraction"] > c.max_flat_fraction:
+        return RetakeReason.NOT_SKIN
     if m["sharpness"] < c.min_sharpness:
         return RetakeReason.BLURRY
     # Sharp edges yet large perfectly flat areas: a drawing, a logo or a screenshot, not a photo.

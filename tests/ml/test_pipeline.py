@@ -1,0 +1,283 @@
+"""The whole triage pipeline on the demo models: results, batching, bad bytes and the trust checks on model cards."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from ml.errors import ModelUnavailableError
+from ml.labels import LABELS, RetakeReason, Tier
+from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard
+from ml.pipeline import STAGES, Pipeline, load_verified_card
+from ml.policy import decide_tier
+from ml.quality import QualityReport
+from ml.result import TriageResult
+from tests.factories import lesion_photo
+from tests.stack import ROOT, demo_model_dir
+
+__all__ = ["demo_model_dir"]
+
+PHOTOS = ROOT / "skintriage" / "demo_photos"
+EXIF_ORIENTATION = 0x0112
+
+
+def _photo(pattern: str) -> Path:
+    (path,) = sorted(PHOTOS.glob(pattern))
+    return path
+
+
+MEL_PHOTO = _photo("1-mel-*.jpg")
+NV_PHOTO = _photo("2-nv-*.jpg")
+UNUSABLE_PHOTO = _photo("5-unusable-*.jpg")
+
+
+@pytest.fixture(scope="module")
+def pipeline(demo_model_dir: Path) -> Pipeline:
+    """The demo models loaded once for this module, on CPU with one thread (the machine is shared)."""
+    return Pipeline.from_model_dir(demo_model_dir, allow_demo=True, device="cpu", threads=1, decode_workers=2)
+
+
+def _decoded(data: bytes | None) -> Image.Image:
+    assert data is not None
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _assert_same(batched: TriageResult, single: TriageResult) -> None:
+    """Two results of the same photo agree (batched model calls may differ in float rounding only)."""
+    for name in ("tier", "label", "retake_reason", "quality_flags", "image_width", "image_height",
+                 "lesion_area_px", "lesion_diameter_px", "model_versions", "demo_model", "mel_threshold"):
+        assert getattr(batched, name) == getattr(single, name), name
+    assert list(batched.probabilities) == list(single.probabilities)
+    for label, p in single.probabilities.items():
+        assert batched.probabilities[label] == pytest.approx(p, abs=1e-5)
+    assert (batched.mask_png is None) == (single.mask_png is None)
+    if single.mask_png is not None:
+        assert np.array_equal(np.asarray(_decoded(batched.mask_png)), np.asarray(_decoded(single.mask_png)))
+
+
+# ---- results on real photos -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("photo", [MEL_PHOTO, NV_PHOTO], ids=lambda p: p.name)
+def test_real_photo_gives_a_full_result(pipeline: Pipeline, demo_model_dir: Path, photo: Path) -> None:
+    width, height = Image.open(photo).size
+    result = pipeline.run(photo.read_bytes())
+
+    assert result.tier is not Tier.RETAKE, result
+    assert result.retake_reason is None
+    assert (result.image_width, result.image_height) == (width, height)
+
+    overlay = _decoded(result.overlay_jpeg)
+    assert (overlay.format, overlay.size, overlay.mode) == ("JPEG", (width, height), "RGB")
+    mask = _decoded(result.mask_png)
+    assert (mask.format, mask.size, mask.mode) == ("PNG", (width, height), "L")
+    mask_array = np.asarray(mask)
+    assert set(np.unique(mask_array)) <= {0, 255}
+    assert int((mask_array > 0).sum()) == result.lesion_area_px > 0
+    assert result.lesion_diameter_px is not None and result.lesion_diameter_px > 0
+
+    assert list(result.probabilities) == list(LABELS)
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert all(0.0 <= p <= 1.0 for p in result.probabilities.values())
+    assert result.label in LABELS
+
+    assert set(result.timings_ms) == set(STAGES)
+    assert all(result.timings_ms[stage] > 0 for stage in STAGES), result.timings_ms
+    assert result.timings_ms["total"] >= max(result.timings_ms[s] for s in STAGES if s != "total")
+
+    seg = ModelCard.load(demo_model_dir / SEGMENTATION_CARD)
+    cls = ModelCard.load(demo_model_dir / CLASSIFIER_CARD)
+    assert result.model_versions == {"segmentation": seg.version, "classifier": cls.version}
+    assert result.demo_model is True
+    assert result.mel_threshold == pytest.approx(cls.operating_point["mel_threshold"])
+
+    # The tier is the policy's answer to the reported probabilities and flags.
+    gate_unsure = QualityReport(flags=list(result.quality_flags)).unsure
+    expected = decide_tier(result.probabilities, mel_threshold=result.mel_threshold, gate_unsure=gate_unsure)
+    assert (result.tier, result.label) == (expected.tier, expected.label)
+
+
+def test_exif_rotated_photo_comes_back_in_its_displayed_size(pipeline: Pipeline) -> None:
+    stored = Image.open(MEL_PHOTO)
+    exif = stored.getexif()
+    exif[EXIF_ORIENTATION] = 6  # displayed rotated by 90 degrees: 600x450 stored shows as 450x600
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", exif=exif.tobytes(), quality=92)
+    displayed = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue())))
+    assert displayed.size == (450, 600)
+
+    result = pipeline.run(buf.getvalue())
+
+    assert result.tier is not Tier.RETAKE, result
+    assert (result.image_width, result.image_height) == (450, 600)
+    overlay = _decoded(result.overlay_jpeg)
+    assert overlay.size == (450, 600)
+    assert _decoded(result.mask_png).size == (450, 600)
+    # The overlay is drawn on the rotated photo, not on the stored pixels squeezed into its size.
+    difference = np.abs(np.asarray(overlay, np.int16) - np.asarray(displayed.convert("RGB"), np.int16))
+    assert float(np.median(difference)) < 4
+
+
+def test_quality_failure_is_a_retake_without_model_outputs(pipeline: Pipeline) -> None:
+    result = pipeline.run(UNUSABLE_PHOTO.read_bytes())
+    assert (result.tier, result.retake_reason) == (Tier.RETAKE, RetakeReason.TOO_DARK)
+    assert result.overlay_jpeg is None and result.mask_png is None and result.probabilities == {}
+    assert result.timings_ms["segment"] == 0 and result.timings_ms["classify"] == 0
+    assert (result.image_width, result.image_height) == (600, 450)
+
+
+def test_photo_over_the_pixel_limit_is_too_large(pipeline: Pipeline) -> None:
+    strict = Pipeline(pipeline.segmenter, pipeline.classifier, max_pixels=600 * 450 - 1)
+    result = strict.run(MEL_PHOTO.read_bytes())
+    assert (result.tier, result.retake_reason) == (Tier.RETAKE, RetakeReason.TOO_LARGE)
+
+
+# ---- batches --------------------------------------------------------------------------------------
+
+
+def test_run_batch_matches_one_by_one_in_input_order(pipeline: Pipeline) -> None:
+    photos = [
+        NV_PHOTO.read_bytes(),
+        b"",
+        lesion_photo(seed=1),
+        MEL_PHOTO.read_bytes(),
+        UNUSABLE_PHOTO.read_bytes(),
+        lesion_photo(width=500, height=400, seed=2, fmt="PNG"),
+    ]
+    singles = [pipeline.run(data) for data in photos]
+    batched = pipeline.run_batch(photos)
+
+    assert len(batched) == len(photos)
+    for i, (b, s) in enumerate(zip(batched, singles, strict=True)):
+        assert b.image_width == s.image_width, f"photo {i} out of order"
+        _assert_same(b, s)
+    # The batch really mixes outcomes, so order mistakes would show.
+    assert [r.tier is Tier.RETAKE for r in batched] == [False, True, False, False, True, False]
+    assert [r.image_width for r in batched] == [600, None, 600, 600, 600, 500]
+
+
+def test_run_batch_of_nothing_and_of_bare_bytes(pipeline: Pipeline) -> None:
+    assert pipeline.run_batch([]) == []
+    with pytest.raises(ValueError, match="use run"):
+        pipeline.run_batch(MEL_PHOTO.read_bytes())
+
+
+# ---- bad bytes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        b"Dear doctor,\nplease look at the mole on my back.\n" * 20,
+        MEL_PHOTO.read_bytes()[:200],
+    ],
+    ids=["empty", "random", "text", "truncated-header"],
+)
+def test_bad_bytes_are_an_unreadable_retake(pipeline: Pipeline, data: bytes) -> None:
+    result = pipeline.run(data)
+    assert (result.tier, result.retake_reason) == (Tier.RETAKE, RetakeReason.UNREADABLE)
+    assert result.overlay_jpeg is None and result.mask_png is None
+    assert result.probabilities == {} and result.label is None
+    assert result.image_width is None and result.image_height is None
+    assert set(result.timings_ms) == set(STAGES)
+
+
+def test_bad_bytes_do_not_spoil_a_batch(pipeline: Pipeline) -> None:
+    results = pipeline.run_batch([b"not an image", MEL_PHOTO.read_bytes(), b""])
+    assert [r.retake_reason for r in results] == [RetakeReason.UNREADABLE, None, RetakeReason.UNREADABLE]
+    assert results[1].overlay_jpeg is not None
+
+
+# ---- which models the pipeline trusts ---------------------------------------------------------
+
+
+def _copy_models(src: Path, dst: Path) -> Path:
+    """A copy of a model folder: cards copied, weights symlinked (replace a link before changing its file)."""
+    dst.mkdir()
+    for path in src.iterdir():
+        if path.suffix == ".json":
+            shutil.copy2(path, dst / path.name)
+        else:
+            (dst / path.name).symlink_to(path.resolve())
+    return dst
+
+
+def _edit_card(card_path: Path, **changes: object) -> None:
+    data = json.loads(card_path.read_text())
+    data.update(changes)
+    card_path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def model_copy(demo_model_dir: Path, tmp_path: Path) -> Path:
+    """A private, still valid copy of the demo models to tamper with."""
+    copy = _copy_models(demo_model_dir, tmp_path / "models")
+    load_verified_card(copy / SEGMENTATION_CARD, kind="segmentation", allow_demo=True)
+    load_verified_card(copy / CLASSIFIER_CARD, kind="classifier", allow_demo=True)
+    return copy
+
+
+@pytest.mark.parametrize("card_name", [SEGMENTATION_CARD, CLASSIFIER_CARD])
+def test_flipped_bytes_in_the_weights_are_refused(model_copy: Path, card_name: str) -> None:
+    weights = model_copy / ModelCard.load(model_copy / card_name).weights_file
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.unlink()  # the link points at the session's models; write a private file instead
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelUnavailableError, match=r"have SHA-256 .* the file was changed or swapped") as info:
+        Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
+    assert str(weights.name) in str(info.value)
+    assert "skintriage train-segmentation" in str(info.value)  # says how to get working models
+
+
+def test_changed_label_order_in_the_classifier_card_is_refused(model_copy: Path) -> None:
+    _edit_card(model_copy / CLASSIFIER_CARD, labels=["NV", "MEL", "OTHER"])
+    with pytest.raises(
+        ModelUnavailableError, match=r"label order \['NV', 'MEL', 'OTHER'\], expected \['MEL', 'NV', 'OTHER'\]"
+    ):
+        Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
+
+
+def test_segmentation_card_naming_the_classifier_weights_is_refused(model_copy: Path) -> None:
+    classifier_weights = ModelCard.load(model_copy / CLASSIFIER_CARD).weights_file
+    _edit_card(model_copy / SEGMENTATION_CARD, weights_file=classifier_weights)
+    with pytest.raises(ModelUnavailableError, match=r"have SHA-256 .* but card .*segmentation\.json expects"):
+        Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
+
+
+def test_swapped_cards_are_refused_by_kind(model_copy: Path) -> None:
+    seg, cls = model_copy / SEGMENTATION_CARD, model_copy / CLASSIFIER_CARD
+    seg_text, cls_text = seg.read_text(), cls.read_text()
+    seg.write_text(cls_text)
+    cls.write_text(seg_text)
+    with pytest.raises(ModelUnavailableError, match="is a 'classifier' card, expected a 'segmentation' card"):
+        Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
+
+
+def test_missing_weights_and_missing_card_are_refused(model_copy: Path) -> None:
+    (model_copy / ModelCard.load(model_copy / CLASSIFIER_CARD).weights_file).unlink()
+    with pytest.raises(ModelUnavailableError, match="which do not exist"):
+        Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
+    (model_copy / SEGMENTATION_CARD).unlink()
+    with pytest.raises(ModelUnavailableError, match="no model card at"):
+        Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
+
+
+def test_demo_models_are_refused_unless_allowed(demo_model_dir: Path) -> None:
+    with pytest.raises(ModelUnavailableError, match=r"demo model .*set ALLOW_DEMO_MODELS=true"):
+        Pipeline.from_model_dir(demo_model_dir, allow_demo=False, device="cpu")
+
+
+def test_allowed_demo_models_say_so(pipeline: Pipeline) -> None:
+    assert pipeline.demo is True
+    assert pipeline.run(NV_PHOTO.read_bytes()).demo_model is True
