@@ -19,6 +19,11 @@ os.environ.setdefault("LOG_JSON", "false")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# torch._dynamo loads triton, which segfaults when TensorFlow was imported first (LLVM symbol clash;
+# see ml/pipeline.configure_runtime). Tests import both in one process in any order, so load it first.
+import torch._dynamo  # noqa: E402, F401
+import torchvision  # noqa: E402, F401
+
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
