@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from telegram import Bot
@@ -116,8 +117,26 @@ def compose(case: Case, *, texts: Texts) -> Reply:
     return Reply(image_key, caption, follow_up)
 
 
-async def send_reply(bot: Bot, *, chat_id: int, reply: Reply, store: ImageStore, note: str | None = None) -> int | None:
-    """Send a composed answer (photo + caption, then the follow-up); returns the first message's id."""
+async def send_reply(
+    bot: Bot,
+    *,
+    chat_id: int,
+    reply: Reply,
+    store: ImageStore,
+    note: str | None = None,
+    first_sent: int | None = None,
+    on_first_sent: Callable[[int], None] | None = None,
+) -> int | None:
+    """Send a composed answer (photo + caption, then the follow-up); returns the first message's id.
+
+    A two-part answer can fail between its parts. `on_first_sent(message_id)` is called once the photo is out
+    and before the follow-up, so the caller can record it; a later attempt passes that id as `first_sent` and
+    only the follow-up is sent, instead of the photo a second time.
+    """
+    if first_sent is not None:
+        if reply.follow_up:
+            await bot.send_message(chat_id, reply.follow_up, parse_mode=ParseMode.HTML)
+        return first_sent
     photo = None
     if reply.image_key:
         try:
@@ -130,20 +149,37 @@ async def send_reply(bot: Bot, *, chat_id: int, reply: Reply, store: ImageStore,
         return message.message_id
     message = await bot.send_photo(chat_id, photo=photo, caption=reply.caption, parse_mode=ParseMode.HTML)
     if reply.follow_up:
+        if on_first_sent is not None:
+            on_first_sent(message.message_id)
         await bot.send_message(chat_id, reply.follow_up, parse_mode=ParseMode.HTML)
     return message.message_id
 
 
 async def deliver_case(
-    bot: Bot, *, case: Case, store: ImageStore, chat_id: int | None = None, texts: Texts | None = None
+    bot: Bot,
+    *,
+    case: Case,
+    store: ImageStore,
+    chat_id: int | None = None,
+    texts: Texts | None = None,
+    on_first_sent: Callable[[int], None] | None = None,
 ) -> tuple[int | None, str]:
     """Compose and send a finished case's answer; returns (message id, full text). Raises telegram.error.* on failure.
 
     `chat_id` defaults to case.user.chat_id (the case must then be attached to a session or have its user loaded).
+    An undelivered case with a reply_message_id but no reply_text had its photo sent by an earlier attempt
+    (cases.mark_reply_started): only the rest goes out.
     """
     texts = texts or load_texts(get_settings().guidance_file)
     reply = compose(case, texts=texts)
-    message_id = await send_reply(bot, chat_id=chat_id or case.user.chat_id, reply=reply, store=store)
+    message_id = await send_reply(
+        bot,
+        chat_id=chat_id or case.user.chat_id,
+        reply=reply,
+        store=store,
+        first_sent=case.reply_message_id if case.delivered_at is None and case.reply_text is None else None,
+        on_first_sent=on_first_sent,
+    )
     return message_id, reply.full_text
 
 

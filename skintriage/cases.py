@@ -407,6 +407,19 @@ def release_delivery(*, session: Session, case_id: int) -> None:
     )
 
 
+def mark_reply_started(*, session: Session, case_id: int, message_id: int) -> None:
+    """Record that the first message of a two-part answer reached Telegram, so a retry sends only the rest.
+
+    Only the message id is set: delivered_at and reply_text (mark_delivered) stay empty until the rest is sent.
+    """
+    session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.delivered_at.is_(None))
+        .values(reply_message_id=message_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def mark_delivered(*, session: Session, case_id: int, message_id: int | None, text: str) -> None:
     """Record that the answer reached Telegram and exactly what it said."""
     session.execute(

@@ -124,6 +124,9 @@ def main(args: argparse.Namespace) -> int:
         "--without-heartbeat",
     ]
     if args.beat:
+        # The embedded beat keeps its schedule under DATA_DIR: without the folder it dies at start while the
+        # worker carries on, and no sweep ever runs (with Redis and S3 nothing else creates DATA_DIR).
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         argv.append("--beat")
     log.info("worker %s consuming %s with pool %s", name, queues, args.pool)
     app.worker_main(argv)

@@ -279,8 +279,16 @@ def deliver_case(self: Any, case_id: int) -> str:
                 log.debug("case %d: answer already sent or being sent", case_id)
                 return "skipped"
             store = _store(settings)
+
+            def first_sent(message_id: int) -> None:
+                # The photo is out; if its follow-up fails, the retry must not send the photo again.
+                cases.mark_reply_started(session=session, case_id=case_id, message_id=message_id)
+                session.commit()
+
             try:
-                message_id, text = run_with_bot(settings, lambda bot: send_answer(bot, case=case, store=store))
+                message_id, text = run_with_bot(
+                    settings, lambda bot: send_answer(bot, case=case, store=store, on_first_sent=first_sent)
+                )
             except Exception as exc:
                 return _delivery_failed(self, session, case_id, exc)
             cases.mark_delivered(session=session, case_id=case_id, message_id=message_id, text=text)

@@ -153,6 +153,30 @@ def test_deliver_case_falls_back_to_text_when_the_image_is_gone_and_raises_on_te
     assert sent["method"] == "sendMessage" and sent["text"] == text and sent["message_id"] == message_id
 
 
+def test_two_part_answer_resumes_after_its_first_message_without_sending_it_again(local_api, patient, tmp_path) -> None:
+    path = tmp_path / "guidance.toml"
+    path.write_text(f'[HIGH]\nen = "{"Please see a dermatologist within two weeks. " * 30}"\n', encoding="utf-8")
+    texts = Texts.load(guidance_file=path)
+    store = LocalImageStore(tmp_path / "images")
+    patient.send_text(304, "hi")
+    case = done_case("HIGH", overlay_key=store.put(lesion_photo(seed=4), kind="overlay").key)
+    recorded: list[int] = []
+
+    async def go():
+        async with make_bot(_settings(local_api)) as bot:
+            patient.set_faults("sendMessage", ["500"])  # the follow-up fails after the photo went out
+            with pytest.raises(NetworkError):
+                await deliver_case(bot, case=case, store=store, chat_id=304, texts=texts, on_first_sent=recorded.append)
+            case.reply_message_id = recorded[0]  # what the worker stores through on_first_sent
+            return await deliver_case(bot, case=case, store=store, chat_id=304, texts=texts)
+
+    message_id, text = asyncio.run(go())
+    photo, follow_up = patient.messages(304)
+    assert photo["method"] == "sendPhoto" and follow_up["method"] == "sendMessage"
+    assert message_id == photo["message_id"] == recorded[0]
+    assert f"{photo['caption']}\n\n{follow_up['text']}" == text
+
+
 def test_outbox_message_is_sent_as_plain_text(local_api, patient) -> None:
     patient.send_text(303, "hi")
 

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +351,8 @@ class Service:
 
     def wait_prefix(self, chat_id: int, key: str, *, since: int, timeout: float = 30.0) -> dict[str, Any]:
         """The first message starting like catalogue text `key` (up to its first placeholder)."""
-        prefix = self.texts.get("en", key).split("{")[0]
+        # The raw catalogue text: Texts.get would need every placeholder filled in.
+        prefix = self.texts.catalogues["en"][key].split("{")[0]
         prefix = visible(prefix.split("<")[0])
         return self.client.wait_for(
             chat_id, lambda e: (e.get("text") or e.get("caption") or "").startswith(prefix), timeout=timeout,
@@ -403,15 +404,20 @@ class Service:
 
         return wait_for(delivered, timeout=timeout, what=f"case {case_id} answered")
 
-    def settle(self, *, quiet_s: float = 3.0, timeout: float = 120.0) -> None:
-        """Wait until no job is queued, reserved or scheduled for a retry, and none appeared for quiet_s."""
+    def settle(self, *, quiet_s: float = 3.0, timeout: float = 120.0, ignore_unacked: Collection[bytes] = ()) -> None:
+        """Wait until no job is queued, reserved or scheduled for a retry, and none appeared for quiet_s.
+
+        ignore_unacked: delivery tags of jobs held by a SIGKILLed worker (Redis gives them back only after
+        the visibility timeout; the sweeper has re-enqueued their work long before).
+        """
         client = self.redis.client()
+        ignored = set(ignore_unacked)
 
         def pending() -> int:
             queued = sum(client.llen(k) for k in client.scan_iter("triage*")) + sum(
                 client.llen(k) for k in client.scan_iter("replies*")
             )
-            return queued + client.hlen("unacked")
+            return queued + len(set(client.hkeys("unacked")) - ignored)
 
         deadline = time.monotonic() + timeout
         quiet_since = time.monotonic()
