@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from telegram import BotCommand, Update
-from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor
+from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor, ExtBot
+from telegram.request import HTTPXRequest
 
 from bot import handlers
 from bot.delivery import make_request
@@ -53,6 +54,32 @@ class PerChatUpdateProcessor(BaseUpdateProcessor):
         """Nothing to tear down."""
 
 
+class TolerantBot(ExtBot):
+    """An ExtBot whose polling survives an update it cannot parse.
+
+    python-telegram-bot parses a getUpdates batch as a whole: one malformed update (a message without
+    a chat, say) makes every poll fail without advancing the offset, so the bot would stall for every
+    patient and write the raw update, personal data included, to the log on each retry. Here such an
+    update is replaced by an empty Update with the same id: no handler matches it, the offset moves on.
+    """
+
+    async def _post(self, endpoint: str, data: Any = None, *args: Any, **kwargs: Any) -> Any:
+        result = await super()._post(endpoint, data, *args, **kwargs)
+        if endpoint == "getUpdates" and isinstance(result, list):
+            result = [entry for entry in map(self._parseable, result) if entry is not None]
+        return result
+
+    def _parseable(self, entry: Any) -> Any:
+        try:
+            Update.de_json(entry, self)
+        except Exception as exc:  # noqa: BLE001 - any parse failure: skip the update, keep polling
+            update_id = entry.get("update_id") if isinstance(entry, dict) else None
+            log.warning("skipping update %s that cannot be parsed (%s)", update_id, type(exc).__name__)
+            # Without a usable id there is nothing to confirm: drop it (Telegram always sends one).
+            return {"update_id": update_id} if isinstance(update_id, int) else None
+        return entry
+
+
 def _default_enqueue() -> Callable[[int], bool]:
     from worker.enqueue import enqueue_triage
 
@@ -84,10 +111,16 @@ def build_application(
     )
     application = (
         ApplicationBuilder()
-        .token(settings.telegram_bot_token.get_secret_value())
-        .base_url(settings.telegram_api_base_url)
-        .base_file_url(settings.telegram_file_base_url)
-        .request(make_request())
+        .bot(
+            TolerantBot(
+                settings.telegram_bot_token.get_secret_value(),
+                base_url=settings.telegram_api_base_url,
+                base_file_url=settings.telegram_file_base_url,
+                request=make_request(),
+                # PTB's own default for polling: one connection; the long-poll time is added per call.
+                get_updates_request=HTTPXRequest(connection_pool_size=1),
+            )
+        )
         .concurrent_updates(PerChatUpdateProcessor())
         .post_init(_set_commands)
         .build()

@@ -321,6 +321,20 @@ def test_edited_messages_are_ignored_politely(start_bot) -> None:
     assert h.cases(122) == []
 
 
+def test_an_update_the_library_cannot_parse_is_skipped_and_polling_goes_on(start_bot, caplog) -> None:
+    h = start_bot()
+    h.consent(124)
+    since = h.patient.last_seq()
+    # A message without chat and date: python-telegram-bot cannot parse it, and stock polling would
+    # retry the same batch forever, logging the raw update (name, text) each time.
+    h.patient.inject_update({"message": {"message_id": 1, "text": "my name is Alice",
+                                         "from": {"id": 124, "is_bot": False, "first_name": "Alice"}}})
+    h.patient.send_sticker(124)
+    h.wait_text(124, h.expect("en", "other.sticker"), since=since)
+    assert [m.get("text") for m in h.patient.messages(124, since=since)] == [h.expect("en", "other.sticker")]
+    assert "Alice" not in caplog.text
+
+
 def test_group_chats_are_declined_and_nothing_is_stored(start_bot) -> None:
     h = start_bot()
     h.patient.send_photo(123, lesion_photo(seed=17), chat_type="group")
