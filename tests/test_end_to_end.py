@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFilter
 
+from bot.i18n import load_texts
 from bot.local_api import buttons
 from skintriage import cases
 from skintriage.db import session_factory
@@ -78,9 +80,12 @@ def test_photo_to_answer_through_the_real_bot_and_worker_processes(backend, tmp_
         after_answer = client.last_seq()
 
         client.send_photo(PATIENT_ID, unusable_photo())
+        # The retake answer's title from the catalogue, after its case number ("...: I can't judge this photo.").
+        title = load_texts(None).get("en", "result.retake_title", case_id="#")
+        retake_title = re.sub(r"<[^>]+>", "", title).split("#")[-1]
         client.wait_for(
             PATIENT_ID,
-            lambda e: e["method"] == "sendMessage" and "retake" in (e.get("text") or "").lower(),
+            lambda e: e["method"] == "sendMessage" and retake_title in (e.get("text") or ""),
             since=after_answer,
             timeout=180,
         )
