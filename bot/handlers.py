@@ -18,7 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.error import BadRequest, Forbidden, NetworkError, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot import intake, patients
@@ -58,8 +58,10 @@ def _services(context: ContextTypes.DEFAULT_TYPE) -> Services:
 
 
 def _patient(update: Update) -> Patient:
-    user = update.effective_user
-    return Patient(user.id, update.effective_chat.id, user.language_code)
+    user, chat = update.effective_user, update.effective_chat
+    if user is None:  # a message without a sender: in a private chat the chat id is the user's id
+        return Patient(chat.id, chat.id, None)
+    return Patient(user.id, chat.id, user.language_code)
 
 
 async def _say(update: Update, text: str, markup: InlineKeyboardMarkup | None = None) -> int:
@@ -271,7 +273,11 @@ async def _receive_image(
         return
     lang = decision.language
     await bot.send_chat_action(patient.chat_id, ChatAction.TYPING)
-    data = None if (file_size or 0) > svc.settings.max_file_bytes else await _download(bot, file_id)
+    try:
+        data = None if (file_size or 0) > svc.settings.max_file_bytes else await _download(bot, file_id)
+    except DownloadFailed:
+        await _say(update, svc.texts.get(lang, "intake.download_failed"))
+        return
     if data is None or len(data) > svc.settings.max_file_bytes:
         await _say(update, _too_big(svc, lang, file_size or (len(data) if data else 0)))
         return
@@ -296,15 +302,23 @@ async def _receive_image(
     )
 
 
+class DownloadFailed(Exception):
+    """Telegram did not hand the file over (gone, invalid, or the network failed): the patient resends it."""
+
+
 async def _download(bot, file_id: str) -> bytes | None:  # noqa: ANN001 - telegram.Bot or ExtBot
     """The file's bytes, or None when Telegram refuses because it is too big for bots (20 MB)."""
     try:
         file = await bot.get_file(file_id)
+        return bytes(await file.download_as_bytearray())
     except BadRequest as exc:
         if "too big" in exc.message.lower():
             return None
-        raise
-    return bytes(await file.download_as_bytearray())
+        log.warning("Telegram refused a patient's file: %s", exc.message)
+        raise DownloadFailed from exc
+    except NetworkError as exc:  # includes TimedOut; BadRequest (a subclass) is handled above
+        log.warning("could not download a patient's file: %s", type(exc).__name__)
+        raise DownloadFailed from exc
 
 
 def _megabytes(size: int) -> str:

@@ -75,3 +75,5 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     # httpx logs every request URL, which contains the bot token; keep it quiet.
     for noisy in ("httpx", "httpcore", "telegram.ext.ExtBot", "urllib3", "botocore", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # python-telegram-bot's DEBUG logs carry whole updates and API results (names, texts): never below INFO.
+    logging.getLogger("telegram").setLevel(max(root.level, logging.INFO))

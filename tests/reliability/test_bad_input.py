@@ -111,3 +111,27 @@ def test_after_the_whole_corpus_a_normal_photo_is_still_answered(service) -> Non
     service.settle()
     service.assert_answered_once(user_id, case.id, since=ack["seq"])
     service.assert_alive()
+
+
+def test_logs_hold_no_token_names_texts_or_photos(service) -> None:
+    """After the whole corpus (and a patient with a distinctive name and story), the logs are clean."""
+    user_id = next(_patients)
+    service.consent(user_id)
+    since = service.client.last_seq()
+    name, story = "Zebediah-Quixote", "my mole itches since the wedding in Busan"
+    service.client.send_message(user_id, text=story, first_name=name)
+    service.client.send_photo(user_id, lesion_photo(seed=78), caption=story, first_name=name)
+    ack = service.wait_prefix(user_id, "intake.ack", since=since, timeout=60)
+    (case,) = service.cases(user_id)
+    service.wait_delivered(case.id, proc_names=("worker", "bot"))
+    service.settle()
+
+    from tests.reliability.conftest import TOKEN
+
+    for name_of_proc, proc in service.procs.items():
+        text = proc.log_path.read_text(errors="replace")
+        assert text, f"{name_of_proc} wrote no log at all"
+        for secret in (TOKEN, TOKEN.split(":")[1], name, story, "first_name", "Busan"):
+            assert secret not in text, f"{secret!r} found in the {name_of_proc} log"
+        assert "\\xff\\xd8" not in text and "/9j/" not in text, f"image bytes in the {name_of_proc} log"
+    assert ack["seq"] > since

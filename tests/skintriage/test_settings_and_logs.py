@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from skintriage.exceptions import ConfigurationError
-from skintriage.logconfig import RedactingFilter, redact, register_secret
+from skintriage.logconfig import RedactingFilter, configure_logging, redact, register_secret
 from skintriage.settings import Settings
 
 
@@ -60,3 +60,18 @@ def test_filter_redacts_messages_and_tracebacks():
     RedactingFilter().filter(record)
     assert token not in record.getMessage()
     assert token not in record.exc_text
+
+
+def test_debug_logging_keeps_telegram_payloads_out(monkeypatch):
+    """At LOG_LEVEL=DEBUG our own loggers talk, but python-telegram-bot's update/result dumps stay off."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("telegram").level)
+    try:
+        configure_logging("DEBUG", json_lines=False)
+        assert logging.getLogger("worker.tasks").isEnabledFor(logging.DEBUG)
+        for name in ("telegram.Bot", "telegram.ext.Application", "telegram.ext.Updater", "telegram.ext.ExtBot"):
+            assert not logging.getLogger(name).isEnabledFor(logging.DEBUG), name
+        assert logging.getLogger("telegram.ext.Updater").isEnabledFor(logging.WARNING)
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        logging.getLogger("telegram").setLevel(saved[2])
