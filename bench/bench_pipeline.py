@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "ham10000_sample"
 DEMO_PHOTOS = ROOT / "skintriage" / "demo_photos"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"}
-STAGES = ("decode", "quality", "segment", "classify", "overlay", "total")  # as ml.pipeline.STAGES
+STAGES = ("decode", "quality", "segment", "classify", "overlay", "explain", "total")  # as ml.pipeline.STAGES
 BACKENDS = ("tensorflow", "torch")
 
 
@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None,
                         help=f"folder of photos (default: {SHARED_SAMPLE} if present, else {DEMO_PHOTOS})")
     parser.add_argument("--n", type=int, default=50, help="photos to run (the first N by name)")
+    parser.add_argument("--explain", action=argparse.BooleanOptionalAction, default=True,
+                        help="Grad-CAM heatmap per photo, as the worker makes with GRADCAM=true (default: on)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16],
                         help="photos per run_batch call; 1 is always measured")
     parser.add_argument("--repeats", type=int, default=1, help="passes over the photos per batch size")
@@ -148,6 +150,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         pipeline = load_pipeline(options)
     except ModelUnavailableError as exc:
         raise SystemExit(f"error: {exc}") from exc
+    pipeline.explain = args.explain
     load_s = time.perf_counter() - started
     import keras
     import torch
@@ -225,7 +228,7 @@ def child_command(args: argparse.Namespace, backend: str, out: Path) -> list[str
     """This script with the parent's options, for one backend, writing its JSON to out."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--backend", backend, "--json-out", str(out),
            "--model-dir", str(args.model_dir), "--n", str(args.n), "--repeats", str(args.repeats),
-           "--batch-sizes", *map(str, args.batch_sizes)]
+           "--batch-sizes", *map(str, args.batch_sizes), "--explain" if args.explain else "--no-explain"]
     if args.data is not None:
         cmd += ["--data", str(args.data)]
     if args.device:
@@ -309,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_sizes": args.batch_sizes,
         "repeats": args.repeats,
         "threads": args.threads,
+        "explain": args.explain,
         "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version(), "load_average_1min": os.getloadavg()[0]},
         "note": "photo bytes in memory -> TriageResult; per-stage p50/p95 over photos that reached the stage; "

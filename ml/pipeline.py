@@ -32,7 +32,9 @@ from ml.result import TriageResult
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
-STAGES = ("decode", "quality", "segment", "classify", "overlay", "total")
+STAGES = ("decode", "quality", "segment", "classify", "overlay", "explain", "total")
+# Quality flag when Grad-CAM singles out no region (the console says so instead of showing a blank map).
+HEATMAP_EMPTY_FLAG = "heatmap_shows_nothing"
 HOW_TO_GET_MODELS = (
     "train them (`skintriage train-segmentation` and `skintriage train-classifier`, see README 'Models') "
     "or, for a demo only, run `skintriage demo`"
@@ -133,6 +135,7 @@ class Pipeline:
         quality: QualityConfig | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decode_workers: int = 1,
+        explain: bool = False,
     ) -> None:
         self.segmenter = segmenter
         self.classifier = classifier
@@ -140,6 +143,8 @@ class Pipeline:
         self.quality = quality or QualityConfig()
         self.max_pixels = max_pixels
         self.decode_workers = max(1, decode_workers)
+        # Grad-CAM heatmap for the operator console: one extra forward and backward pass per photo.
+        self.explain = explain
         self.mel_threshold = float(
             self.policy.mel_threshold if self.policy.mel_threshold is not None else classifier.mel_threshold
         )
@@ -163,6 +168,7 @@ class Pipeline:
         threads: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decode_workers: int | None = None,
+        explain: bool = False,
     ) -> Pipeline:
         """Verify and load the models named by MODEL_DIR's cards; raise ModelUnavailableError when untrusted."""
         model_dir = Path(model_dir)
@@ -186,7 +192,7 @@ class Pipeline:
         if decode_workers is None:
             decode_workers = min(8, _usable_cores())
         pipeline = cls(segmenter, classifier, policy=policy, quality=quality, max_pixels=max_pixels,
-                       decode_workers=decode_workers)
+                       decode_workers=decode_workers, explain=explain)
         log.info("pipeline ready on %s: %s%s", device, pipeline.versions, " (DEMO models)" if pipeline.demo else "")
         return pipeline
 
@@ -288,6 +294,23 @@ class Pipeline:
         s.decision = decide_tier(
             s.probabilities, mel_threshold=self.mel_threshold, config=self.policy, gate_unsure=s.report.unsure
         )
+        if self.explain:
+            self._explain(s)
+
+    def _explain(self, s: _State) -> None:
+        """Grad-CAM of the reported label; never fails the photo (the heatmap is for clinicians, not the answer)."""
+        from ml.gradcam import explain
+
+        t = time.perf_counter()
+        try:
+            heatmap = explain(self.classifier, s.rgb, mask=s.mask, label=s.decision.label)
+        except Exception as exc:  # noqa: BLE001 - a missing heatmap must not cost the patient the answer
+            log.warning("Grad-CAM failed (%s); the case is stored without a heatmap", type(exc).__name__)
+        else:
+            s.heatmap_jpeg = heatmap.jpeg
+            if heatmap.shows_nothing:
+                s.report = s.report.merged(QualityReport(flags=[HEATMAP_EMPTY_FLAG]))
+        s.timings["explain"] = _ms(t)
 
     def _result(self, s: _State) -> TriageDetails:
         s.timings["total"] = _ms(s.start)
@@ -316,6 +339,7 @@ class Pipeline:
                 lesion_diameter_px=round(g.diameter_px, 1) if g else None,
                 mask_png=s.mask_png,
                 overlay_jpeg=s.overlay_jpeg,
+                heatmap_jpeg=s.heatmap_jpeg,
                 **common,
             )
             why = s.decision.why
@@ -336,6 +360,7 @@ class _State:
     geometry: Any = None
     overlay_jpeg: bytes | None = None
     mask_png: bytes | None = None
+    heatmap_jpeg: bytes | None = None
     timings: dict[str, float] = field(default_factory=dict)
     detail: str = ""
 

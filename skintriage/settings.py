@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     uncertain_margin: float = Field(0.05, validation_alias="UNCERTAIN_MARGIN")
     min_confidence: float = Field(0.5, validation_alias="MIN_CONFIDENCE")
     guidance_file: Path | None = Field(None, validation_alias="GUIDANCE_FILE")
+    # Grad-CAM heatmap per case for the operator console (one extra pass of the classifier per photo).
+    gradcam: bool = Field(True, validation_alias="GRADCAM")
 
     # Demo: replies from demo models say plainly they are not for medical use.
     allow_demo_models: bool = Field(False, validation_alias="ALLOW_DEMO_MODELS")

@@ -50,6 +50,7 @@ def get_pipeline(settings: Settings) -> Any:
                 allow_demo=settings.allow_demo_models,
                 policy=policy_from_settings(settings),
                 max_pixels=settings.max_image_pixels,
+                explain=settings.gradcam,
             )
         except ModelUnavailableError as exc:
             last_error = str(exc)

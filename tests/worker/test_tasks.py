@@ -82,6 +82,9 @@ def test_queued_case_is_analysed_stored_and_answered_with_the_overlay(stack, wor
     assert set(case.model_versions) >= {"segmentation", "classifier"}
     assert abs(case.prob_mel + case.prob_nv + case.prob_other - 1.0) < 1e-3
     assert stack.store.exists(case.mask_key) and stack.store.exists(case.overlay_key)
+    # GRADCAM is on by default: the console gets the classifier's heatmap (never sent to the patient).
+    assert case.heatmap_key and stack.store.get(case.heatmap_key)[:2] == b"\xff\xd8"
+    assert case.timings_ms["explain"] > 0
     sent = answers(stack)
     assert [m["method"] for m in sent][0] == "sendPhoto"
     assert sent[0]["message_id"] == case.reply_message_id
