@@ -1,4 +1,8 @@
-"""`skintriage evaluate-classifier`: score a carded classifier on a split; JSON + Markdown report and PNG plots."""
+"""`skintriage evaluate-classifier`: score a carded classifier on a split; JSON + Markdown report and PNG plots.
+
+With --calibrate-ood it instead fits the card's out-of-distribution energy threshold on the validation
+split and writes it into the card in place (for cards trained before train-classifier did so).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ml.calibration import softmax
+from ml.calibration import (
+    DEFAULT_OOD_PERCENTILE,
+    OOD_KEYS,
+    energy_scores,
+    ood_operating_point,
+    percentile_flag,
+    softmax,
+)
 from ml.classification_metrics import (
     FULL_HAM10000_PREVALENCE,
     reliability_bins,
@@ -22,7 +33,7 @@ from ml.classification_metrics import (
 from ml.classifier import Classifier
 from ml.data import SPLITS, Sample, read_image_rgb, read_mask, read_split_csv, split_hash
 from ml.labels import LABELS
-from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD
+from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard, ModelCardError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--card", type=Path, default=None, help=f"card path (default MODEL_DIR/{CLASSIFIER_CARD})")
     parser.add_argument("--data", type=Path, required=True, help="HAM10000 folder the split refers to")
     parser.add_argument("--split-csv", type=Path, default=Path("runs/split.csv"))
-    parser.add_argument("--split", choices=SPLITS, default="test")
+    parser.add_argument("--split", choices=SPLITS, default=None, help="default test; val with --calibrate-ood")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default docs/classification/<name>)")
     parser.add_argument("--tta", action="store_true", help="average the four flip views")
     parser.add_argument("--masks", choices=("gt", "unet"), default="gt",
@@ -46,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"segmentation card for --masks unet (default MODEL_DIR/{SEGMENTATION_CARD})")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument("--calibrate-ood", type=percentile_flag, nargs="?", const=DEFAULT_OOD_PERCENTILE,
+                        default=None, metavar="PERCENTILE",
+                        help="instead of a report, set the card's OOD energy threshold to this percentile of the "
+                        f"validation photos (default {DEFAULT_OOD_PERCENTILE}: at most 0.5 %% of them refused as "
+                        "'not skin') and rewrite the card in place; 0 removes the check")
 
 
 def _masks_for(chunk: list[Sample], images: list[np.ndarray], source: str, segmenter: Any) -> list[np.ndarray]:
@@ -93,6 +109,8 @@ def evaluate(
     raw = softmax(logits)
     calibrated = softmax(logits, classifier.temperature)
     metrics = summarize(calibrated, y, mel_threshold=classifier.mel_threshold)
+    energies = energy_scores(logits)
+    ood_threshold = classifier.card.operating_point.get("ood_energy_threshold")
     uncalibrated = summarize(raw, y)
     curves = {}
     for i, label in enumerate(LABELS):
@@ -109,9 +127,44 @@ def evaluate(
         },
         "roc": curves,
         "counts": counts,
+        "ood": {
+            "energy_median": float(np.median(energies)),
+            "energy_max": float(energies.max()),
+            "energy_threshold": ood_threshold,
+            "refused": None if ood_threshold is None else float((energies > ood_threshold).mean()),
+        },
         "labels": y.tolist(),
         "probabilities": calibrated.round(5).tolist(),
     }
+
+
+def calibrate_ood(
+    classifier: Classifier,
+    samples: list[Sample],
+    *,
+    percentile: float = DEFAULT_OOD_PERCENTILE,
+    masks: str = "gt",
+    segmenter: Any = None,
+) -> dict[str, float | int]:
+    """The card's OOD entries fitted on these (validation) photos' raw logits, scored as the pipeline scores them."""
+    logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
+    return ood_operating_point(logits, percentile)
+
+
+def write_ood_to_card(card_path: Path, ood: dict[str, Any], *, weights_sha256: str) -> ModelCard:
+    """Replace the card's OOD entries (OOD_KEYS) in place; refuse when the card meanwhile names other weights."""
+    card = ModelCard.load(card_path)
+    if card.weights_sha256 != weights_sha256:
+        raise ModelCardError(
+            f"{card_path} now names weights {card.weights_sha256[:12]}..., but the OOD threshold was fitted with "
+            f"{weights_sha256[:12]}...; the card changed during calibration - run the calibration again"
+        )
+    for key in OOD_KEYS:
+        card.operating_point.pop(key, None)
+    card.operating_point.update(ood)
+    card.save(card_path)
+    card.verify(card_path)  # the weights hash lives in the card, not over it: rewriting keeps it valid
+    return card
 
 
 def plot_confusion(cm: np.ndarray, path: Path, title: str) -> None:
@@ -229,6 +282,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     for label, row in zip(LABELS, m["confusion_matrix"], strict=True):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
     prevalence = ", ".join(f"{k} {v:.1%}" for k, v in FULL_HAM10000_PREVALENCE.items())
+    ood = report.get("ood") or {}
+    if ood.get("energy_threshold") is not None:
+        lines += ["", f"Out-of-distribution check: energy threshold {ood['energy_threshold']:.4f} (from the card) "
+                  f"would refuse {ood['refused']:.2%} of these photos as 'not skin'."]
     lines += [
         "",
         f"Reweighted accuracy = sum over classes of full-dataset prevalence ({prevalence}) x recall.",
@@ -261,15 +318,30 @@ def main(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    calibrating = args.calibrate_ood is not None
+    split = args.split or ("val" if calibrating else "test")
+    if calibrating and (split != "val" or args.tta):
+        print("error: --calibrate-ood fits the threshold on the validation split without TTA, as the pipeline "
+              "scores photos; drop --split and --tta", file=sys.stderr)
+        return 2
     card_path = args.card or args.model_dir / CLASSIFIER_CARD
     classifier = Classifier.from_card(card_path, device=args.device)
+    if calibrating and not args.calibrate_ood:
+        write_ood_to_card(card_path, {}, weights_sha256=classifier.card.weights_sha256)
+        print(f"removed the OOD energy check from {card_path}")
+        return 0
     if not args.split_csv.is_file():
         print(f"error: split file {args.split_csv} not found; pass the split the model was trained on "
               "(its hash is in the card under training.split_hash)", file=sys.stderr)
         return 2
-    samples = read_split_csv(args.split_csv, args.data)[args.split]
+    samples = read_split_csv(args.split_csv, args.data)[split]
     digest = split_hash(args.split_csv)
     card_digest = classifier.card.training.get("split_hash", "unknown")
+    if digest != card_digest and calibrating:
+        print(f"error: split {args.split_csv} (hash {digest}) is not the one {card_path} was trained on "
+              f"({card_digest}); its validation photos may have been trained on, which would make the OOD "
+              "threshold refuse too many real photos - pass the training run's --split-csv", file=sys.stderr)
+        return 2
     if digest != card_digest:
         log.warning("split %s differs from the one the model was trained on (%s); test images may have been "
                     "seen in training", digest, card_digest)
@@ -281,13 +353,20 @@ def main(args: argparse.Namespace) -> int:
         seg_card = args.seg_card or args.model_dir / SEGMENTATION_CARD
         segmenter = Segmenter.from_card(seg_card)
         masks = f"unet ({segmenter.version})"
+    if calibrating:
+        ood = calibrate_ood(classifier, samples, percentile=args.calibrate_ood, masks=args.masks, segmenter=segmenter)
+        write_ood_to_card(card_path, ood, weights_sha256=classifier.card.weights_sha256)
+        print(f"wrote ood_energy_threshold {ood['ood_energy_threshold']:.4f} (percentile {ood['ood_percentile']:g} "
+              f"of {ood['ood_val_images']} validation photos, masks {masks}; refuses {ood['ood_val_refused']:.2%} "
+              f"of them) into {card_path}")
+        return 0
     result = evaluate(classifier, samples, masks=args.masks, segmenter=segmenter, tta=args.tta)
     report = {
         "card": str(card_path),
         "model_version": classifier.version,
         "input_variant": classifier.input_variant,
         "input_size": list(classifier.input_size),
-        "split": args.split,
+        "split": split,
         "split_hash": digest,
         "card_split_hash": card_digest,
         "masks": masks,
@@ -303,7 +382,7 @@ def main(args: argparse.Namespace) -> int:
     m = report["metrics"]
     op = m["operating_point"]
     print(f"wrote {out_dir}/report.md, report.json, confusion.png, roc.png, reliability.png")
-    print(f"{args.split}: accuracy {m['accuracy']:.4f} (full-prevalence {m['accuracy_full_prevalence']:.4f}), "
+    print(f"{split}: accuracy {m['accuracy']:.4f} (full-prevalence {m['accuracy_full_prevalence']:.4f}), "
           f"balanced accuracy {m['balanced_accuracy']:.4f}, MEL AUC {m['mel_auc']:.4f}, macro AUC "
           f"{m['macro_auc']:.4f}, MEL sens {op['sensitivity']:.3f} spec {op['specificity']:.3f}, "
           f"ECE {report['ece_uncalibrated']:.4f} -> {report['ece_calibrated']:.4f}")

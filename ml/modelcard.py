@@ -37,7 +37,8 @@ class ModelCard:
     labels: class order of the outputs (classifier only; must equal ml.labels.LABELS).
     threshold: mask threshold (segmentation).
     temperature: calibration temperature (classifier).
-    operating_point: e.g. {"mel_threshold": 0.21, "target_sensitivity": 0.9, ...} (classifier).
+    operating_point: e.g. {"mel_threshold": 0.21, "target_sensitivity": 0.9, ...} (classifier), and the
+        out-of-distribution check's ood_energy_threshold, ood_percentile, ood_val_images, ... (ml.calibration).
     demo: True for the throw-away models `skintriage demo` trains; every reply says so.
     """
 
@@ -63,8 +64,10 @@ class ModelCard:
         return f"{self.name}@{self.weights_sha256[:12]}"
 
     def save(self, path: Path) -> None:
-        """Write the card as pretty JSON."""
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        """Write the card as pretty JSON, atomically: a worker starting meanwhile reads the old or the new card."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> ModelCard:

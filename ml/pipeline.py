@@ -149,7 +149,8 @@ class Pipeline:
             self.policy.mel_threshold if self.policy.mel_threshold is not None else classifier.mel_threshold
         )
         op = getattr(classifier.card, "operating_point", {}) or {}
-        # Optional out-of-distribution limit on the energy score, written to the card by a calibration.
+        # Optional out-of-distribution limit on the energy score, calibrated on validation photos by
+        # train-classifier or `evaluate-classifier --calibrate-ood` (ml.calibration.ood_operating_point).
         self.ood_energy_threshold: float | None = (
             float(op["ood_energy_threshold"]) if op.get("ood_energy_threshold") is not None else None
         )
@@ -265,18 +266,18 @@ class Pipeline:
     def _classify(self, states: list[_State]) -> None:
         if not states:
             return
-        from ml.calibration import softmax
+        from ml.calibration import energy_scores, softmax
 
         t = time.perf_counter()
         views = [self.classifier.prepare(s.rgb, s.mask) for s in states]
         logits = self.classifier.logits(views)
         probs = softmax(logits, self.classifier.temperature)
+        # Energy score of the raw logits (Liu et al. 2020): high for inputs unlike the training data.
+        # The same function calibrates the card's threshold (train-classifier, evaluate-classifier).
+        energies = energy_scores(logits)
         share = _ms(t) / len(states)
-        for s, row, z in zip(states, probs, logits, strict=True):
+        for s, row, energy in zip(states, probs, energies.tolist(), strict=True):
             s.probabilities = {label: float(row[i]) for i, label in enumerate(LABELS)}
-            # Energy score (Liu et al. 2020): high for inputs unlike the training data.
-            zmax = float(np.max(z))
-            energy = -(zmax + float(np.log(np.exp(np.asarray(z, np.float64) - zmax).sum())))
             s.ood = {"energy": energy, "max_probability": float(np.max(row))}
             if self.ood_energy_threshold is not None and energy > self.ood_energy_threshold:
                 s.report = s.report.merged(QualityReport(flags=["unfamiliar_to_classifier"]))

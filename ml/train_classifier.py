@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.calibration import fit_temperature, softmax
+from ml.calibration import (
+    DEFAULT_OOD_PERCENTILE,
+    energy_scores,
+    fit_temperature,
+    ood_operating_point,
+    percentile_flag,
+    softmax,
+)
 from ml.classification_metrics import (
     balanced_accuracy,
     binary_roc_auc,
@@ -116,6 +123,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "balanced accuracy)")
     parser.add_argument("--target-sensitivity", type=float, default=0.9,
                         help="melanoma sensitivity the operating threshold must reach on validation")
+    parser.add_argument("--ood-percentile", type=percentile_flag, default=DEFAULT_OOD_PERCENTILE,
+                        help="energy percentile of the validation photos above which the pipeline asks for a "
+                        "retake as 'not skin' (99.5 refuses at most 0.5 %% of them); 0 = no such check")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop training after this many minutes, keeping the best checkpoint; the cosine "
                         "schedule then follows the clock so it still anneals")
@@ -489,6 +499,7 @@ def finish(
     test_metrics = summarize(softmax(test_logits, temperature), data["test"].labels, mel_threshold=threshold)
     test_metrics["ece_uncalibrated"] = summarize(softmax(test_logits), data["test"].labels)["ece"]
     val_metrics["ece_uncalibrated"] = summarize(softmax(val_logits), data["val"].labels)["ece"]
+    ood = ood_check(val_logits, test_logits, args.ood_percentile)
 
     out_dir = Path(args.out)
     weights_path, sha = export_weights(best["model"], out_dir)
@@ -519,6 +530,7 @@ def finish(
             "val_specificity": val_spec,
             "test_sensitivity": test_metrics["operating_point"]["sensitivity"],
             "test_specificity": test_metrics["operating_point"]["specificity"],
+            **ood,
         },
         training={
             "profile": args.profile,
@@ -551,6 +563,19 @@ def finish(
         threshold, test_metrics["ece_uncalibrated"], test_metrics["ece"], temperature, card_path,
     )
     return {"card": str(card_path), "weights": str(weights_path), "val": val_metrics, "test": test_metrics}
+
+
+def ood_check(val_logits: np.ndarray, test_logits: np.ndarray, percentile: float) -> dict[str, Any]:
+    """Operating-point entries of the energy OOD check fitted on val, with the share of test photos it refuses."""
+    if not percentile:
+        return {}
+    ood = ood_operating_point(val_logits, percentile)
+    if len(test_logits):
+        ood["ood_test_refused"] = float((energy_scores(test_logits) > ood["ood_energy_threshold"]).mean())
+    log.info("OOD energy threshold %.4f (percentile %g of %d validation photos); refuses %.2f %% of val, "
+             "%.2f %% of test", ood["ood_energy_threshold"], percentile, ood["ood_val_images"],
+             100 * ood["ood_val_refused"], 100 * ood.get("ood_test_refused", float("nan")))
+    return ood
 
 
 def _torchvision_version() -> str:

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from ml import evaluate_classifier, train_classifier
+from ml.calibration import energy_threshold
 from ml.classifier import Classifier
 from ml.data import read_split_csv
 from ml.labels import LABELS
-from ml.modelcard import CLASSIFIER_CARD, ModelCard
+from ml.modelcard import CLASSIFIER_CARD, ModelCard, ModelCardError
 
 # Settings that let ResNet50 memorise ~30 images within a few epochs: no smoothing, light
 # augmentation, constant learning rate; the strong profile's regularisers are for real data.
@@ -163,3 +164,77 @@ def test_evaluate_classifier_writes_json_markdown_and_plots(trained, synthetic_h
     assert "accuracy_full_prevalence" in report["metrics"]
     for name in ("report.md", "confusion.png", "roc.png", "reliability.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+
+
+# ---- the out-of-distribution energy threshold ------------------------------------------------------
+
+
+def test_training_card_carries_the_ood_energy_threshold_from_validation(trained, synthetic_ham: Path):
+    root, _ = trained
+    card_path = root / "model" / CLASSIFIER_CARD
+    op = ModelCard.load(card_path).operating_point
+    val = read_split_csv(root / "split.csv", synthetic_ham)["val"]
+    assert op["ood_percentile"] == 99.5
+    assert op["ood_val_images"] == len(val)
+    assert op["ood_val_refused"] <= 0.005
+    assert 0 <= op["ood_test_refused"] <= 1
+    # Scored like the pipeline scores photos: the inference wrapper's raw logits of the same val photos.
+    logits, _ = evaluate_classifier.predict_logits(Classifier.from_card(card_path, device="cpu"), val)
+    assert op["ood_energy_threshold"] == pytest.approx(energy_threshold(logits, 99.5), abs=1e-4)
+
+
+def test_ood_percentile_zero_leaves_the_check_out():
+    assert train_classifier.ood_check(np.zeros((4, 3)), np.zeros((4, 3)), 0.0) == {}
+    with pytest.raises(SystemExit):
+        _args(train_classifier, ["--data", "x", "--ood-percentile", "150"])
+
+
+def test_calibrate_ood_rewrites_an_existing_card_in_place(trained, synthetic_ham: Path, tmp_path: Path):
+    root, _ = trained
+    model_dir = tmp_path / "model"
+    shutil.copytree(root / "model", model_dir)
+    card_path = model_dir / CLASSIFIER_CARD
+    before = ModelCard.load(card_path)
+    trained_op = dict(before.operating_point)
+    before.operating_point = {k: v for k, v in trained_op.items() if not k.startswith("ood_")}
+    before.save(card_path)  # as a card written before train-classifier calibrated the OOD check
+    argv = ["--model-dir", str(model_dir), "--data", str(synthetic_ham), "--split-csv", str(root / "split.csv"),
+            "--threads", "1"]
+
+    assert evaluate_classifier.main(_args(evaluate_classifier, [*argv, "--calibrate-ood"])) == 0
+
+    after = ModelCard.load(card_path)
+    after.verify(card_path)  # the rewritten card still matches its weights
+    op = after.operating_point
+    assert op["ood_energy_threshold"] == pytest.approx(trained_op["ood_energy_threshold"], abs=1e-4)
+    assert (op["ood_percentile"], op["ood_val_images"]) == (99.5, trained_op["ood_val_images"])
+    assert "ood_test_refused" not in op  # evaluate-classifier calibrates on val only
+    assert {k: v for k, v in op.items() if not k.startswith("ood_")} == before.operating_point
+    assert {**vars(after), "operating_point": None} == {**vars(before), "operating_point": None}
+    assert json.loads(card_path.read_text())["operating_point"] == op  # round-trips through the JSON
+
+    # An explicit percentile replaces the threshold; 0 removes the check.
+    assert evaluate_classifier.main(_args(evaluate_classifier, [*argv, "--calibrate-ood", "50"])) == 0
+    assert ModelCard.load(card_path).operating_point["ood_percentile"] == 50.0
+    assert evaluate_classifier.main(_args(evaluate_classifier, [*argv, "--calibrate-ood", "0"])) == 0
+    assert ModelCard.load(card_path).operating_point == before.operating_point
+
+
+def test_calibrate_ood_refuses_the_test_split_and_a_foreign_split(trained, synthetic_ham: Path, tmp_path: Path):
+    root, _ = trained
+    card = str(root / "model" / CLASSIFIER_CARD)
+    before = (root / "model" / CLASSIFIER_CARD).read_text()
+    base = ["--card", card, "--data", str(synthetic_ham), "--calibrate-ood"]
+    assert evaluate_classifier.main(
+        _args(evaluate_classifier, [*base, "--split-csv", str(root / "split.csv"), "--split", "test"])) == 2
+    other = tmp_path / "split.csv"
+    other.write_text((root / "split.csv").read_text() + "\n")
+    assert evaluate_classifier.main(_args(evaluate_classifier, [*base, "--split-csv", str(other)])) == 2
+    assert (root / "model" / CLASSIFIER_CARD).read_text() == before
+
+
+def test_write_ood_to_card_refuses_a_card_that_now_names_other_weights(trained, tmp_path: Path):
+    root, _ = trained
+    shutil.copytree(root / "model", tmp_path / "model")
+    with pytest.raises(ModelCardError, match="run the calibration again"):
+        evaluate_classifier.write_ood_to_card(tmp_path / "model" / CLASSIFIER_CARD, {}, weights_sha256="0" * 64)

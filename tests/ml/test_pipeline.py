@@ -281,3 +281,31 @@ def test_demo_models_are_refused_unless_allowed(demo_model_dir: Path) -> None:
 def test_allowed_demo_models_say_so(pipeline: Pipeline) -> None:
     assert pipeline.demo is True
     assert pipeline.run(NV_PHOTO.read_bytes()).demo_model is True
+
+
+# ---- the out-of-distribution energy check -----------------------------------------------------
+
+
+def test_photo_above_the_cards_ood_energy_threshold_is_a_not_skin_retake(pipeline: Pipeline, model_copy: Path) -> None:
+    assert pipeline.ood_energy_threshold is None  # the demo card has no OOD calibration: nothing is refused
+    energy = {photo: pipeline.run_detailed(photo.read_bytes()).ood["energy"] for photo in (MEL_PHOTO, NV_PHOTO)}
+    familiar, unfamiliar = sorted(energy, key=energy.__getitem__)
+    assert energy[unfamiliar] - energy[familiar] > 1e-3, energy
+    threshold = (energy[familiar] + energy[unfamiliar]) / 2
+    card_path = model_copy / CLASSIFIER_CARD
+    card = ModelCard.load(card_path)
+    card.operating_point.update(ood_energy_threshold=threshold, ood_percentile=99.5, ood_val_images=40,
+                                ood_val_refused=0.0)
+    card.save(card_path)
+
+    strict = Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu", threads=1)  # verifies the card
+    assert strict.ood_energy_threshold == threshold
+    kept, refused = strict.run_batch_detailed([familiar.read_bytes(), unfamiliar.read_bytes()])
+
+    assert kept.result.tier is not Tier.RETAKE, kept.result
+    assert "unfamiliar_to_classifier" not in kept.result.quality_flags
+    assert kept.ood["energy"] == pytest.approx(energy[familiar], abs=1e-4)
+    assert (refused.result.tier, refused.result.retake_reason) == (Tier.RETAKE, RetakeReason.NOT_SKIN)
+    assert "unfamiliar_to_classifier" in refused.result.quality_flags
+    assert refused.ood["energy"] > threshold
+    assert refused.result.overlay_jpeg is None and refused.result.label is None
