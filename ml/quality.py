@@ -5,8 +5,8 @@ before the U-Net; `check_mask` looks at the U-Net's probability map (lesion foun
 frame, confidently segmented). Each failure names a RetakeReason; borderline values pass with a
 flag in UNSURE_FLAGS, which the tier policy turns into UNCERTAIN.
 
-Thresholds were calibrated on real HAM10000 photos (docs/pipeline.md has the numbers and
-bench/calibrate_quality.py reproduces them): every default passes at least 99.5 % of them.
+Thresholds were calibrated on real HAM10000 photos against obvious non-skin images
+(bench/calibrate_quality.py; docs/pipeline.md has the numbers, including the real photos it refuses).
 """
 
 from __future__ import annotations
