@@ -109,17 +109,16 @@ def _log_tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-@contextmanager
-def child_process(name: str, argv: list[str], env: dict[str, str], *, log_dir: Path) -> Iterator[subprocess.Popen]:
-    """`python -m skintriage.cli ARGV` with the stack's environment; SIGTERM then SIGKILL on exit."""
+def spawn(name: str, argv: list[str], env: dict[str, str], *, log_dir: Path, module: str = "skintriage.cli"):
+    """`python -m MODULE ARGV` in its own process group with the stack's environment, output to LOG_DIR/NAME.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
     full_env.update(env)
     full_env["PYTHONPATH"] = str(ROOT)
-    with log_path.open("w") as log:
+    with log_path.open("a") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "skintriage.cli", *argv],
+            [sys.executable, "-m", module, *argv],
             env=full_env,
             cwd=ROOT,
             stdout=log,
@@ -127,11 +126,19 @@ def child_process(name: str, argv: list[str], env: dict[str, str], *, log_dir: P
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        proc.log_path = log_path  # type: ignore[attr-defined]
-        try:
-            yield proc
-        finally:
-            stop_process(proc)
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    proc.name = name  # type: ignore[attr-defined]
+    return proc
+
+
+@contextmanager
+def child_process(name: str, argv: list[str], env: dict[str, str], *, log_dir: Path) -> Iterator[subprocess.Popen]:
+    """`python -m skintriage.cli ARGV` with the stack's environment; SIGTERM then SIGKILL on exit."""
+    proc = spawn(name, argv, env, log_dir=log_dir)
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
 
 
 def stop_process(proc: subprocess.Popen, *, timeout: float = 30.0) -> int | None:

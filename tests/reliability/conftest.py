@@ -18,7 +18,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -38,7 +37,15 @@ from skintriage import migrate
 from skintriage.db import session_factory
 from skintriage.models import Case, User
 from tests.conftest import PG_ADMIN_URL, require_service
-from tests.stack import ROOT, demo_model_dir, free_port, healthz, stack_environment, stop_process, wait_for
+from tests.stack import (
+    demo_model_dir,
+    free_port,
+    healthz,
+    spawn,
+    stack_environment,
+    stop_process,
+    wait_for,
+)
 
 __all__ = ["demo_model_dir"]
 
@@ -49,28 +56,6 @@ SLOW_ENV = "RELIABILITY_SLOW_PIPELINE_S"
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-def spawn(name: str, argv: list[str], env: dict[str, str], *, log_dir: Path, module: str = "skintriage.cli"):
-    """`python -m MODULE ARGV` in its own process group with the stack's environment, output to LOG_DIR/NAME.log."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
-    full_env.update(env)
-    full_env["PYTHONPATH"] = str(ROOT)
-    with log_path.open("a") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, *argv],
-            env=full_env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    proc.log_path = log_path  # type: ignore[attr-defined]
-    proc.name = name  # type: ignore[attr-defined]
-    return proc
 
 
 def kill_hard(proc: subprocess.Popen) -> None:
