@@ -46,13 +46,6 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point DATA_DIR and MODEL_DIR at temporary folders and reset the cached settings."""

@@ -12,14 +12,11 @@ Everything a child prints goes to LOG_DIR/<name>.log; failures quote the end of 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +24,11 @@ from typing import Any
 
 import pytest
 
+from skintriage.demo import free_port
+from skintriage.demo import health as healthz
 from skintriage.settings import DEMO_BOT_TOKEN, get_settings
+
+__all__ = ["free_port", "healthz"]  # the demo's process helpers, shared with the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 # The bot user id the simulated patients use unless a test picks its own.
@@ -72,15 +73,6 @@ def apply_environment(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> N
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -166,17 +158,6 @@ def wait_for(check: Callable[[], Any], *, timeout: float, what: str, proc: subpr
             tail = _log_tail(proc.log_path) if proc is not None else ""
             raise AssertionError(f"{what}: not within {timeout:.0f} s\n{tail}")
         time.sleep(0.2)
-
-
-def healthz(port: int) -> dict[str, Any] | None:
-    """A process's /healthz report (also when it answers 503), or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:  # noqa: S310
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())
-    except OSError:
-        return None
 
 
 @contextmanager

@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 from bot.local_api import buttons
 from skintriage import cases
 from skintriage.models import CaseStatus
-from tests.conftest import free_port
 from tests.factories import lesion_photo
+from tests.stack import free_port
 
 
 def eventually(check, timeout: float = 10.0):

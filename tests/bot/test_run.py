@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import free_port
+from tests.stack import free_port
 
 
 def _env(local_api, tmp_path, url: str) -> dict[str, str]:

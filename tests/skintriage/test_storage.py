@@ -12,8 +12,8 @@ import pytest
 from skintriage.exceptions import ImageNotFound, InvalidKey, StorageError
 from skintriage.settings import Settings
 from skintriage.storage import LocalImageStore, S3ImageStore, make_key, make_store
-from tests.conftest import free_port
 from tests.factories import lesion_photo
+from tests.stack import free_port
 
 SECRET = "not-a-real-secret-key"  # noqa: S105 - moto accepts any credentials
 
