@@ -100,8 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-csv", type=Path, default=Path("runs/split.csv"),
                         help="lesion-grouped split shared with segmentation; created from --seed if missing")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="strong")
-    parser.add_argument("--input", choices=INPUT_VARIANTS, default="whole",
-                        help="whole image, or the lesion cropped by its (ground-truth) mask with margin")
+    parser.add_argument("--input", choices=INPUT_VARIANTS, default="crop",
+                        help="the lesion cropped by its (ground-truth) mask with margin (default; the U-Net's "
+                             "mask at inference), or the whole image; see docs/classification.md")
     parser.add_argument("--crop-margin", type=float, default=DEFAULT_MARGIN)
     parser.add_argument("--size", default="224", help="input size: 128 or HxW like 96x128")
     parser.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a resnet50 state dict")
