@@ -20,18 +20,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.classification_metrics import binary_roc_auc  # noqa: E402
+from ml.classification_metrics import (  # noqa: E402
+    binary_roc_auc,
+    sensitivity_specificity,
+    threshold_for_sensitivity,
+)
 from ml.data import read_split_csv  # noqa: E402
 from ml.labels import LABELS  # noqa: E402
 
 SENSITIVITIES = (0.90, 0.94, 0.98)
-
-
-def specificity_at_sensitivity(is_mel: np.ndarray, p_mel: np.ndarray, sensitivity: float) -> float:
-    """Share of non-melanomas below the highest threshold that still flags `sensitivity` of melanomas."""
-    positives = np.sort(p_mel[is_mel])[::-1]
-    k = int(np.ceil(sensitivity * is_mel.sum()))
-    return float((p_mel[~is_mel] < positives[k - 1]).mean())
 
 
 def bootstrap_auc_difference(is_mel: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, *, n: int, seed: int) -> dict:
@@ -76,21 +73,20 @@ def main() -> int:
         from ml.unet import Segmenter
 
         segmenter = Segmenter.from_card(args.seg_card)
-    probs, y = {}, None
-    for key, model in models.items():
-        result = evaluate(model, samples, masks="unet", segmenter=segmenter)
-        probs[key] = np.array(result["probabilities"])[:, LABELS.index("MEL")]
-        y = np.array(result["labels"])
-    is_mel = y == LABELS.index("MEL")
+    mel = LABELS.index("MEL")
+    probs = {key: np.array(evaluate(model, samples, masks="unet", segmenter=segmenter)["probabilities"])[:, mel]
+             for key, model in models.items()}
+    is_mel = np.array([s.label == "MEL" for s in samples])
     report = {
-        "split": args.split, "n": int(len(y)), "melanomas": int(is_mel.sum()),
+        "split": args.split, "n": len(samples), "melanomas": int(is_mel.sum()),
         "a": {"card": str(args.a), "version": models["a"].version}, "b": {"card": str(args.b),
               "version": models["b"].version},
         "mel_auc": {k: binary_roc_auc(is_mel, p) for k, p in probs.items()},
         "auc_difference_b_minus_a": bootstrap_auc_difference(is_mel, probs["a"], probs["b"], n=args.bootstrap,
                                                              seed=args.seed),
-        "specificity_at_sensitivity": {f"{s:.2f}": {k: specificity_at_sensitivity(is_mel, p, s)
-                                                    for k, p in probs.items()} for s in SENSITIVITIES},
+        "specificity_at_sensitivity": {
+            f"{s:.2f}": {k: sensitivity_specificity(is_mel, p, threshold_for_sensitivity(is_mel, p, s))[1]
+                         for k, p in probs.items()} for s in SENSITIVITIES},
     }
     print(f"| | A {report['a']['version']} | B {report['b']['version']} |\n| --- | --- | --- |")
     print(f"| melanoma AUC | {report['mel_auc']['a']:.3f} | {report['mel_auc']['b']:.3f} |")
