@@ -27,10 +27,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Importing ml.pipeline loads neither Keras nor torch: each child still picks its KERAS_BACKEND.
+from ml.pipeline import STAGES  # noqa: E402
+
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "ham10000_sample"
 DEMO_PHOTOS = ROOT / "skintriage" / "demo_photos"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"}
-STAGES = ("decode", "quality", "segment", "classify", "overlay", "explain", "total")  # as ml.pipeline.STAGES
 BACKENDS = ("tensorflow", "torch")
 
 
@@ -293,7 +297,6 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Measure one backend (--backend) or every backend in child processes; print the table, write the JSON."""
     args = parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     why = check_cards(args.model_dir, allow_demo=args.allow_demo)
     if why:
         print(f"error: {why}", file=sys.stderr)
