@@ -103,17 +103,41 @@ def test_a_tampered_cookie_is_ignored(app, reviewer, seeded):
         assert other.get("/cases").status_code == 303
 
 
-def test_sessions_expire(monkeypatch, console_db_url, store, seeded):
+class _MovedClock:
+    """The time module, moved forward by `offset` seconds (for expiry without sleeping)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize("expires", ["app check", "cookie signature"])
+def test_sessions_expire(monkeypatch, console_db_url, store, seeded, expires):
+    """Both the app's own session age check and the signed cookie's timestamp end a session at max age.
+
+    The clock is moved rather than slept on: a 1 s max age with a real sleep failed under a loaded CI
+    machine when the login form's GET and POST straddled two whole seconds of the cookie timestamp.
+    """
+    import itsdangerous.timed
+
+    import console.auth
     from console.app import create_app
     from skintriage.settings import get_settings
 
-    monkeypatch.setenv("CONSOLE_SESSION_MAX_AGE_S", "1")
+    monkeypatch.setenv("CONSOLE_SESSION_MAX_AGE_S", "600")
     get_settings.cache_clear()
     app = create_app(settings=get_settings(), database_url=console_db_url, store=store)
+    clock = _MovedClock()
+    monkeypatch.setattr(console.auth if expires == "app check" else itsdangerous.timed, "time", clock)
     with TestClient(app, follow_redirects=False) as c:
         assert login(c, *REVIEWER).status_code == 303
         assert c.get("/cases").status_code == 200
-        time.sleep(2.1)
+        clock.offset = 700
         assert c.get("/cases").status_code == 303
 
 
