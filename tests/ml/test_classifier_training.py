@@ -41,7 +41,8 @@ def trained(synthetic_ham: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     """One 8-epoch training run shared by the tests below: (workdir, train() result)."""
     root = tmp_path_factory.mktemp("cls_train")
     result = train_classifier.train(
-        _args(train_classifier, _train_argv(synthetic_ham, root, "--epochs", "8", "--input", "whole")))
+        _args(train_classifier, _train_argv(synthetic_ham, root, "--epochs", "8", "--input", "whole",
+                                              "--ood-percentile", "99.5")))
     return root, result
 
 
@@ -189,6 +190,19 @@ def test_training_card_carries_the_ood_energy_threshold_from_validation(trained,
     # Scored like the pipeline scores photos: the inference wrapper's raw logits of the same val photos.
     logits, _ = evaluate_classifier.predict_logits(Classifier.from_card(card_path, device="cpu"), val)
     assert op["ood_energy_threshold"] == pytest.approx(energy_threshold(logits, 99.5), abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], 99.5),  # pretrained (imagenet) start: the check is written
+        (["--weights", "none"], 0.0),  # from scratch: no check unless asked for
+        (["--weights", "none", "--ood-percentile", "99"], 99.0),
+        (["--weights", "resnet50.pth", "--ood-percentile", "0"], 0.0),
+    ],
+)
+def test_ood_check_defaults_to_off_for_a_model_trained_from_scratch(argv, expected):
+    assert train_classifier.ood_percentile_for(_args(train_classifier, ["--data", "x", *argv])) == expected
 
 
 def test_ood_percentile_zero_leaves_the_check_out():
