@@ -17,6 +17,7 @@ Usage:
   .venv/bin/python bench/load.py                                  # 50 patients x 5 photos, 1 worker, embedded
   .venv/bin/python bench/load.py --patients 3 --photos 2 --json-out load.json
   .venv/bin/python bench/load.py --services --workers 2          # PostgreSQL + Redis on 127.0.0.1
+  .venv/bin/python bench/load.py --services --hold-workers       # intake alone, workers stopped until acked
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -96,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="folder for data and logs (default: a new temp one)"
+    )
+    parser.add_argument(
+        "--hold-workers",
+        action="store_true",
+        help="stop the workers (SIGSTOP) while the patients send and resume them once every photo is "
+        "acknowledged, as if they ran on another machine: acknowledgement latency then measures the bot, "
+        "the Bot API stand-in and the patients only, and photo-to-answer latency includes the hold",
     )
     parser.add_argument("--json-out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--intake-timeout", type=float, default=120.0, help="seconds to wait for each acknowledgement")
@@ -490,6 +499,7 @@ def build_report(
             "patients": args.patients,
             "photos_per_patient": args.photos,
             "workers": args.workers,
+            "workers_held_during_intake": args.hold_workers,
             "backend": "services" if args.services else "embedded",
             "cpu_count": os.cpu_count(),
         },
@@ -526,7 +536,9 @@ def print_table(report: dict[str, Any]) -> None:
     throughput = report["worker_throughput_cases_per_s"]
     rows = [
         ("setup", f"{config['patients']} patients x {config['photos_per_patient']} photos, "
-                  f"{config['workers']} worker(s), {config['backend']}, {config['cpu_count']} CPUs"),
+                  f"{config['workers']} worker(s)"
+                  f"{' held until every photo was acknowledged' if config.get('workers_held_during_intake') else ''}, "
+                  f"{config['backend']}, {config['cpu_count']} CPUs"),
         ("photos sent", str(report["photos_sent"])),
         ("photos accepted", str(report["photos_accepted"])),
         ("photos refused at intake", str(report["photos_refused"])),
@@ -549,6 +561,13 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 # --- main -------------------------------------------------------------------------------------
+
+
+def signal_group(children: list[Child], signum: int) -> None:
+    """Send a signal to each live child's process group (a worker and its embedded beat)."""
+    for child in children:
+        if child.alive():
+            os.killpg(child.process.pid, signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -588,12 +607,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             for p in patients
         ]  # fmt: skip
+        workers = [child for child in children if child.name.startswith("worker-")]
+        if args.hold_workers:
+            signal_group(workers, signal.SIGSTOP)
         print(f"{args.patients} patients sending {args.photos} photos each ...", flush=True)
         started = time.monotonic()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        if args.hold_workers:
+            print("every photo acknowledged; resuming the workers ...", flush=True)
+            signal_group(workers, signal.SIGCONT)
         accepted = {photo.case_id for p in patients for photo in p.sent if photo.case_id is not None}
         wait_for_answers(backend.database_url, accepted, timeout=args.answer_timeout, children=children)
         time.sleep(args.settle)  # late duplicates would show up now
@@ -604,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
+        signal_group(children, signal.SIGCONT)  # a held worker must be running to stop politely
         for child in reversed(children):
             stop_child(child)
         client.close()

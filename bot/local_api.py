@@ -715,7 +715,9 @@ class LocalBotAPIServer:
         if body.get("photo_b64") is not None:
             data = base64.b64decode(body["photo_b64"])
             versions = (
-                _telegram_photo_versions(data)
+                # Off the event loop: Telegram makes these on its own servers, and resizing here would
+                # hold up every other Bot API call (the bot's acknowledgements too) under a burst.
+                await asyncio.to_thread(_telegram_photo_versions, data)
                 if body.get("compress", True)
                 else [(data, *(_image_size(data) or (0, 0)))]
             )
