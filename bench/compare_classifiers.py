@@ -26,7 +26,7 @@ from ml.classification_metrics import (  # noqa: E402
     threshold_for_sensitivity,
 )
 from ml.data import read_split_csv  # noqa: E402
-from ml.labels import LABELS  # noqa: E402
+from ml.labels import LABELS, MEL_INDEX  # noqa: E402
 
 SENSITIVITIES = (0.90, 0.94, 0.98)
 
@@ -73,10 +73,9 @@ def main() -> int:
         from ml.unet import Segmenter
 
         segmenter = Segmenter.from_card(args.seg_card)
-    mel = LABELS.index("MEL")
-    probs = {key: np.array(evaluate(model, samples, masks="unet", segmenter=segmenter)["probabilities"])[:, mel]
+    probs = {key: np.array(evaluate(model, samples, masks="unet", segmenter=segmenter)["probabilities"])[:, MEL_INDEX]
              for key, model in models.items()}
-    is_mel = np.array([s.label == "MEL" for s in samples])
+    is_mel = np.array([s.label == LABELS[MEL_INDEX] for s in samples])
     report = {
         "split": args.split, "n": len(samples), "melanomas": int(is_mel.sum()),
         "a": {"card": str(args.a), "version": models["a"].version}, "b": {"card": str(args.b),

@@ -537,7 +537,7 @@ def print_table(report: dict[str, Any]) -> None:
     rows = [
         ("setup", f"{config['patients']} patients x {config['photos_per_patient']} photos, "
                   f"{config['workers']} worker(s)"
-                  f"{' held until every photo was acknowledged' if config.get('workers_held_during_intake') else ''}, "
+                  f"{' held until every photo was acknowledged' if config['workers_held_during_intake'] else ''}, "
                   f"{config['backend']}, {config['cpu_count']} CPUs"),
         ("photos sent", str(report["photos_sent"])),
         ("photos accepted", str(report["photos_accepted"])),

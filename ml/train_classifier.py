@@ -573,9 +573,9 @@ def ood_percentile_for(args: argparse.Namespace) -> float:
     Models trained from scratch on the CPU sample gave non-skin photos no higher energy than lesions (none
     of 14 refused, docs/classification.md) while the check refused about 0.5 % of real photos.
     """
-    if getattr(args, "ood_percentile", None) is not None:
+    if args.ood_percentile is not None:
         return float(args.ood_percentile)
-    if str(args.weights).lower() == "none":
+    if args.weights == "none":  # as init_model reads it
         log.info("no OOD energy check for a model trained from scratch (pass --ood-percentile to write one)")
         return 0.0
     return DEFAULT_OOD_PERCENTILE
