@@ -1,4 +1,4 @@
-"""The ResNet50 lesion classifier: build it, load ImageNet weights, export weights, carded inference."""
+"""The lesion classifier (ResNet50 by default): build it, load ImageNet weights, export weights, carded inference."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from ml.modelcard import ModelCard, ModelCardError, sha256_file
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURE = "resnet50"
+ARCHITECTURE = "resnet50"  # the design's network; always trainable and reported beside any other
+# Torchvision networks the classifier can be built on, with the prefix of their classification head.
+ARCHITECTURES: dict[str, str] = {"resnet50": "fc.", "resnet18": "fc.", "efficientnet_b0": "classifier."}
 INPUT_VARIANTS = ("whole", "crop")
 
 
@@ -29,30 +31,48 @@ class WeightsUnavailableError(ValueError):
     """Requested initial weights cannot be found or read; the message says where to put them."""
 
 
+def check_architecture(arch: str) -> str:
+    """Return arch when the classifier can be built on it, else raise ValueError naming the choices."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown classifier architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    return arch
+
+
+def build_model(
+    arch: str = ARCHITECTURE, num_classes: int = len(LABELS), *, zero_init_residual: bool = False
+) -> nn.Module:
+    """A torchvision network with a freshly initialised num_classes head and no pretrained weights."""
+    from torchvision import models
+
+    check_architecture(arch)
+    if arch.startswith("resnet"):
+        return models.get_model(arch, weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    return models.get_model(arch, weights=None, num_classes=num_classes)
+
+
 def build_resnet50(num_classes: int = len(LABELS), *, zero_init_residual: bool = False) -> nn.Module:
     """Torchvision ResNet50 with a freshly initialised num_classes head and no pretrained weights."""
-    from torchvision.models import resnet50
-
-    return resnet50(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    return build_model("resnet50", num_classes, zero_init_residual=zero_init_residual)
 
 
-def imagenet_weights_file() -> Path:
-    """Where torchvision's ResNet50 ImageNet weights (IMAGENET1K_V2) live in the torch hub cache."""
-    from torchvision.models import ResNet50_Weights
+def _imagenet_url(arch: str) -> str:
+    from torchvision.models import get_model_weights
 
-    url = ResNet50_Weights.IMAGENET1K_V2.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return get_model_weights(arch).DEFAULT.url
 
 
-def _imagenet_state(*, allow_download: bool) -> dict[str, torch.Tensor]:
+def imagenet_weights_file(arch: str = ARCHITECTURE) -> Path:
+    """Where torchvision's default ImageNet weights of arch (IMAGENET1K_V2 for ResNet50) live in the hub cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_imagenet_url(arch))
+
+
+def _imagenet_state(*, allow_download: bool, arch: str = ARCHITECTURE) -> dict[str, torch.Tensor]:
     """ImageNet state dict from the hub cache, downloading it first when allowed."""
-    from torchvision.models import ResNet50_Weights
-
-    url = ResNet50_Weights.IMAGENET1K_V2.url
-    path = imagenet_weights_file()
+    url = _imagenet_url(arch)
+    path = imagenet_weights_file(arch)
     how_to = (
         f"download {url} on a machine with internet and place it at {path} "
-        f"(or set TORCH_HOME), or pass --weights /path/to/resnet50.pth, or train from scratch with --weights none"
+        f"(or set TORCH_HOME), or pass --weights /path/to/{arch}.pth, or train from scratch with --weights none"
     )
     if not path.is_file():
         if not allow_download:
@@ -64,15 +84,24 @@ def _imagenet_state(*, allow_download: bool) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """A float32 state dict from .safetensors (shipped, fp16) or .pt/.pth (torch.load, weights only)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(path).items()}
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
-    """A ResNet50 state dict from a local .pth/.pt file (plain state dict or a training checkpoint)."""
+    """A state dict from a local .safetensors/.pth/.pt file (plain state dict or a training checkpoint)."""
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"weights file {path} does not exist; pass an existing .pth/.pt file, 'imagenet' or 'none'"
+            f"weights file {path} does not exist; pass an existing .safetensors/.pth/.pt file, 'imagenet' or 'none'"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors differ between torch versions
+        state = load_state_file(path)
+    except Exception as exc:  # pickle/zip/safetensors header errors differ between versions
         raise WeightsUnavailableError(f"cannot read weights {path} as a torch state dict: {exc}") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
@@ -81,44 +110,56 @@ def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def init_model(weights: str = "none", *, allow_download: bool = True) -> nn.Module:
-    """A 3-class ResNet50 initialised from 'imagenet', 'none' (random) or a state-dict file path.
+def init_model(weights: str = "none", *, allow_download: bool = True, arch: str = ARCHITECTURE) -> nn.Module:
+    """A 3-class network initialised from 'imagenet', 'none' (random) or a weights file path.
 
-    The ImageNet (or any 1000-class) head is dropped: its classes are not ours.
+    A file may be a shipped model's weights (training then continues from them) or any state dict of the
+    same architecture; an ImageNet (or any other class count) head is dropped: its classes are not ours.
     """
     # From scratch, zero-initialising each block's last BatchNorm makes the blocks start as
     # identities, which trains faster and steadier (Goyal et al. 2017).
-    model = build_resnet50(zero_init_residual=weights == "none")
+    model = build_model(arch, zero_init_residual=weights == "none")
     if weights == "none":
         return model
-    state = _imagenet_state(allow_download=allow_download) if weights == "imagenet" else _state_from_file(
-        Path(weights)
+    state = (
+        _imagenet_state(allow_download=allow_download, arch=arch)
+        if weights == "imagenet"
+        else _state_from_file(Path(weights))
     )
+    prefix = ARCHITECTURES[arch]
     own = model.state_dict()
-    head = {k for k in state if k.startswith("fc.") and (k not in own or state[k].shape != own[k].shape)}
+    head = {k for k in state if k.startswith(prefix) and (k not in own or state[k].shape != own[k].shape)}
     if head:
         log.info("dropping %d head tensor(s) of another class count: %s", len(head), sorted(head))
     state = {k: v for k, v in state.items() if k not in head}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    body_missing = [k for k in missing if not k.startswith("fc.")]
+    body_missing = [k for k in missing if not k.startswith(prefix)]
     if body_missing or unexpected:
         raise WeightsUnavailableError(
-            f"weights {weights} do not fit a torchvision resnet50: missing {body_missing[:5]}, "
-            f"unexpected {list(unexpected)[:5]}; pass ImageNet resnet50 weights or a file this project wrote"
+            f"weights {weights} do not fit a torchvision {arch}: missing {body_missing[:5]}, "
+            f"unexpected {list(unexpected)[:5]}; pass ImageNet {arch} weights or a file this project wrote"
         )
     return model
 
 
-def export_weights(state_dict: dict[str, torch.Tensor], out_dir: Path) -> tuple[Path, str]:
-    """Save a plain CPU state dict as resnet50-<sha12>.pt in out_dir; return (path, sha256)."""
+def export_weights(
+    state_dict: dict[str, torch.Tensor], out_dir: Path, *, arch: str = ARCHITECTURE, fp16: bool = False
+) -> tuple[Path, str]:
+    """Save a plain CPU state dict as <arch>-<sha12>.pt, or fp16 .safetensors (shipped); return (path, sha256)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    fd, tmp_name = tempfile.mkstemp(prefix=".resnet50-", suffix=".pt", dir=out_dir)
+    suffix = ".safetensors" if fp16 else ".pt"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{arch}-", suffix=suffix, dir=out_dir)
     os.close(fd)
     tmp = Path(tmp_name)
-    torch.save(state, tmp)
+    if fp16:
+        from safetensors.torch import save_file
+
+        save_file({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, tmp)
+    else:
+        torch.save(state, tmp)
     digest = sha256_file(tmp)
-    final = out_dir / f"{ARCHITECTURE}-{digest[:12]}.pt"
+    final = out_dir / f"{arch}-{digest[:12]}{suffix}"
     tmp.replace(final)
     return final, digest
 
@@ -164,7 +205,7 @@ def batch_logits(
 
 
 class Classifier:
-    """A verified, calibrated ResNet50 from a model card; returns probabilities in LABELS order.
+    """A verified, calibrated classifier (ResNet50 by default) from a model card; returns probabilities in LABELS order.
 
     Callers crop the photo first when `input_variant == "crop"` (see `prepare`), then call
     `predict_proba`, which fits, normalises and batches by itself, in eval mode without gradients.
@@ -209,9 +250,8 @@ class Classifier:
             raise ModelUnavailableError(str(exc)) from exc
         target = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            state = torch.load(weights, map_location=target, weights_only=True)
-            model = build_resnet50()
-            model.load_state_dict(state)
+            model = build_model(str(card.architecture.get("name", ARCHITECTURE)))
+            model.load_state_dict(load_state_file(weights))
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelUnavailableError(f"cannot load classifier weights {weights}: {exc}") from exc
         return cls(model, card, device=target)

@@ -37,6 +37,7 @@ from ml.classification_metrics import (
 )
 from ml.classifier import (
     ARCHITECTURE,
+    ARCHITECTURES,
     INPUT_VARIANTS,
     WeightsUnavailableError,
     autocast_context,
@@ -105,7 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "mask at inference), or the whole image; see docs/classification.md")
     parser.add_argument("--crop-margin", type=float, default=DEFAULT_MARGIN)
     parser.add_argument("--size", default="224", help="input size: 128 or HxW like 96x128")
-    parser.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a resnet50 state dict")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=ARCHITECTURE,
+                        help="torchvision network (default resnet50, the design's)")
+    parser.add_argument("--weights", default="imagenet",
+                        help="imagenet | none | PATH to a state dict (.pt/.pth/.safetensors) of the same --arch")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="a classifier card (e.g. the shipped models/classifier.json): start from its verified "
+                        "weights and architecture, so CPU time spent in an earlier run is not lost")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--weight-decay", type=float, default=None)
@@ -327,7 +334,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     log.info("split %s: train %d, val %d, test %d images; input %s %dx%d",
              digest, *(len(data[k].labels) for k in ("train", "val", "test")), args.input, *size)
 
-    model = init_model(args.weights, allow_download=not args.no_download).to(device)
+    resolve_init(args)
+    model = init_model(args.weights, allow_download=not args.no_download, arch=args.arch).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     ema = None
@@ -485,7 +493,7 @@ def finish(
 ) -> dict[str, Any]:
     """Load the best checkpoint, fit temperature and threshold on val, score test, write weights and card."""
     best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-    model = init_model("none")
+    model = init_model("none", arch=args.arch)
     model.load_state_dict(best["model"])
     model.to(device)
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
@@ -504,15 +512,16 @@ def finish(
     ood = ood_check(val_logits, test_logits, ood_percentile_for(args))
 
     out_dir = Path(args.out)
-    weights_path, sha = export_weights(best["model"], out_dir)
+    weights_path, sha = export_weights(best["model"], out_dir, arch=args.arch)
     card = ModelCard(
         kind="classifier",
-        name=args.name or f"{ARCHITECTURE}-ham3-{args.input}",
+        name=args.name or f"{args.arch}-ham3-{args.input}",
         weights_file=weights_path.name,
         weights_sha256=sha,
         input_size=list(size),
-        architecture={"name": ARCHITECTURE, "library": f"torchvision {_torchvision_version()}",
-                      "num_classes": len(LABELS), "init": str(args.weights)},
+        architecture={"name": args.arch, "library": f"torchvision {_torchvision_version()}",
+                      "num_classes": len(LABELS), "init": str(args.weights),
+                      "init_from": str(args.init_from) if args.init_from else None},
         preprocessing={
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
@@ -565,6 +574,24 @@ def finish(
         threshold, test_metrics["ece_uncalibrated"], test_metrics["ece"], temperature, card_path,
     )
     return {"card": str(card_path), "weights": str(weights_path), "val": val_metrics, "test": test_metrics}
+
+
+def resolve_init(args: argparse.Namespace) -> None:
+    """--init-from CARD: verify the card's weights and train from them, in the card's architecture."""
+    if args.init_from is None:
+        return
+    from ml.modelcard import ModelCardError
+
+    try:
+        card = ModelCard.load(args.init_from)
+        weights = card.verify(args.init_from)
+    except ModelCardError as exc:
+        raise WeightsUnavailableError(f"--init-from {args.init_from}: {exc}") from exc
+    if card.kind != "classifier":
+        raise WeightsUnavailableError(f"--init-from {args.init_from} is a {card.kind!r} card, not a classifier card")
+    args.arch = str(card.architecture.get("name", ARCHITECTURE))
+    args.weights = str(weights)
+    log.info("starting from %s (%s)", card.version, weights)
 
 
 def ood_percentile_for(args: argparse.Namespace) -> float:

@@ -124,7 +124,7 @@ def redis_url() -> str:
     require_service("Redis", "127.0.0.1", 6379)
     import redis
 
-    db = 9
+    db = int(os.environ.get("TEST_REDIS_DB", "9"))  # parallel runs on one server each take their own
     url = f"{REDIS_URL}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
