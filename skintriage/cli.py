@@ -31,6 +31,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("evaluate-segmentation", "ml.evaluate_segmentation", "evaluate the U-Net and the Otsu baseline"),
     ("train-classifier", "ml.train_classifier", "train the ResNet50 classifier"),
     ("evaluate-classifier", "ml.evaluate_classifier", "evaluate the classifier"),
+    ("train-modality", "ml.train_modality", "fit the dermoscopic / clinical / not-skin photo check"),
 )
 
 
