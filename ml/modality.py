@@ -58,7 +58,7 @@ _R = _radius(FEATURE_SIDE)
 _GRID = 6  # lighting is measured on a 6x6 grid of blocks
 _gy, _gx = np.mgrid[0:_GRID, 0:_GRID]
 _PLANE = np.column_stack([np.ones(_GRID * _GRID), _gx.ravel() / (_GRID - 1), _gy.ravel() / (_GRID - 1)])
-_RINGS = [(_R >= lo) & (_R < hi) for lo, hi in zip(_RING_EDGES[:-1], _RING_EDGES[1:], strict=True)]
+_RINGS = [(lo <= _R) & (hi > _R) for lo, hi in zip(_RING_EDGES[:-1], _RING_EDGES[1:], strict=True)]
 
 
 def photo_features(rgb: np.ndarray) -> np.ndarray:
@@ -98,7 +98,8 @@ def photo_features(rgb: np.ndarray) -> np.ndarray:
     feats += (hue_hist / max(float(sat.sum()), 1.0)).tolist()
     grey = lum / 255.0
     for scale in (1, 2):
-        g = grey if scale == 1 else cv2.resize(grey, (FEATURE_SIDE // 2, FEATURE_SIDE // 2), interpolation=cv2.INTER_AREA)
+        side = FEATURE_SIDE // scale
+        g = grey if scale == 1 else cv2.resize(grey, (side, side), interpolation=cv2.INTER_AREA)
         gx, gy = cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)
         mag = np.hypot(gx, gy)
         feats += [float(np.log1p(mag.mean() * 100)), float(np.log1p(np.percentile(mag, 95) * 100))]
