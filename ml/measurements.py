@@ -5,7 +5,7 @@ beside the classifier's answer; the tier does not use them. Definitions (also in
 
 - asymmetry about each principal axis of the lesion (the eigenvectors of its pixel coordinates'
   covariance, through its centroid): the share of the lesion's area that its mirror image across that
-  axis does not cover. 0 is symmetric, 1 is the most asymmetric (an L of two equal bars scores 0.71
+  axis does not cover. 0 is symmetric, higher is more asymmetric (an L of two equal bars scores 0.71
   about one axis and 0 about the other).
 - border: the compactness index P^2 / (4 pi A) (1 for a circle, larger for elongated or ragged
   outlines) and the convexity ratio P / P_hull (1 for any convex outline; only notches raise it).
