@@ -23,6 +23,7 @@ import numpy as np
 from ml.decode import decode_image
 from ml.errors import InvalidImageError, ModelUnavailableError
 from ml.labels import LABELS, RetakeReason, Tier
+from ml.measurements import LesionMeasurements, measure_lesion
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard, ModelCardError
 from ml.overlay import draw_outline, encode_jpeg, encode_mask_png, geometry
 from ml.policy import Decision, PolicyConfig, decide_tier
@@ -291,6 +292,7 @@ class Pipeline:
         s.overlay_jpeg = encode_jpeg(draw_outline(s.rgb, s.mask))
         s.mask_png = encode_mask_png(s.mask)
         s.geometry = geometry(s.mask)
+        s.measurements = _measure(s.mask, s.rgb)
         s.timings["overlay"] = _ms(t)
         s.decision = decide_tier(
             s.probabilities, mel_threshold=self.mel_threshold, config=self.policy, gate_unsure=s.report.unsure
@@ -341,6 +343,7 @@ class Pipeline:
                 mask_png=s.mask_png,
                 overlay_jpeg=s.overlay_jpeg,
                 heatmap_jpeg=s.heatmap_jpeg,
+                measurements=s.measurements,
                 **common,
             )
             why = s.decision.why
@@ -359,11 +362,21 @@ class _State:
     ood: dict[str, float] = field(default_factory=dict)
     decision: Decision | None = None
     geometry: Any = None
+    measurements: LesionMeasurements | None = None
     overlay_jpeg: bytes | None = None
     mask_png: bytes | None = None
     heatmap_jpeg: bytes | None = None
     timings: dict[str, float] = field(default_factory=dict)
     detail: str = ""
+
+
+def _measure(mask: np.ndarray, rgb: np.ndarray) -> LesionMeasurements | None:
+    """Lesion measurements for clinicians; never fails the photo (they are not part of the patient's answer)."""
+    try:
+        return measure_lesion(mask, rgb)
+    except Exception as exc:  # noqa: BLE001 - missing measurements must not cost the patient the answer
+        log.warning("lesion measurements failed (%s: %s); the case is stored without them", type(exc).__name__, exc)
+        return None
 
 
 def _ms(start: float) -> float:

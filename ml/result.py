@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ml.labels import RetakeReason, Tier
+
+if TYPE_CHECKING:
+    from ml.measurements import LesionMeasurements
 
 
 @dataclass
@@ -13,6 +17,7 @@ class TriageResult:
 
     probabilities: calibrated, keyed by label (MEL, NV, OTHER); empty for RETAKE before classification.
     mask_png / overlay_jpeg: encoded images of the photo's own size (None when not produced).
+    measurements: asymmetry, border, colours and size of the lesion (ml.measurements); None for RETAKE.
     """
 
     tier: Tier
@@ -31,3 +36,4 @@ class TriageResult:
     model_versions: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
     demo_model: bool = False
+    measurements: LesionMeasurements | None = None

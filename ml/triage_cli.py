@@ -167,6 +167,7 @@ def record_for(path: Path, details: Any, names: OutputNames) -> dict[str, Any]:
         "model_versions": dict(r.model_versions),
         "timings_ms": dict(r.timings_ms),
         "demo_model": bool(r.demo_model),
+        "measurements": r.measurements.to_dict() if r.measurements is not None else None,
         **written,
     }
 
@@ -214,6 +215,14 @@ def format_summary(record: dict[str, Any]) -> str:
         lines.append(
             f"  lesion: {record['lesion_area_px']:,} px, diameter {record['lesion_diameter_px']:.1f} px "
             f"in a {record['image_width']}x{record['image_height']} photo"
+        )
+    m = record.get("measurements")
+    if m:
+        lines.append(
+            f"  measurements: asymmetry {m['asymmetry_major_axis']:.2f}/{m['asymmetry_minor_axis']:.2f}, "
+            f"compactness {m['compactness']:.2f}, convexity {m['convexity_ratio']:.2f}, "
+            f"colours {m['colour_count']} ({', '.join(m['colours'])}), "
+            f"diameter {m['diameter_share']:.0%} of the longer side"
         )
     if record["quality_flags"]:
         lines.append(f"  quality flags: {', '.join(record['quality_flags'])}")

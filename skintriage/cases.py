@@ -343,6 +343,7 @@ def save_result(
         "heatmap_key",
         "model_versions",
         "timings_ms",
+        "measurements",
         "demo_model",
         "error_code",
         "image_width",

@@ -149,6 +149,8 @@ class Case(Base):
     heatmap_key: Mapped[str | None] = mapped_column(String(128))
     model_versions: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # Lesion asymmetry, border, colours and size from the mask (ml.measurements.LesionMeasurements.to_dict).
+    measurements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(64))
 

@@ -200,6 +200,9 @@ def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[s
         "timings_ms": timings,
         "demo_model": bool(result.demo_model),
     }
+    measurements = getattr(result, "measurements", None)
+    if measurements is not None:
+        fields["measurements"] = measurements.to_dict()
     if result.image_width:
         fields["image_width"] = result.image_width
         fields["image_height"] = result.image_height

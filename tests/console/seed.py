@@ -14,6 +14,15 @@ REVIEWER = ("rita", "reviewer-password-1")
 ADMIN = ("adam", "admin-password-12")
 CURRENT = {"segmentation": "unet-aaaaaaaaaaaa", "classifier": "resnet50-bbbbbbbbbbbb"}
 OLD = {"segmentation": "unet-aaaaaaaaaaaa", "classifier": "resnet50-000000000000"}
+# What ml.measurements stores for a case (LesionMeasurements.to_dict), for the a_high case.
+MEASUREMENTS = {
+    "asymmetry_major_axis": 0.3141, "asymmetry_minor_axis": 0.0523, "compactness": 1.4212, "convexity_ratio": 1.0371,
+    "colour_count": 3, "colours": ["light_brown", "dark_brown", "blue_grey"],
+    "colour_shares": {"white": 0.0, "red": 0.01, "light_brown": 0.52, "dark_brown": 0.38, "blue_grey": 0.09,
+                      "black": 0.0},
+    "diameter_px": 110.4, "diameter_share": 0.345, "area_px": 9000, "area_share": 0.117188, "touches_border": True,
+    "version": 1,
+}
 
 
 def overlay_png(photo: bytes) -> bytes:
@@ -123,6 +132,7 @@ def seed(url: str, store, *, now=None) -> Seeded:  # noqa: ANN001
                 error_code="attempts_exhausted" if status == CaseStatus.FAILED else None,
                 model_versions=versions,
                 timings_ms={},
+                measurements=MEASUREMENTS if name == "a_high" else None,
                 reply_text=(f"Result for case {name}: please see a dermatologist.\nThis is not a diagnosis."
                             if finished else None),
                 **keys,

@@ -112,6 +112,22 @@ def test_case_page_shows_images_probabilities_timeline_history_and_reply(reviewe
         assert [(v.case_id, v.operator_id) for v in views] == [(case_id, seeded.operators["rita"])]
 
 
+def test_case_page_shows_the_lesion_measurements_when_present(reviewer, seeded):
+    html = reviewer.get(f"/cases/{seeded.cases['a_high']}").text
+    table = html[html.index('id="measurements"'):html.index("</table>", html.index('id="measurements"'))]
+    assert "Asymmetry, major / minor axis</th><td>0.31 / 0.05" in table
+    assert "Border compactness</th><td>1.42" in table
+    assert "Border convexity</th><td>1.04" in table
+    assert "Colours</th><td>3: light brown, dark brown, blue grey</td>" in table
+    assert "Diameter</th><td>110 px, 34% of the photo's longer side" in table
+    assert "Area</th><td>11.7% of the photo" in table
+    assert 'id="measurements-edge"' in html
+    # Cases without measurements (triaged before them, or rejected) show no table.
+    for name in ("a_low", "b_retake"):
+        page = reviewer.get(f"/cases/{seeded.cases[name]}").text
+        assert 'id="measurements"' not in page and "Lesion measurements" not in page
+
+
 def test_case_page_escapes_what_the_patient_was_told(reviewer, seeded, console_db_url):
     from skintriage.models import Case
 

@@ -53,7 +53,8 @@ def _decoded(data: bytes | None) -> Image.Image:
 def _assert_same(batched: TriageResult, single: TriageResult) -> None:
     """Two results of the same photo agree (batched model calls may differ in float rounding only)."""
     for name in ("tier", "label", "retake_reason", "quality_flags", "image_width", "image_height",
-                 "lesion_area_px", "lesion_diameter_px", "model_versions", "demo_model", "mel_threshold"):
+                 "lesion_area_px", "lesion_diameter_px", "model_versions", "demo_model", "mel_threshold",
+                 "measurements"):
         assert getattr(batched, name) == getattr(single, name), name
     assert list(batched.probabilities) == list(single.probabilities)
     for label, p in single.probabilities.items():
@@ -83,6 +84,15 @@ def test_real_photo_gives_a_full_result(pipeline: Pipeline, demo_model_dir: Path
     assert set(np.unique(mask_array)) <= {0, 255}
     assert int((mask_array > 0).sum()) == result.lesion_area_px > 0
     assert result.lesion_diameter_px is not None and result.lesion_diameter_px > 0
+    # Measurements of the same mask, on the photo itself (ml.measurements has the definitions' tests).
+    m = result.measurements
+    assert m is not None and m.area_px == result.lesion_area_px
+    assert m.area_share == pytest.approx(result.lesion_area_px / (width * height), abs=1e-5)
+    assert m.diameter_px == pytest.approx(result.lesion_diameter_px, abs=1.5)
+    assert m.diameter_share == pytest.approx(m.diameter_px / max(width, height), abs=1e-3)
+    assert 0 <= m.asymmetry_major_axis <= 1 and 0 <= m.asymmetry_minor_axis <= 1
+    assert m.compactness >= 0.95 and m.convexity_ratio >= 0.99
+    assert 1 <= m.colour_count == len(m.colours) <= 6
 
     assert list(result.probabilities) == list(LABELS)
     assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
@@ -132,8 +142,22 @@ def test_quality_failure_is_a_retake_without_model_outputs(pipeline: Pipeline) -
     result = pipeline.run(UNUSABLE_PHOTO.read_bytes())
     assert (result.tier, result.retake_reason) == (Tier.RETAKE, RetakeReason.TOO_DARK)
     assert result.overlay_jpeg is None and result.mask_png is None and result.probabilities == {}
+    assert result.measurements is None
     assert result.timings_ms["segment"] == 0 and result.timings_ms["classify"] == 0
     assert (result.image_width, result.image_height) == (600, 450)
+
+
+def test_failing_measurements_do_not_cost_the_patient_the_answer(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(mask: np.ndarray, rgb: np.ndarray) -> None:
+        raise RuntimeError("bug in a measurement")
+
+    monkeypatch.setattr("ml.pipeline.measure_lesion", broken)
+    result = pipeline.run(MEL_PHOTO.read_bytes())
+    assert result.tier is not Tier.RETAKE and result.label in LABELS
+    assert result.measurements is None
+    assert "lesion measurements failed (RuntimeError" in caplog.text
 
 
 def test_photo_over_the_pixel_limit_is_too_large(pipeline: Pipeline) -> None:

@@ -78,6 +78,9 @@ def test_the_photo_is_triaged_with_overlay_and_mask_at_its_own_size(triaged):
         assert mask.format == "PNG" and mask.size == size
         assert mask.mode == "L" and sum(1 for v in mask.getdata() if v) == record["lesion_area_px"]
     assert (record["image_width"], record["image_height"]) == size
+    measurements = record["measurements"]
+    assert measurements["area_px"] == record["lesion_area_px"]
+    assert measurements["colour_count"] == len(measurements["colours"])
     assert Path(record["overlay_jpeg"]).parent == triaged["out"]
     assert Path(record["overlay_jpeg"]).name == f"{PHOTO.stem}.overlay.jpg"
 
@@ -94,6 +97,7 @@ def test_random_bytes_are_a_retake_not_a_crash(triaged):
     assert record["status"] == "triaged"
     assert record["tier"] == "RETAKE" and record["retake_reason"] == "unreadable"
     assert record["overlay_jpeg"] is None and record["mask_png"] is None
+    assert record["measurements"] is None
 
 
 def test_a_missing_file_is_reported_and_the_exit_status_says_so(triaged):
@@ -139,7 +143,12 @@ def test_human_summary_names_tier_reason_and_files():
         "probabilities": {"MEL": 0.9, "NV": 0.05, "OTHER": 0.05}, "lesion_area_px": 1200,
         "lesion_diameter_px": 41.0, "image_width": 600, "image_height": 450, "overlay_jpeg": "o/a.overlay.jpg",
         "mask_png": "o/a.mask.png",
+        "measurements": {"asymmetry_major_axis": 0.31, "asymmetry_minor_axis": 0.05, "compactness": 1.42,
+                         "convexity_ratio": 1.03, "colour_count": 2, "colours": ["light_brown", "dark_brown"],
+                         "diameter_share": 0.25},
     })
+    assert "measurements: asymmetry 0.31/0.05, compactness 1.42, convexity 1.03" in done
+    assert "colours 2 (light_brown, dark_brown), diameter 25% of the longer side" in done
     assert "a.jpg: HIGH (MEL)" in done and "MEL 0.900" in done and "1,200 px" in done and "o/a.overlay.jpg" in done
     assert format_summary({"file": "b.jpg", "status": "error", "error": "b.jpg does not exist"}) == (
         "b.jpg: error: b.jpg does not exist"

@@ -139,3 +139,30 @@ def test_failed_outbox_message_is_not_swept_again(db_url):
         assert message.sent_at is not None and message.error.startswith("Forbidden")
         later = utcnow() + timedelta(hours=1)
         assert message_id not in cases.find_stuck(session=session, stuck_after_s=60, now=later).outbox
+
+
+def test_save_result_stores_the_lesion_measurements_as_json(db_url, store):
+    import cv2
+    import numpy as np
+
+    from ml.measurements import measure_lesion
+
+    mask = np.zeros((120, 160), np.uint8)
+    cv2.ellipse(mask, (80, 60), (50, 30), 25, 0, 360, 1, thickness=-1)
+    rgb = np.full((120, 160, 3), (170, 115, 75), np.uint8)
+    measured = measure_lesion(mask, rgb).to_dict()
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store)
+        fields = {"tier": "LOW", "label": "NV", "lesion_area_px": measured["area_px"], "measurements": measured}
+        assert cases.save_result(session=session, case_id=case_id, status=CaseStatus.DONE, fields=fields,
+                                 owner="host:1")
+        session.commit()
+        rejected_id = _claimed_case(session, store, owner="host:2")
+        assert cases.save_result(session=session, case_id=rejected_id, status=CaseStatus.REJECTED,
+                                 fields={"tier": "RETAKE", "retake_reason": "blurry"}, owner="host:2")
+        session.commit()
+    with session_factory(db_url)() as session:
+        case = session.get(Case, case_id)
+        assert case.measurements == measured
+        assert case.measurements["colours"] == ["light_brown"] and case.measurements["touches_border"] is False
+        assert session.get(Case, rejected_id).measurements is None
