@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from console.deps import current_operator, get_db, render, require_csrf
+from console.deps import DbId, current_operator, get_db, render, require_csrf
 from console.export import cases_csv
 from console.filters import (
     ALL_STATUSES,
@@ -164,7 +164,7 @@ def _case_page(
 @router.get("/cases/{case_id}", response_class=HTMLResponse)
 def case_detail(
     request: Request,
-    case_id: int,
+    case_id: DbId,
     notice: str | None = None,
     operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),
@@ -181,7 +181,7 @@ def case_detail(
 @router.post("/cases/{case_id}/reviews", dependencies=[Depends(require_csrf)])
 def submit_review(
     request: Request,
-    case_id: int,
+    case_id: DbId,
     verdict: str = Form(""),
     corrected_label: str = Form(""),
     urgency: str = Form(""),
@@ -208,7 +208,7 @@ def submit_review(
 @router.post("/cases/{case_id}/messages", dependencies=[Depends(require_csrf)])
 def send_message(
     request: Request,
-    case_id: int,
+    case_id: DbId,
     message: str = Form(""),
     operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),
