@@ -30,6 +30,7 @@ from console.reviews import (
     validate_review,
 )
 from ml.labels import LABELS
+from ml.policy import PolicyConfig
 from skintriage.cases import audit
 from skintriage.models import Case, Operator, OutboxMessage, Review
 
@@ -47,6 +48,13 @@ def _language_name(code: str) -> str:
         return Locale.parse(code.replace("-", "_")).get_display_name("en") or code
     except (ValueError, UnknownLocaleError):
         return code
+
+
+def _uncertain_band(case: Case, policy: PolicyConfig) -> tuple[float, float] | None:
+    """P(MEL) from which the policy answers UNCERTAIN, up to the threshold where HIGH begins (ml.policy)."""
+    if case.mel_threshold is None:
+        return None
+    return max(case.mel_threshold - policy.uncertain_margin, 0.0), case.mel_threshold
 
 
 def _load_case(db: Session, case_id: int) -> Case:
@@ -151,7 +159,7 @@ def _case_page(
             "labels": LABELS,
             "urgencies": URGENCIES,
             "language_name": _language_name(case.user.language),
-            "uncertain_margin": settings.uncertain_margin,
+            "mel_band": _uncertain_band(case, PolicyConfig.from_settings(settings)),
             "errors": errors or [],
             "form": form or ReviewInput(verdict=""),
             "notice": notice,
