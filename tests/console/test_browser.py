@@ -247,3 +247,53 @@ def test_a_stranger_behind_the_proxy_cannot_lock_a_clinician_out(browser, live_c
     with session_scope(url) as s:
         details = s.scalars(select(AuditEvent.detail).where(AuditEvent.action.like("operator.login%"))).all()
     assert {d["address"] for d in details} == {"203.0.113.66", "198.51.100.10"}
+
+
+def test_review_beside_the_image_and_save_and_next_from_the_keyboard(browser, live_console):
+    base, seeded, _ = live_console
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    log_in(page, base, *REVIEWER)
+    page.goto(f"{base}/cases?view=review")
+    queue = [int(a.get_attribute("href").rsplit("/", 1)[1]) for a in page.locator("#case-table a.case-link").all()]
+    assert len(queue) >= 2
+    page.goto(f"{base}/cases/{queue[0]}")
+
+    # The review form sits beside the image: to its right, overlapping it vertically, on one screen.
+    image = page.locator("#images").bounding_box()
+    form = page.locator("#review-form").bounding_box()
+    assert form["x"] >= image["x"] + image["width"]
+    assert form["y"] < image["y"] + image["height"] and form["y"] + form["height"] <= 900
+
+    # Letters typed into the note are text, not shortcuts.
+    page.fill("#note", "")
+    page.focus("#note")
+    page.keyboard.type("ad")
+    assert page.input_value("#note") == "ad"
+    assert not page.is_checked("#verdict-agree") and not page.is_checked("#verdict-disagree")
+    # Outside a text field: D, then A, choose the verdict; Ctrl+Enter saves and opens the next case.
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("d")
+    assert page.is_checked("#verdict-disagree")
+    page.keyboard.press("a")
+    assert page.is_checked("#verdict-agree")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_url(f"{base}/cases/{queue[1]}?*")
+    assert f"Review of case #{queue[0]} saved." in page.inner_text("#notice")
+
+    # Without a verdict Ctrl+Enter submits nothing: the browser asks for one.
+    page.keyboard.press("Control+Enter")
+    page.wait_for_timeout(300)
+    assert page.url.startswith(f"{base}/cases/{queue[1]}?")
+    # The button does the same as the shortcut.
+    page.check("#verdict-agree")
+    page.click("#save-next")
+    page.wait_for_url("**saved=**")
+    assert f"Review of case #{queue[1]} saved." in page.inner_text("#notice")
+    page.goto(f"{base}/cases?view=review")
+    remaining = [int(a.get_attribute("href").rsplit("/", 1)[1]) for a in page.locator("#case-table a.case-link").all()]
+    assert remaining == queue[2:]
+    assert errors == []
+    context.close()

@@ -291,3 +291,60 @@ def test_melanoma_bar_shades_where_the_policy_answers_uncertain(monkeypatch, set
     text = re.sub(r"\s+", " ", re.search(r'<p id="threshold">(.*?)</p>', html, re.S).group(1))
     assert "At or above the threshold is HIGH" in text
     assert f"from {start:.3f} up to it is UNCERTAIN" in text
+
+
+def _save_and_next(client, case_id: int, **fields: str):  # noqa: ANN001, ANN202
+    token = csrf_of(client.get(f"/cases/{case_id}").text)
+    data = {"csrf_token": token, "verdict": "agree", "urgency": "routine", "then": "next", **fields}
+    return client.post(f"/cases/{case_id}/reviews", data=data)
+
+
+def test_save_and_next_walks_the_review_queue_in_its_order(reviewer, seeded, console_db_url):
+    queue = case_ids(reviewer.get("/cases?view=review").text)
+    assert len(queue) >= 3
+    # From the head: the review is saved and the case after it in the queue opens.
+    response = _save_and_next(reviewer, queue[0])
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/cases/{queue[1]}?notice=reviewed&saved={queue[0]}"
+    page = reviewer.get(response.headers["location"]).text
+    assert f"Review of case #{queue[0]} saved. This is the next case in the review queue." in page
+    # From the tail: round to the start of what is left (queue[0] is reviewed, so queue[1]).
+    response = _save_and_next(reviewer, queue[-1])
+    assert response.headers["location"].startswith(f"/cases/{queue[1]}?")
+    # A case outside the queue (already reviewed) goes to the queue's head.
+    response = _save_and_next(reviewer, queue[0])
+    assert response.headers["location"].startswith(f"/cases/{queue[1]}?")
+    with session_scope(console_db_url) as s:
+        assert len(s.scalars(select(Review)).all()) == 3
+    # Once the queue is empty the operator stays on the last case and is told so.
+    left = case_ids(reviewer.get("/cases?view=review").text)
+    for case_id in left[:-1]:
+        assert _save_and_next(reviewer, case_id).status_code == 303
+    response = _save_and_next(reviewer, left[-1])
+    assert response.headers["location"] == f"/cases/{left[-1]}?notice=reviewed&queue=empty#reviews"
+    assert "Review saved. The review queue is empty." in reviewer.get(response.headers["location"]).text
+    assert case_ids(reviewer.get("/cases?view=review").text) == []
+
+
+def test_save_and_next_with_a_message_says_whose_message_it_was(reviewer, seeded, settings_env):
+    queue = case_ids(reviewer.get("/cases?view=review").text)
+    response = _save_and_next(reviewer, queue[0], message="Please book an appointment.")
+    assert response.headers["location"] == f"/cases/{queue[1]}?notice=sent&saved={queue[0]}"
+    page = reviewer.get(response.headers["location"]).text
+    assert f"Review of case #{queue[0]} saved. Message queued for that case&#39;s patient." in page
+
+
+def test_save_and_next_with_errors_stays_on_the_case(reviewer, seeded, console_db_url):
+    queue = case_ids(reviewer.get("/cases?view=review").text)
+    response = _save_and_next(reviewer, queue[0], verdict="disagree")  # no corrected label
+    assert response.status_code == 400 and "give the label you think is right" in response.text
+    with session_scope(console_db_url) as s:
+        assert s.scalars(select(Review)).all() == []
+
+
+def test_review_form_offers_save_and_next_with_shortcuts(reviewer, seeded):
+    html = reviewer.get(f"/cases/{seeded.cases['a_high']}").text
+    assert '<button type="submit" name="then" value="next" id="save-next"' in html
+    assert 'aria-keyshortcuts="A"' in html and 'aria-keyshortcuts="D"' in html
+    # The review panel comes right after the images, before the result (it sits beside the image).
+    assert html.index('id="images"') < html.index('id="reviews"') < html.index('id="result"')
