@@ -1,9 +1,10 @@
 """Operator authentication: argon2 password hashes, login, the session cookie (with an idle timeout) and CSRF.
 
 The session lives in a signed cookie (Starlette's SessionMiddleware: HttpOnly, SameSite=Lax, Secure
-when CONSOLE_SECURE_COOKIES is on). It holds the operator id, when the session began and a
-fingerprint of the password hash, so a password change, a deactivation or a logout (which ends
-every earlier session of that operator) takes effect on the next request.
+when CONSOLE_SECURE_COOKIES is on). It holds the operator id, when the session began, when it was
+last used (for the idle timeout) and a fingerprint of the password hash, so a password change, a
+deactivation or a logout (which ends every earlier session of that operator) takes effect on the next
+request.
 """
 
 from __future__ import annotations

@@ -98,8 +98,8 @@ def audit_log(
     )
 
 
-def _blocked_addresses(request: Request, db: Session) -> dict[str, list[str]]:
-    """Per username, the client addresses whose failed logins for it are being throttled now.
+def _blocked_addresses(request: Request, db: Session, usernames: set[str]) -> dict[str, list[str]]:
+    """Per operator username, the client addresses whose failed logins for it are being throttled now.
 
     The limiter keeps digests, not names or addresses, so the candidates come from the audit log of
     the last window (failed and blocked logins record the address and the name tried).
@@ -115,7 +115,7 @@ def _blocked_addresses(request: Request, db: Session) -> dict[str, list[str]]:
     pairs = {
         (d["username"], d["address"])
         for d in details
-        if isinstance(d, dict) and isinstance(d.get("username"), str) and isinstance(d.get("address"), str)
+        if isinstance(d, dict) and d.get("username") in usernames and isinstance(d.get("address"), str)
     }
     blocked: dict[str, list[str]] = {}
     for username, address in sorted(pairs):
@@ -133,7 +133,7 @@ def _operators_page(request: Request, db: Session, *, error: str | None = None, 
             "operators": operators,
             "roles": [r.value for r in OperatorRole],
             "error": error,
-            "blocked": _blocked_addresses(request, db),
+            "blocked": _blocked_addresses(request, db, {o.username for o in operators}),
         },
         status_code=status_code,
         db=db,
@@ -174,7 +174,7 @@ def unlock_operator(
     """Lift the login throttling of an operator's name at every address where it is blocked now."""
     target = db.get(Operator, operator_id)
     if target is not None:
-        addresses = _blocked_addresses(request, db).get(target.username, [])
+        addresses = _blocked_addresses(request, db, {target.username}).get(target.username, [])
         for address in addresses:
             request.app.state.login_limiter.clear(address, target.username)
         target.failed_logins = 0

@@ -49,7 +49,10 @@ def login(
     if result.outcome is LoginOutcome.BLOCKED:
         # The same answer for every name, existing or not: it only reflects this address's own failures.
         minutes = -(-request.app.state.login_limiter.window_s // 60)
-        error = f"Too many failed logins for this username from your address. Try again in {minutes} minutes."
+        error = (
+            f"Too many failed logins for this username from your address. Wait up to {minutes} minutes, "
+            "or ask an admin to lift the block."
+        )
         return render(request, "login.html", {"next": safe_next(next), "error": error}, status_code=429)
     if result.outcome is not LoginOutcome.OK or result.operator is None:
         error = "Wrong username or password."
