@@ -7,15 +7,18 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import text
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from console.auth import SESSION_COOKIE, CsrfError, Forbidden, LoginThrottle, NotAuthenticated
+from console.auth import SESSION_COOKIE, CsrfError, Forbidden, NotAuthenticated, prepare_dummy_hash
 from console.deps import make_templates, render
 from console.routes import admin, cases, dashboard, images, login
+from console.throttle import LoginLimiter, limiter_storage_url
 from skintriage.db import session_factory
 from skintriage.settings import Settings, get_settings
 from skintriage.storage import ImageStore, make_store
@@ -82,7 +85,13 @@ def create_app(
     app.state.sessionmaker = session_factory(url)
     app.state.store = store if store is not None else make_store(settings)
     app.state.templates = make_templates()
-    app.state.login_throttle = LoginThrottle()
+    app.state.login_limiter = LoginLimiter(
+        max_failures=settings.console_login_max_failures,
+        window_s=settings.console_login_window_s,
+        storage_url=limiter_storage_url(settings.console_limits_storage_url, settings.resolved_broker_url),
+    )
+    app.state.trusted_proxies = settings.trusted_proxy_networks
+    prepare_dummy_hash()
 
     app.add_middleware(
         SessionMiddleware,
@@ -134,5 +143,16 @@ def create_app(
             {"title": "No such case", "message": "No case with that number (the patient may have deleted it)."},
             status_code=404,
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # An id in the path that is not a row id (letters, 0, beyond the INTEGER range) names nothing: 404.
+        if any(error.get("loc", ("",))[0] == "path" for error in exc.errors()):
+            if not _is_page(request):
+                return Response("not found", status_code=404, media_type="text/plain")
+            return render(
+                request, "error.html", {"title": "Not found", "message": "Nothing has that number."}, status_code=404
+            )
+        return await request_validation_exception_handler(request, exc)
 
     return app

@@ -1,9 +1,10 @@
-"""Operator authentication: argon2 password hashes, the session cookie, CSRF tokens and login throttling.
+"""Operator authentication: argon2 password hashes, login, the session cookie (with an idle timeout) and CSRF.
 
 The session lives in a signed cookie (Starlette's SessionMiddleware: HttpOnly, SameSite=Lax, Secure
-when CONSOLE_SECURE_COOKIES is on). It holds the operator id, when the session began and a
-fingerprint of the password hash, so a password change, a deactivation or a logout (which ends
-every earlier session of that operator) takes effect on the next request.
+when CONSOLE_SECURE_COOKIES is on). It holds the operator id, when the session began, when it was
+last used (for the idle timeout) and a fingerprint of the password hash, so a password change, a
+deactivation or a logout (which ends every earlier session of that operator) takes effect on the next
+request.
 """
 
 from __future__ import annotations
@@ -13,20 +14,19 @@ import hmac
 import logging
 import re
 import secrets
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
+from console.throttle import LoginLimiter
 from skintriage.cases import audit
 from skintriage.models import AuditEvent, Operator, OperatorRole, utcnow
 
@@ -38,7 +38,6 @@ SESSION_COOKIE = "skintriage_console"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 LOGOUT_ACTION = "operator.logout"
-MAX_LOCK_DOUBLINGS = 6  # lock-outs double with each further failure, up to 64x CONSOLE_LOCKOUT_S
 
 _hasher = PasswordHasher()
 _dummy_hash: str | None = None
@@ -92,54 +91,28 @@ def password_fingerprint(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
-def _verify_dummy(password: str) -> None:
-    """Spend the same time as a real check, so unknown usernames cannot be told apart by timing."""
+def prepare_dummy_hash() -> str:
+    """The hash unknown names and blocked attempts are checked against (made once, before the first login)."""
     global _dummy_hash
     if _dummy_hash is None:
         _dummy_hash = hash_password(secrets.token_urlsafe(16))
-    verify_password(_dummy_hash, password)
+    return _dummy_hash
 
 
-# --- throttling -----------------------------------------------------------------------------
+def _verify_dummy(password: str) -> None:
+    """Spend the same time as a real check, so unknown usernames cannot be told apart by timing."""
+    verify_password(prepare_dummy_hash(), password)
 
 
-class LoginThrottle:
-    """Failed logins per client address in a sliding window (in-process), on top of per-account lock-out."""
-
-    def __init__(self, *, max_failures: int = 20, window_s: int = 900) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, client: str, now: float) -> deque[float]:
-        entries = self._failures.setdefault(client, deque())
-        while entries and entries[0] < now - self.window_s:
-            entries.popleft()
-        return entries
-
-    def blocked(self, client: str) -> bool:
-        """Whether this address has failed too often recently."""
-        with self._lock:
-            return len(self._recent(client, time.monotonic())) >= self.max_failures
-
-    def failed(self, client: str) -> None:
-        """Count a failed login from this address."""
-        with self._lock:
-            self._recent(client, time.monotonic()).append(time.monotonic())
-
-    def succeeded(self, client: str) -> None:
-        """Forget an address's failures after a successful login."""
-        with self._lock:
-            self._failures.pop(client, None)
+# --- login ---------------------------------------------------------------------------------
 
 
 class LoginOutcome(StrEnum):
     """Result of a login attempt."""
 
     OK = "ok"
-    BAD_CREDENTIALS = "bad_credentials"
-    LOCKED = "locked"
+    BAD_CREDENTIALS = "bad_credentials"  # unknown name, wrong password or deactivated: one answer for all
+    BLOCKED = "blocked"  # too many failures for this name from this address: the password was not checked
 
 
 @dataclass
@@ -155,47 +128,53 @@ def authenticate(
     session: Session,
     username: str,
     password: str,
-    max_failures: int,
-    lockout_s: int,
+    address: str,
+    limiter: LoginLimiter,
     now: datetime | None = None,
 ) -> LoginResult:
-    """Check a username and password, counting failures and locking the account after too many."""
+    """Check a username and password from a client address, throttled per (address, username).
+
+    Every attempt costs exactly one argon2 verification (against a dummy hash for unknown names and
+    blocked pairs), so neither the answer nor its timing tells whether an account exists.
+    """
     now = now or utcnow()
+    tried = {"address": address, "username": username}
     operator = session.scalar(select(Operator).where(Operator.username == username)) if username else None
+    operator_id = operator.id if operator is not None else None
+    if limiter.blocked(address, username):
+        # No real password check while blocked: a correct guess must not be distinguishable.
+        _verify_dummy(password)
+        audit(session=session, actor="operator", action="operator.login_blocked", operator_id=operator_id, detail=tried)
+        return LoginResult(LoginOutcome.BLOCKED)
     if operator is None:
         _verify_dummy(password)
-        audit(session=session, actor="operator", action="operator.login_failed", detail={"reason": "unknown"})
-        return LoginResult(LoginOutcome.BAD_CREDENTIALS)
-    if operator.locked_until is not None and operator.locked_until > now:
-        # No password check while locked: a correct guess must not be distinguishable.
-        audit(session=session, actor="operator", action="operator.login_locked", operator_id=operator.id)
-        return LoginResult(LoginOutcome.LOCKED)
-    if not verify_password(operator.password_hash, password) or not operator.active:
-        session.execute(
-            update(Operator)
-            .where(Operator.id == operator.id)
-            .values(failed_logins=Operator.failed_logins + 1)
-            .execution_options(synchronize_session=False)
-        )
-        session.refresh(operator)
-        locked = operator.failed_logins >= max_failures
-        if locked:
-            doublings = min(operator.failed_logins - max_failures, MAX_LOCK_DOUBLINGS)
-            operator.locked_until = now + timedelta(seconds=lockout_s * 2**doublings)
+        reason = "unknown"
+    elif not verify_password(operator.password_hash, password):
+        reason = "password"
+    elif not operator.active:
+        reason = "inactive"
+    else:
+        reason = ""
+    if operator is None or reason:
+        # The same work for a known and an unknown name (one query, one audit row): no per-account
+        # counter is written, so nothing in the timing tells them apart and nothing locks an account.
+        limiter.failed(address, username)
         audit(
             session=session,
             actor="operator",
             action="operator.login_failed",
-            operator_id=operator.id,
-            detail={"failed_logins": operator.failed_logins, "locked": locked},
+            operator_id=operator_id,
+            detail={**tried, "reason": reason},
         )
-        return LoginResult(LoginOutcome.LOCKED if locked else LoginOutcome.BAD_CREDENTIALS)
+        return LoginResult(LoginOutcome.BAD_CREDENTIALS)
+    limiter.clear(address, username)
     operator.failed_logins = 0
     operator.locked_until = None
     operator.last_login_at = now
     if _hasher.check_needs_rehash(operator.password_hash):
         operator.password_hash = hash_password(password)
-    audit(session=session, actor="operator", action="operator.login", operator_id=operator.id)
+    audit(session=session, actor="operator", action="operator.login", operator_id=operator.id,
+          detail={"address": address})
     return LoginResult(LoginOutcome.OK, operator)
 
 
@@ -220,11 +199,13 @@ def check_csrf(request: Request, submitted: str | None) -> None:
 
 def start_session(request: Request, operator: Operator) -> None:
     """Replace whatever the browser had with a fresh session for this operator."""
+    now = time.time()
     request.session.clear()
     request.session.update(
         {
             "op": operator.id,
-            "iat": time.time(),
+            "iat": now,
+            "seen": now,
             "pwf": password_fingerprint(operator.password_hash),
             "csrf": secrets.token_urlsafe(32),
         }
@@ -237,14 +218,19 @@ def end_session(*, request: Request, session: Session, operator: Operator) -> No
     audit(session=session, actor="operator", action=LOGOUT_ACTION, operator_id=operator.id)
 
 
-def session_operator(*, request: Request, session: Session, max_age_s: int) -> Operator:
-    """The operator of a valid session, or NotAuthenticated."""
+def session_operator(*, request: Request, session: Session, max_age_s: int, idle_s: int) -> Operator:
+    """The operator of a valid session, or NotAuthenticated; each valid request restarts the idle clock."""
     data = request.session
     op_id, iat, fingerprint = data.get("op"), data.get("iat"), data.get("pwf")
     if not isinstance(op_id, int) or not isinstance(iat, int | float) or not isinstance(fingerprint, str):
         raise NotAuthenticated("no session")
-    if time.time() - iat > max_age_s:
+    now = time.time()
+    if now - iat > max_age_s:
         raise NotAuthenticated("session expired")
+    seen = data.get("seen", iat)
+    if not isinstance(seen, int | float) or now - seen > idle_s:
+        request.session.clear()
+        raise NotAuthenticated("session idle too long")
     operator = session.get(Operator, op_id)
     if operator is None or not operator.active:
         raise NotAuthenticated("operator gone or deactivated")
@@ -258,6 +244,7 @@ def session_operator(*, request: Request, session: Session, max_age_s: int) -> O
             last_logout = last_logout.replace(tzinfo=UTC)
         if datetime.fromtimestamp(iat, UTC) <= last_logout:
             raise NotAuthenticated("logged out")
+    data["seen"] = now
     return operator
 
 

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
 from fastapi import Depends, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
@@ -22,6 +23,11 @@ from skintriage.settings import Settings
 from skintriage.storage import ImageStore
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+
+# Row ids are 32-bit INTEGER columns (PostgreSQL int4): a larger number in a URL names no row, and must
+# answer 404 rather than overflow in the database driver. app.py turns a path that fails this into 404.
+MAX_ROW_ID = 2**31 - 1
+DbId = Annotated[int, PathParam(ge=1, le=MAX_ROW_ID)]
 
 
 def _when(value: datetime | None) -> str:
@@ -91,8 +97,12 @@ class OperatorInfo:
 
 def current_operator(request: Request, db: Session = Depends(get_db)) -> Operator:
     """The logged-in operator, or NotAuthenticated (redirect to login or 401)."""
+    settings = request.app.state.settings
     operator = session_operator(
-        request=request, session=db, max_age_s=request.app.state.settings.console_session_max_age_s
+        request=request,
+        session=db,
+        max_age_s=settings.console_session_max_age_s,
+        idle_s=settings.console_session_idle_s,
     )
     request.state.operator = OperatorInfo(operator.id, operator.username, operator.role)
     return operator

@@ -196,6 +196,16 @@ def list_cases(*, session: Session, filters: CaseFilter) -> CasePage:
     return CasePage(cases, total, tier_counts, page, pages, reviewed)
 
 
+def next_in_queue(*, session: Session, after: int) -> int | None:
+    """The case the review queue lists after `after` (wrapping round to its start), or None when nothing
+    else waits. Call it before saving the review of `after`, which takes that case out of the queue."""
+    ids = list(session.scalars(CaseFilter(queue=True).statement().with_only_columns(Case.id)).all())
+    if after in ids:
+        position = ids.index(after)
+        ids = ids[position + 1 :] + ids[:position]
+    return ids[0] if ids else None
+
+
 def queue_size(*, session: Session) -> int:
     """How many finished cases still wait for a review."""
     return session.scalar(select(func.count()).select_from(Case).where(*CaseFilter(queue=True).conditions())) or 0

@@ -56,7 +56,11 @@ def create_operator(
 
 
 def reset_operator(*, session: Session, username: str, password: str, role: str | None = None) -> Operator:
-    """Set a new password (and optionally role) for an existing operator, unlock and reactivate them."""
+    """Set a new password (and optionally role) for an existing operator and reactivate them.
+
+    The failed-login counter and lock-out columns are cleared too; login no longer sets them (failed logins
+    are throttled per address and username, console.throttle), but rows from before may still hold them.
+    """
     operator = session.scalar(select(Operator).where(Operator.username == username))
     if operator is None:
         raise ValueError(f"no operator {username!r}; drop --reset to create one")
@@ -80,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--password-file", type=Path, default=None, help=f"read the password from this file (or set {PASSWORD_ENV})"
     )
-    parser.add_argument("--reset", action="store_true", help="set a new password for an existing operator and unlock")
+    parser.add_argument("--reset", action="store_true", help="new password for an existing operator; reactivates")
     parser.add_argument("--url", default=None, help="database URL (default: DATABASE_URL or the SQLite file)")
 
 

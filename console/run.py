@@ -52,6 +52,7 @@ def main(args: argparse.Namespace) -> int:
     if not _is_loopback(host) and not settings.console_secure_cookies:
         log.warning("console listens on %s without CONSOLE_SECURE_COOKIES; put it behind HTTPS and set it", host)
     print(f"operator console on http://{host}:{port}/ (create an operator with `skintriage operator add NAME`)")
-    # Forwarded headers only from a proxy on this machine, so client addresses stay trustworthy for throttling.
-    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=True, forwarded_allow_ips="127.0.0.1")
+    # The app reads X-Forwarded-For itself, and only from CONSOLE_TRUSTED_PROXIES (console.throttle): uvicorn
+    # must pass the direct peer through unchanged.
+    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=False)
     return 0

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from skintriage.exceptions import ConfigurationError
 
 PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "placeholder", "demo-secret-not-for-production"}
 DEMO_BOT_TOKEN = "123456:DEMO-local-bot-api-token"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated addresses or CIDR networks ("127.0.0.1, 10.0.0.0/8") as networks; ValueError if invalid."""
+    networks = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{part!r} is not an IP address or network; use e.g. 127.0.0.1,172.16.0.0/12") from exc
+    return tuple(networks)
 
 
 class Settings(BaseSettings):
@@ -67,15 +84,32 @@ class Settings(BaseSettings):
     console_host: str = Field("127.0.0.1", validation_alias="CONSOLE_HOST")
     console_port: int = Field(8000, validation_alias="CONSOLE_PORT")
     console_secure_cookies: bool = Field(False, validation_alias="CONSOLE_SECURE_COOKIES")
-    console_login_max_failures: int = Field(5, validation_alias="CONSOLE_LOGIN_MAX_FAILURES")
-    console_lockout_s: int = Field(900, validation_alias="CONSOLE_LOCKOUT_S")  # doubles with each further failure
+    # Failed logins are counted per (client address, username): this many within the window blocks that pair.
+    console_login_max_failures: int = Field(5, ge=1, validation_alias="CONSOLE_LOGIN_MAX_FAILURES")
+    console_login_window_s: int = Field(900, ge=1, validation_alias="CONSOLE_LOGIN_WINDOW_S")
+    # Where those counts live (a `limits` storage URL); empty: the broker's Redis, else process memory.
+    console_limits_storage_url: str = Field("", validation_alias="CONSOLE_LIMITS_STORAGE_URL")
+    # Direct peers (addresses or CIDR networks, comma-separated) whose X-Forwarded-For names the client.
+    console_trusted_proxies: str = Field("127.0.0.1,::1", validation_alias="CONSOLE_TRUSTED_PROXIES")
     console_session_max_age_s: int = Field(12 * 3600, validation_alias="CONSOLE_SESSION_MAX_AGE_S")
+    console_session_idle_s: int = Field(30 * 60, ge=1, validation_alias="CONSOLE_SESSION_IDLE_S")
 
     # Observability.
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     log_json: bool = Field(True, validation_alias="LOG_JSON")
     metrics_port: int = Field(0, validation_alias="METRICS_PORT")  # 0 = off
     health_port: int = Field(0, validation_alias="HEALTH_PORT")  # 0 = off
+
+    @field_validator("console_trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        """CONSOLE_TRUSTED_PROXIES as networks."""
+        return parse_networks(self.console_trusted_proxies)
 
     @property
     def resolved_database_url(self) -> str:

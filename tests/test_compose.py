@@ -123,3 +123,18 @@ def test_compose_interpolates_only_variables_the_env_example_documents(compose: 
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), flags=re.MULTILINE))
     assert used <= documented, f"compose reads undocumented variables: {sorted(used - documented)}"
+
+
+def test_console_trusts_forwarded_addresses_from_the_compose_gateway(compose: dict) -> None:
+    """Behind compose every connection comes from the network's gateway; without trusting it for
+    X-Forwarded-For every operator would share one address for login throttling."""
+    import ipaddress
+
+    from skintriage.settings import parse_networks
+
+    value = compose["services"]["console"]["environment"]["CONSOLE_TRUSTED_PROXIES"]
+    default = re.fullmatch(r"\$\{CONSOLE_TRUSTED_PROXIES:-([^}]+)\}", value)
+    assert default, "CONSOLE_TRUSTED_PROXIES should default to the gateway pool and stay overridable in .env"
+    networks = parse_networks(default.group(1))
+    gateway = ipaddress.ip_address("172.18.0.1")  # a typical compose network's gateway
+    assert any(gateway in net for net in networks if net.version == 4)

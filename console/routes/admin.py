@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from console.deps import get_db, render, require_admin, require_csrf
+from console.deps import MAX_ROW_ID, DbId, get_db, render, require_admin, require_csrf
 from console.operators import create_operator
 from skintriage.cases import audit
 from skintriage.models import AuditEvent, Operator, OperatorRole
@@ -17,6 +17,8 @@ from skintriage.models import AuditEvent, Operator, OperatorRole
 router = APIRouter()
 
 AUDIT_PER_PAGE = 100
+LOGIN_FAILURE_ACTIONS = ("operator.login_failed", "operator.login_blocked")
+BLOCK_SCAN_LIMIT = 5000  # audit rows read to find throttled (name, address) pairs
 
 
 class AuditFilterError(ValueError):
@@ -28,8 +30,8 @@ def _parse_audit_filters(params) -> dict:  # noqa: ANN001 - starlette QueryParam
     for name in ("case_id", "operator_id", "page"):
         raw = params.get(name) or ""
         if raw:
-            if not raw.isdigit():
-                raise AuditFilterError(f"{name} must be a whole number")
+            if not raw.isdigit() or int(raw) > MAX_ROW_ID:
+                raise AuditFilterError(f"{name} must be a whole number up to {MAX_ROW_ID}")
             out[name] = int(raw)
     for name in ("date_from", "date_to"):
         raw = params.get(name) or ""
@@ -96,12 +98,43 @@ def audit_log(
     )
 
 
+def _blocked_addresses(request: Request, db: Session, usernames: set[str]) -> dict[str, list[str]]:
+    """Per operator username, the client addresses whose failed logins for it are being throttled now.
+
+    The limiter keeps digests, not names or addresses, so the candidates come from the audit log of
+    the last window (failed and blocked logins record the address and the name tried).
+    """
+    limiter = request.app.state.login_limiter
+    since = datetime.now(UTC) - timedelta(seconds=limiter.window_s)
+    details = db.scalars(
+        select(AuditEvent.detail)
+        .where(AuditEvent.action.in_(LOGIN_FAILURE_ACTIONS), AuditEvent.at >= since)
+        .order_by(AuditEvent.id.desc())
+        .limit(BLOCK_SCAN_LIMIT)
+    ).all()
+    pairs = {
+        (d["username"], d["address"])
+        for d in details
+        if isinstance(d, dict) and d.get("username") in usernames and isinstance(d.get("address"), str)
+    }
+    blocked: dict[str, list[str]] = {}
+    for username, address in sorted(pairs):
+        if limiter.blocked(address, username):
+            blocked.setdefault(username, []).append(address)
+    return blocked
+
+
 def _operators_page(request: Request, db: Session, *, error: str | None = None, status_code: int = 200) -> Response:
     operators = db.scalars(select(Operator).order_by(Operator.username)).all()
     return render(
         request,
         "operators.html",
-        {"operators": operators, "roles": [r.value for r in OperatorRole], "error": error, "now": datetime.now(UTC)},
+        {
+            "operators": operators,
+            "roles": [r.value for r in OperatorRole],
+            "error": error,
+            "blocked": _blocked_addresses(request, db, {o.username for o in operators}),
+        },
         status_code=status_code,
         db=db,
     )
@@ -136,15 +169,18 @@ def add_operator(
 
 @router.post("/admin/operators/{operator_id}/unlock", dependencies=[Depends(require_csrf)])
 def unlock_operator(
-    operator_id: int, operator: Operator = Depends(require_admin), db: Session = Depends(get_db)
+    request: Request, operator_id: DbId, operator: Operator = Depends(require_admin), db: Session = Depends(get_db)
 ) -> RedirectResponse:
-    """Clear an operator's failed logins and lock-out."""
+    """Lift the login throttling of an operator's name at every address where it is blocked now."""
     target = db.get(Operator, operator_id)
     if target is not None:
+        addresses = _blocked_addresses(request, db, {target.username}).get(target.username, [])
+        for address in addresses:
+            request.app.state.login_limiter.clear(address, target.username)
         target.failed_logins = 0
         target.locked_until = None
         audit(session=db, actor="operator", action="operator.unlocked", operator_id=operator.id,
-              detail={"operator": target.id})
+              detail={"operator": target.id, "addresses": addresses})
         db.commit()
     return RedirectResponse("/admin/operators", status_code=303)
 
@@ -152,7 +188,7 @@ def unlock_operator(
 @router.post("/admin/operators/{operator_id}/active", dependencies=[Depends(require_csrf)])
 def set_active(
     request: Request,
-    operator_id: int,
+    operator_id: DbId,
     active: str = Form(...),
     operator: Operator = Depends(require_admin),
     db: Session = Depends(get_db),

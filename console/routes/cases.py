@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from console.deps import current_operator, get_db, render, require_csrf
+from console.deps import DbId, current_operator, get_db, render, require_csrf
 from console.export import cases_csv
 from console.filters import (
     ALL_STATUSES,
@@ -19,6 +19,7 @@ from console.filters import (
     FilterError,
     list_cases,
     model_versions_in_use,
+    next_in_queue,
 )
 from console.reviews import (
     URGENCIES,
@@ -30,6 +31,7 @@ from console.reviews import (
     validate_review,
 )
 from ml.labels import LABELS
+from ml.policy import PolicyConfig
 from skintriage.cases import audit
 from skintriage.models import Case, Operator, OutboxMessage, Review
 
@@ -47,6 +49,13 @@ def _language_name(code: str) -> str:
         return Locale.parse(code.replace("-", "_")).get_display_name("en") or code
     except (ValueError, UnknownLocaleError):
         return code
+
+
+def _uncertain_band(case: Case, policy: PolicyConfig) -> tuple[float, float] | None:
+    """P(MEL) from which the policy answers UNCERTAIN, up to the threshold where HIGH begins (ml.policy)."""
+    if case.mel_threshold is None:
+        return None
+    return max(case.mel_threshold - policy.uncertain_margin, 0.0), case.mel_threshold
 
 
 def _load_case(db: Session, case_id: int) -> Case:
@@ -151,7 +160,7 @@ def _case_page(
             "labels": LABELS,
             "urgencies": URGENCIES,
             "language_name": _language_name(case.user.language),
-            "uncertain_margin": settings.uncertain_margin,
+            "mel_band": _uncertain_band(case, PolicyConfig.from_settings(settings)),
             "errors": errors or [],
             "form": form or ReviewInput(verdict=""),
             "notice": notice,
@@ -161,11 +170,41 @@ def _case_page(
     )
 
 
+NOTICES = {
+    "reviewed": "Review saved.",
+    "sent": "Message queued for the patient.",
+    "deferred": "Message saved; the reply queue is unreachable, it will be sent when it is back.",
+}
+# After "Save and next" the page shows another case: say which case the review and message were for.
+NOTICES_FOR_PREVIOUS = {
+    "sent": "Message queued for that case's patient.",
+    "deferred": "Message for that case's patient saved; it will be sent when the reply queue is back.",
+}
+
+
+def _notice(notice: str | None, saved: str | None, *, queue_empty: bool) -> str | None:
+    """The line shown above a case after a form was saved (on this case, or on `saved` before it)."""
+    if notice not in NOTICES:
+        return None
+    if saved is not None and saved.isdigit() and len(saved) <= 10:
+        parts = [f"Review of case #{saved} saved."]
+        if notice in NOTICES_FOR_PREVIOUS:
+            parts.append(NOTICES_FOR_PREVIOUS[notice])
+        parts.append("This is the next case in the review queue.")
+    else:
+        parts = [NOTICES[notice]]
+    if queue_empty:
+        parts.append("The review queue is empty.")
+    return " ".join(parts)
+
+
 @router.get("/cases/{case_id}", response_class=HTMLResponse)
 def case_detail(
     request: Request,
-    case_id: int,
+    case_id: DbId,
     notice: str | None = None,
+    saved: str | None = None,
+    queue: str | None = None,
     operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),
 ) -> HTMLResponse:
@@ -173,42 +212,47 @@ def case_detail(
     case = _load_case(db, case_id)
     audit(session=db, actor="operator", action="case.viewed", case_id=case.id, operator_id=operator.id)
     db.commit()
-    notices = {"reviewed": "Review saved.", "sent": "Message queued for the patient.",
-               "deferred": "Message saved; the reply queue is unreachable, it will be sent when it is back."}
-    return _case_page(request, db, case, notice=notices.get(notice or ""))
+    return _case_page(request, db, case, notice=_notice(notice, saved, queue_empty=queue == "empty"))
 
 
 @router.post("/cases/{case_id}/reviews", dependencies=[Depends(require_csrf)])
 def submit_review(
     request: Request,
-    case_id: int,
+    case_id: DbId,
     verdict: str = Form(""),
     corrected_label: str = Form(""),
     urgency: str = Form(""),
     note: str = Form(""),
     message: str = Form(""),
+    then: str = Form(""),
     operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),
 ) -> Response:
-    """Save a review (and queue the optional follow-up message to the patient)."""
+    """Save a review (and queue the optional follow-up message to the patient); with then=next, open the
+    case the review queue lists after this one ("Save and next")."""
     case = _load_case(db, case_id)
     form = ReviewInput(verdict, corrected_label, urgency, note, message)
     errors = validate_review(form, case=case)
     if errors:
         return _case_page(request, db, case, errors=errors, form=form, status_code=400)
+    following = next_in_queue(session=db, after=case.id) if then == "next" else None
     record_review(session=db, case=case, operator=operator, form=form)
     outbox = create_followup(session=db, case=case, operator=operator, text=message) if message.strip() else None
     db.commit()
     notice = "reviewed"
     if outbox is not None:
         notice = "sent" if enqueue_followup(outbox.id) else "deferred"
-    return RedirectResponse(f"/cases/{case.id}?notice={notice}#reviews", status_code=303)
+    if then != "next":
+        return RedirectResponse(f"/cases/{case.id}?notice={notice}#reviews", status_code=303)
+    if following is None:
+        return RedirectResponse(f"/cases/{case.id}?notice={notice}&queue=empty#reviews", status_code=303)
+    return RedirectResponse(f"/cases/{following}?notice={notice}&saved={case.id}", status_code=303)
 
 
 @router.post("/cases/{case_id}/messages", dependencies=[Depends(require_csrf)])
 def send_message(
     request: Request,
-    case_id: int,
+    case_id: DbId,
     message: str = Form(""),
     operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),

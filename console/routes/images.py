@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from console.deps import current_operator, get_db, get_store
+from console.deps import DbId, current_operator, get_db, get_store
 from skintriage.cases import audit
 from skintriage.exceptions import ImageNotFound, InvalidKey, StorageError
 from skintriage.models import Case, Operator
@@ -50,7 +50,7 @@ def _to_jpeg(data: bytes) -> bytes | None:
 
 @router.get("/cases/{case_id}/images/{key:path}")
 def image(
-    case_id: int,
+    case_id: DbId,
     key: str,
     operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from console.auth import LoginOutcome, authenticate, end_session, start_session
 from console.deps import current_operator, get_db, render, require_csrf
+from console.throttle import client_address
 from skintriage.models import Operator
 
 router = APIRouter()
@@ -37,33 +38,25 @@ def login(
     db: Session = Depends(get_db),
 ) -> Response:
     """Check the credentials; on success start a fresh session and go where the operator was heading."""
-    settings = request.app.state.settings
-    throttle = request.app.state.login_throttle
-    client = request.client.host if request.client else "unknown"
-    if throttle.blocked(client):
-        return render(
-            request,
-            "login.html",
-            {"next": safe_next(next), "error": "Too many failed logins from this address. Try again later."},
-            status_code=429,
-        )
     result = authenticate(
         session=db,
         username=username.strip(),
         password=password,
-        max_failures=settings.console_login_max_failures,
-        lockout_s=settings.console_lockout_s,
+        address=client_address(request, request.app.state.trusted_proxies),
+        limiter=request.app.state.login_limiter,
     )
     db.commit()
-    if result.outcome is not LoginOutcome.OK or result.operator is None:
-        throttle.failed(client)
+    if result.outcome is LoginOutcome.BLOCKED:
+        # The same answer for every name, existing or not: it only reflects this address's own failures.
+        minutes = -(-request.app.state.login_limiter.window_s // 60)
         error = (
-            "Too many failed logins for this account; it is locked for a while. Ask an admin to unlock it."
-            if result.outcome is LoginOutcome.LOCKED
-            else "Wrong username or password."
+            f"Too many failed logins for this username from your address. Wait up to {minutes} minutes, "
+            "or ask an admin to lift the block."
         )
+        return render(request, "login.html", {"next": safe_next(next), "error": error}, status_code=429)
+    if result.outcome is not LoginOutcome.OK or result.operator is None:
+        error = "Wrong username or password."
         return render(request, "login.html", {"next": safe_next(next), "error": error}, status_code=401)
-    throttle.succeeded(client)
     start_session(request, result.operator)
     return RedirectResponse(safe_next(next), status_code=303)
 

@@ -141,23 +141,6 @@ def test_sessions_expire(monkeypatch, console_db_url, store, seeded, expires):
         assert c.get("/cases").status_code == 303
 
 
-def test_admin_unlocks_a_locked_operator(admin_client, client, console_db_url, seeded):
-    from datetime import timedelta
-
-    from skintriage.models import utcnow
-
-    with session_scope(console_db_url) as s:
-        rita = s.get(Operator, seeded.operators["rita"])
-        rita.failed_logins, rita.locked_until = 7, utcnow() + timedelta(hours=1)
-    page = admin_client.get("/admin/operators")
-    assert "locked until" in page.text
-    response = admin_client.post(
-        f"/admin/operators/{seeded.operators['rita']}/unlock", data={"csrf_token": csrf_of(page.text)}
-    )
-    assert response.status_code == 303
-    assert login(client, *REVIEWER).status_code == 303
-
-
 def test_admin_adds_an_operator_who_can_log_in(admin_client, app, seeded):
     token = csrf_of(admin_client.get("/admin/operators").text)
     weak = admin_client.post(

@@ -73,7 +73,9 @@ def live_console(settings_env: Path, sqlite_url: str) -> Iterator[tuple[str, See
     seeded = seed(sqlite_url, store)
     app = create_app(settings=get_settings(), database_url=sqlite_url, store=store)
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    # proxy_headers off, as `skintriage console` runs it: the app reads X-Forwarded-For itself (trusted proxies).
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", proxy_headers=False)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="console-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -204,4 +206,94 @@ def test_anonymous_browser_gets_the_login_form_and_no_images(browser, live_conso
     cookies = {c["name"]: c for c in context.cookies()}
     assert cookies["skintriage_console"]["httpOnly"] is True
     assert cookies["skintriage_console"]["sameSite"] == "Lax"
+    context.close()
+
+
+def _submit_login(page, username: str, password: str) -> str:  # noqa: ANN001
+    """Fill and submit the login form; the text of the page that answers."""
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("#login")
+    page.wait_for_load_state()
+    return page.inner_text("main")
+
+
+def test_a_stranger_behind_the_proxy_cannot_lock_a_clinician_out(browser, live_console):
+    """Both come through the (trusted, loopback) proxy with their own X-Forwarded-For: the stranger's
+    failures block only the stranger, the answers do not tell which names exist."""
+    base, _, url = live_console
+    stranger = browser.new_context(extra_http_headers={"X-Forwarded-For": "203.0.113.66"})
+    page = stranger.new_page()
+    page.goto(f"{base}/login")
+    unknown = _submit_login(page, "nobody-here", "not-the-password")
+    known = _submit_login(page, REVIEWER[0], "not-the-password-0")
+    assert "Wrong username or password." in unknown and unknown == known
+    for attempt in range(1, 5):
+        _submit_login(page, REVIEWER[0], f"not-the-password-{attempt}")
+    blocked = _submit_login(page, *REVIEWER)
+    assert "Too many failed logins for this username from your address" in blocked
+    assert "/login" in page.url
+    stranger.close()
+
+    clinician = browser.new_context(extra_http_headers={"X-Forwarded-For": "198.51.100.10"})
+    log_in(clinician.new_page(), base, *REVIEWER)
+    clinician.close()
+
+    from sqlalchemy import select
+
+    from skintriage.db import session_scope
+    from skintriage.models import AuditEvent
+
+    with session_scope(url) as s:
+        details = s.scalars(select(AuditEvent.detail).where(AuditEvent.action.like("operator.login%"))).all()
+    assert {d["address"] for d in details} == {"203.0.113.66", "198.51.100.10"}
+
+
+def test_review_beside_the_image_and_save_and_next_from_the_keyboard(browser, live_console):
+    base, seeded, _ = live_console
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    log_in(page, base, *REVIEWER)
+    page.goto(f"{base}/cases?view=review")
+    queue = [int(a.get_attribute("href").rsplit("/", 1)[1]) for a in page.locator("#case-table a.case-link").all()]
+    assert len(queue) >= 2
+    page.goto(f"{base}/cases/{queue[0]}")
+
+    # The review form sits beside the image: to its right, overlapping it vertically, on one screen.
+    image = page.locator("#images").bounding_box()
+    form = page.locator("#review-form").bounding_box()
+    assert form["x"] >= image["x"] + image["width"]
+    assert form["y"] < image["y"] + image["height"] and form["y"] + form["height"] <= 900
+
+    # Letters typed into the note are text, not shortcuts.
+    page.fill("#note", "")
+    page.focus("#note")
+    page.keyboard.type("ad")
+    assert page.input_value("#note") == "ad"
+    assert not page.is_checked("#verdict-agree") and not page.is_checked("#verdict-disagree")
+    # Outside a text field: D, then A, choose the verdict; Ctrl+Enter saves and opens the next case.
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("d")
+    assert page.is_checked("#verdict-disagree")
+    page.keyboard.press("a")
+    assert page.is_checked("#verdict-agree")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_url(f"{base}/cases/{queue[1]}?*")
+    assert f"Review of case #{queue[0]} saved." in page.inner_text("#notice")
+
+    # Without a verdict Ctrl+Enter submits nothing: the browser asks for one.
+    page.keyboard.press("Control+Enter")
+    page.wait_for_timeout(300)
+    assert page.url.startswith(f"{base}/cases/{queue[1]}?")
+    # The button does the same as the shortcut.
+    page.check("#verdict-agree")
+    page.click("#save-next")
+    page.wait_for_url("**saved=**")
+    assert f"Review of case #{queue[1]} saved." in page.inner_text("#notice")
+    page.goto(f"{base}/cases?view=review")
+    remaining = [int(a.get_attribute("href").rsplit("/", 1)[1]) for a in page.locator("#case-table a.case-link").all()]
+    assert remaining == queue[2:]
+    assert errors == []
     context.close()

@@ -6,6 +6,7 @@ import csv
 import io
 import re
 
+import pytest
 from sqlalchemy import select
 
 from skintriage.db import session_scope
@@ -248,3 +249,118 @@ def test_images_browsers_cannot_show_are_converted_to_jpeg(reviewer, seeded, sto
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert response.content[:2] == b"\xff\xd8"
     assert reviewer.get(f"/cases/{seeded.cases['a_medium']}/images/{garbage.key}").status_code == 415
+
+
+BAR_PX = 300  # width of the probability bars' viewBox
+
+
+def _mel_bar(html: str) -> tuple[float, float, float]:
+    """(band start, band end, threshold line) of the rendered melanoma bar, in probability units."""
+    svg = re.search(r'<svg class="bar" id="bar-mel".*?</svg>', html, re.S)
+    assert svg, "case page has no melanoma bar"
+    band = re.search(r'<rect x="([\d.]+)" y="0" width="([\d.]+)" height="18" class="band"/>', svg.group(0))
+    line = re.search(r'<line x1="([\d.]+)" x2="([\d.]+)"[^>]*class="threshold"', svg.group(0))
+    assert band and line
+    start, width = float(band.group(1)), float(band.group(2))
+    return start / BAR_PX, (start + width) / BAR_PX, float(line.group(1)) / BAR_PX
+
+
+@pytest.mark.parametrize("margin", ["0.05", "0.12"])
+def test_melanoma_bar_shades_where_the_policy_answers_uncertain(monkeypatch, settings_env, console_db_url, store,
+                                                               seeded, margin):
+    """The shaded band and the threshold line are checked against ml.policy.decide_tier itself: just below
+    the band is not UNCERTAIN, inside it is, and the threshold line (the band's end) starts HIGH."""
+    from fastapi.testclient import TestClient
+
+    from console.app import create_app
+    from ml.labels import Tier
+    from ml.policy import PolicyConfig, decide_tier
+    from skintriage.models import Case
+    from skintriage.settings import get_settings
+    from tests.console.seed import REVIEWER
+    from tests.console.session_helpers import login
+
+    monkeypatch.setenv("UNCERTAIN_MARGIN", margin)
+    get_settings.cache_clear()
+    settings = get_settings()
+    app = create_app(settings=settings, database_url=console_db_url, store=store)
+    policy = PolicyConfig.from_settings(settings)
+    with session_scope(console_db_url) as s:
+        threshold = s.get(Case, seeded.cases["a_high"]).mel_threshold
+    with TestClient(app, follow_redirects=False) as c:
+        assert login(c, *REVIEWER).status_code == 303
+        html = c.get(f"/cases/{seeded.cases['a_high']}").text
+    start, end, line = _mel_bar(html)
+    pixel = 1 / BAR_PX  # the page rounds to 0.1 px; probe a pixel and a half away from each edge
+    assert abs(end - line) < pixel / 2, "the band must end at the threshold line"
+
+    def tier(p_mel: float) -> Tier:
+        # NV takes the rest, so only the melanoma rules can make it UNCERTAIN.
+        return decide_tier({"MEL": p_mel, "NV": 1 - p_mel, "OTHER": 0.0}, mel_threshold=threshold, config=policy).tier
+
+    assert tier(start - 1.5 * pixel) is Tier.LOW
+    assert tier(start + 1.5 * pixel) is Tier.UNCERTAIN
+    assert tier((start + end) / 2) is Tier.UNCERTAIN
+    assert tier(end - 1.5 * pixel) is Tier.UNCERTAIN
+    assert tier(line) is Tier.HIGH
+    assert tier(line + 1.5 * pixel) is Tier.HIGH
+    text = re.sub(r"\s+", " ", re.search(r'<p id="threshold">(.*?)</p>', html, re.S).group(1))
+    assert "At or above the threshold is HIGH" in text
+    assert f"from {start:.3f} up to it is UNCERTAIN" in text
+
+
+def _save_and_next(client, case_id: int, **fields: str):  # noqa: ANN001, ANN202
+    token = csrf_of(client.get(f"/cases/{case_id}").text)
+    data = {"csrf_token": token, "verdict": "agree", "urgency": "routine", "then": "next", **fields}
+    return client.post(f"/cases/{case_id}/reviews", data=data)
+
+
+def test_save_and_next_walks_the_review_queue_in_its_order(reviewer, seeded, console_db_url):
+    queue = case_ids(reviewer.get("/cases?view=review").text)
+    assert len(queue) >= 3
+    # From the head: the review is saved and the case after it in the queue opens.
+    response = _save_and_next(reviewer, queue[0])
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/cases/{queue[1]}?notice=reviewed&saved={queue[0]}"
+    page = reviewer.get(response.headers["location"]).text
+    assert f"Review of case #{queue[0]} saved. This is the next case in the review queue." in page
+    # From the tail: round to the start of what is left (queue[0] is reviewed, so queue[1]).
+    response = _save_and_next(reviewer, queue[-1])
+    assert response.headers["location"].startswith(f"/cases/{queue[1]}?")
+    # A case outside the queue (already reviewed) goes to the queue's head.
+    response = _save_and_next(reviewer, queue[0])
+    assert response.headers["location"].startswith(f"/cases/{queue[1]}?")
+    with session_scope(console_db_url) as s:
+        assert len(s.scalars(select(Review)).all()) == 3
+    # Once the queue is empty the operator stays on the last case and is told so.
+    left = case_ids(reviewer.get("/cases?view=review").text)
+    for case_id in left[:-1]:
+        assert _save_and_next(reviewer, case_id).status_code == 303
+    response = _save_and_next(reviewer, left[-1])
+    assert response.headers["location"] == f"/cases/{left[-1]}?notice=reviewed&queue=empty#reviews"
+    assert "Review saved. The review queue is empty." in reviewer.get(response.headers["location"]).text
+    assert case_ids(reviewer.get("/cases?view=review").text) == []
+
+
+def test_save_and_next_with_a_message_says_whose_message_it_was(reviewer, seeded, settings_env):
+    queue = case_ids(reviewer.get("/cases?view=review").text)
+    response = _save_and_next(reviewer, queue[0], message="Please book an appointment.")
+    assert response.headers["location"] == f"/cases/{queue[1]}?notice=sent&saved={queue[0]}"
+    page = reviewer.get(response.headers["location"]).text
+    assert f"Review of case #{queue[0]} saved. Message queued for that case&#39;s patient." in page
+
+
+def test_save_and_next_with_errors_stays_on_the_case(reviewer, seeded, console_db_url):
+    queue = case_ids(reviewer.get("/cases?view=review").text)
+    response = _save_and_next(reviewer, queue[0], verdict="disagree")  # no corrected label
+    assert response.status_code == 400 and "give the label you think is right" in response.text
+    with session_scope(console_db_url) as s:
+        assert s.scalars(select(Review)).all() == []
+
+
+def test_review_form_offers_save_and_next_with_shortcuts(reviewer, seeded):
+    html = reviewer.get(f"/cases/{seeded.cases['a_high']}").text
+    assert '<button type="submit" name="then" value="next" id="save-next"' in html
+    assert 'aria-keyshortcuts="A"' in html and 'aria-keyshortcuts="D"' in html
+    # The review panel comes right after the images, before the result (it sits beside the image).
+    assert html.index('id="images"') < html.index('id="reviews"') < html.index('id="result"')
