@@ -61,8 +61,11 @@ def test_patients_read_the_risk_level_in_words_and_never_a_percentage(tier, lang
     full = compose(done_case(tier, lang), texts=TEXTS).full_text
     assert "%" not in full
     assert "62" not in full and "90" not in full  # the probabilities stay in the console
-    level = {"en": {"HIGH": "high", "MEDIUM": "medium", "LOW": "low", "UNCERTAIN": "uncertain"},
-             "ko": {"HIGH": "높음", "MEDIUM": "중간", "LOW": "낮음", "UNCERTAIN": "판단 어려움"}}[lang][tier]  # fmt: skip
+    levels = {
+        "en": {"HIGH": "high", "MEDIUM": "medium", "LOW": "low", "UNCERTAIN": "uncertain"},
+        "ko": {"HIGH": "높음", "MEDIUM": "중간", "LOW": "낮음", "UNCERTAIN": "판단 어려움"},
+    }
+    level = levels[lang][tier]
     assert full.split("\n\n")[1].startswith(("Risk level: " if lang == "en" else "위험 수준: ") + level)
 
 
@@ -144,7 +147,8 @@ def test_a_refused_spot_is_told_i_cant_judge_this_photo_not_that_it_is_not_skin(
     case = Case(id=5, language=lang, status=CaseStatus.REJECTED, tier=Tier.RETAKE, retake_reason="not_skin")
     full = compose(case, texts=TEXTS).full_text
     title, reason, advice = full.split("\n\n")[:3]
-    assert title == {"en": "Case #5: I can't judge this photo.", "ko": "사례 #5: 이 사진으로는 판단할 수 없습니다."}[lang]
+    titles = {"en": "Case #5: I can't judge this photo.", "ko": "사례 #5: 이 사진으로는 판단할 수 없습니다."}
+    assert title == titles[lang]
     assert "doesn't look like" not in full and "피부 사진이 아닌" not in full
     assert ("close up, in focus and in daylight" in reason) if lang == "en" else ("자연광" in reason)
     assert advice == visible(TEXTS.guidance(lang, "RETAKE"))
@@ -158,7 +162,8 @@ def test_second_refused_photo_in_a_row_sends_the_patient_to_a_doctor_instead_of_
     assert visible(TEXTS.retake_reason(lang, reason)) in full  # still says what was wrong with it
     assert visible(TEXTS.guidance(lang, "RETAKE")) not in full  # no third retake
     assert visible(TEXTS.get(lang, "result.retake_again")) in full
-    assert ("please show the spot to a doctor" in full) if lang == "en" else ("의사에게 병변을 직접 보여 주세요" in full)
+    words = {"en": "please show the spot to a doctor", "ko": "의사에게 병변을 직접 보여 주세요"}
+    assert words[lang] in full
     assert full.endswith(visible(TEXTS.get(lang, "result.disclaimer")))
 
 
