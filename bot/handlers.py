@@ -196,7 +196,7 @@ async def on_case_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     svc = _services(context)
     query = update.callback_query
     case_id = int(context.match.group(1))
-    lang, case = await asyncio.to_thread(
+    lang, case, album = await asyncio.to_thread(
         patients.own_case, sessions=svc.sessions, patient=_patient(update), case_id=case_id
     )
     if case is None:
@@ -211,7 +211,7 @@ async def on_case_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     await send_reply(
         query.get_bot(),
         chat_id=update.effective_chat.id,
-        reply=compose(case, texts=svc.texts),
+        reply=compose(case, texts=svc.texts, album=album),
         store=svc.store,
         note=note,
     )

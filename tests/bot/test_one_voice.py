@@ -153,6 +153,14 @@ def test_an_album_gets_one_answer_with_its_most_urgent_tier(start_bot) -> None:
     assert all(c.delivered_at is not None and c.reply_text == caption for c in finished)
     assert deliver(ids[0]) == "skipped"  # a redelivered job sends nothing again
 
+    # /history shows the album's one answer again, also from the photo that alone was LOW.
+    since = h.patient.last_seq()
+    h.patient.send_command(606, "/history")
+    listing = h.wait_startswith(606, "Your latest cases", since=since)
+    h.patient.press_button(606, listing["message_id"], f"case:{ids[0]}")
+    again = h.patient.wait_for(606, lambda e: e["method"] == "sendPhoto", since=since)
+    assert again["caption"] == caption
+
 
 # --- 5. warning words in captions and free text -----------------------------------------------
 
