@@ -2,7 +2,7 @@
 
 Called by the worker's reply queue (`deliver_case`, `send_outbox_message`, `make_bot`) and by /history
 to show a case again. Telegram shows at most 1024 characters under a photo, so a long answer keeps the
-tier and the probabilities in the caption and continues in a following message. Every answer carries
+tier and the risk level in the caption and continues in a following message. Every answer carries
 the disclaimer; answers from demo models say so first.
 """
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 import html
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from telegram import Bot
 from telegram.constants import ParseMode
 from telegram.request import HTTPXRequest
 
-from bot.i18n import Texts, load_texts
+from bot.i18n import Html, Texts, load_texts
 from ml.labels import Tier
 from skintriage.exceptions import ImageNotFound
 from skintriage.models import Case, CaseStatus, OutboxMessage
@@ -40,15 +40,6 @@ def visible(text: str) -> str:
 def telegram_length(text: str) -> int:
     """Length of an HTML text as Telegram counts it (UTF-16 code units of the visible text)."""
     return len(visible(text).encode("utf-16-le")) // 2
-
-
-def percent(texts: Texts, lang: str, p: float) -> str:
-    """A probability in plain words: "12%", "under 1%", "over 99%"."""
-    if p < 0.01:
-        return texts.get(lang, "result.percent_tiny")
-    if p > 0.99:
-        return texts.get(lang, "result.percent_huge")
-    return f"{round(p * 100)}%"
 
 
 @dataclass(frozen=True)
@@ -77,36 +68,72 @@ def _split(head: list[str], tail: list[str], texts: Texts, lang: str) -> tuple[s
     return caption, "\n\n".join(tail)
 
 
-def compose(case: Case, *, texts: Texts) -> Reply:
-    """The answer for a finished case (done, rejected or failed), in the case's language."""
+# Why an UNCERTAIN case is uncertain (ml.policy REASON_*) -> the words the patient reads.
+UNCERTAIN_WHY = {
+    "near_threshold": "uncertain.near_line",
+    "mel_most_likely": "uncertain.near_line",  # melanoma the likeliest class, though below the line
+    "low_confidence": "uncertain.cannot_decide",
+    "gate_unsure": "uncertain.borderline_photo",
+}
+# Near the melanoma line an UNCERTAIN answer takes HIGH's guidance: the same timeframe, in the same words.
+NEAR_LINE_REASONS = frozenset({"near_threshold", "mel_most_likely"})
+# The most urgent first: a spot sent as several photos is answered with the first of these among them.
+URGENCY: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
+
+
+def urgency_rank(case: Case) -> tuple[int, int]:
+    """Sort key, most urgent first: by tier (a near-line UNCERTAIN ranks with HIGH), then refusals, then failures."""
+    if case.status == CaseStatus.DONE and case.tier in URGENCY:
+        rank = URGENCY.index(case.tier)
+        if case.tier == Tier.UNCERTAIN and case.tier_reason in NEAR_LINE_REASONS:
+            rank = 0
+        return rank, 0 if case.tier == Tier.HIGH else 1
+    return (len(URGENCY), 0) if case.status == CaseStatus.REJECTED else (len(URGENCY) + 1, 0)
+
+
+def _risk(texts: Texts, lang: str, tier: str, reason: str | None) -> Html:
+    if tier != Tier.UNCERTAIN:
+        return texts.get(lang, f"risk.{tier}")
+    return texts.get(lang, "risk.UNCERTAIN", why=texts.get(lang, UNCERTAIN_WHY.get(reason or "", "uncertain.unknown")))
+
+
+def compose(case: Case, *, texts: Texts, refused_before: bool = False, album: Sequence[int] = ()) -> Reply:
+    """The answer for a finished case (done, rejected or failed), in the case's language.
+
+    Patients read the risk level in words, never the model's percentages (those come from dermoscopy data
+    with another prevalence, and the console keeps them). `refused_before`: the patient's previous photo was
+    refused too, so the answer sends them to a doctor instead of asking for a third photo. `album`: the case
+    numbers of photos sent together with this one, whose most urgent answer this is.
+    """
     lang = case.language
     demo = [texts.get(lang, "result.demo_warning")] if case.demo_model else []
     disclaimer = texts.get(lang, "result.disclaimer")
+    album_note = (
+        [texts.get(lang, "result.album", count=len(album), cases=", ".join(f"#{i}" for i in album))]
+        if len(album) > 1
+        else []
+    )
     if case.status == CaseStatus.FAILED:
-        return Reply(None, "\n\n".join([texts.get(lang, "result.failed", case_id=case.id), disclaimer]))
+        return Reply(None, "\n\n".join([texts.get(lang, "result.failed", case_id=case.id), *album_note, disclaimer]))
     if case.status == CaseStatus.REJECTED or case.tier == Tier.RETAKE:
+        advice = texts.get(lang, "result.retake_again") if refused_before else texts.guidance(lang, Tier.RETAKE)
         body = [
             *demo,
             texts.get(lang, "result.retake_title", case_id=case.id),
             texts.retake_reason(lang, case.retake_reason),
-            texts.guidance(lang, Tier.RETAKE),
+            advice,
+            *album_note,
             disclaimer,
         ]
         return Reply(None, "\n\n".join(body))
     tier = case.tier if case.tier in {t.value for t in Tier} else Tier.UNCERTAIN
-    head = [*demo, texts.get(lang, "result.title", case_id=case.id, tier=texts.get(lang, f"tier.{tier}"))]
-    probs = case.probabilities
-    if probs:
-        head.append(
-            texts.get(
-                lang,
-                "result.probabilities",
-                mel=percent(texts, lang, probs["MEL"]),
-                nv=percent(texts, lang, probs["NV"]),
-                other=percent(texts, lang, probs["OTHER"]),
-            )
-        )
-    tail = [texts.guidance(lang, tier)]
+    head = [
+        *demo,
+        texts.get(lang, "result.title", case_id=case.id, tier=texts.get(lang, f"tier.{tier}")),
+        _risk(texts, lang, tier, case.tier_reason),
+    ]
+    near_line = tier == Tier.UNCERTAIN and case.tier_reason in NEAR_LINE_REASONS
+    tail = [texts.guidance(lang, Tier.HIGH if near_line else tier), *album_note]
     image_key = case.overlay_key or case.image_key
     if case.overlay_key:
         tail.append(texts.get(lang, "result.outline_note"))
@@ -163,15 +190,17 @@ async def deliver_case(
     chat_id: int | None = None,
     texts: Texts | None = None,
     on_first_sent: Callable[[int], None] | None = None,
+    refused_before: bool = False,
+    album: Sequence[int] = (),
 ) -> tuple[int | None, str]:
     """Compose and send a finished case's answer; returns (message id, full text). Raises telegram.error.* on failure.
 
     `chat_id` defaults to case.user.chat_id (the case must then be attached to a session or have its user loaded).
     An undelivered case with a reply_message_id but no reply_text had its photo sent by an earlier attempt
-    (cases.mark_reply_started): only the rest goes out.
+    (cases.mark_reply_started): only the rest goes out. `refused_before` and `album`: see compose.
     """
     texts = texts or load_texts(get_settings().guidance_file)
-    reply = compose(case, texts=texts)
+    reply = compose(case, texts=texts, refused_before=refused_before, album=album)
     message_id = await send_reply(
         bot,
         chat_id=chat_id or case.user.chat_id,

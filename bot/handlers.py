@@ -26,6 +26,7 @@ from bot.delivery import compose, send_reply
 from bot.i18n import LANGUAGE_NAMES, LANGUAGES, Texts, language_for
 from bot.intake import Decision, Outcome
 from bot.patients import Patient
+from bot.warning_signs import find_warning_signs
 from ml.errors import InvalidImageError
 from skintriage.exceptions import StorageError
 from skintriage.models import CaseStatus
@@ -195,7 +196,7 @@ async def on_case_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     svc = _services(context)
     query = update.callback_query
     case_id = int(context.match.group(1))
-    lang, case = await asyncio.to_thread(
+    lang, case, album = await asyncio.to_thread(
         patients.own_case, sessions=svc.sessions, patient=_patient(update), case_id=case_id
     )
     if case is None:
@@ -210,7 +211,7 @@ async def on_case_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     await send_reply(
         query.get_bot(),
         chat_id=update.effective_chat.id,
-        reply=compose(case, texts=svc.texts),
+        reply=compose(case, texts=svc.texts, album=album),
         store=svc.store,
         note=note,
     )
@@ -243,9 +244,10 @@ async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 
 
 async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A photo (Telegram-compressed): take its largest size."""
+    """A photo (Telegram-compressed): take its largest size; warning signs in its caption are answered too."""
     photo = update.effective_message.photo[-1]
     await _receive_image(update, context, photo.file_id, photo.file_unique_id, photo.file_size)
+    await _answer_warning_signs(update, context, with_photo=True)
 
 
 async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -255,8 +257,10 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         svc = _services(context)
         lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
         await _say(update, svc.texts.get(lang, "intake.unsupported_file"))
+        await _answer_warning_signs(update, context, with_photo=False)
         return
     await _receive_image(update, context, document.file_id, document.file_unique_id, document.file_size)
+    await _answer_warning_signs(update, context, with_photo=True)
 
 
 async def _receive_image(
@@ -289,7 +293,7 @@ async def _receive_image(
     decision = await asyncio.to_thread(
         intake.register, sessions=svc.sessions, store=svc.store, settings=svc.settings, patient=patient, data=data,
         info=info, update_id=update.update_id, message_id=update.effective_message.message_id,
-        file_unique_id=file_unique_id,
+        file_unique_id=file_unique_id, media_group_id=update.effective_message.media_group_id,
     )  # fmt: skip
     if decision.outcome is not Outcome.CREATED:
         await _explain(update, svc, decision)
@@ -348,6 +352,36 @@ async def _explain(update: Update, svc: Services, decision: Decision) -> None:
         )
     elif decision.outcome is Outcome.IN_FLIGHT:
         await _say(update, texts.get(lang, "intake.in_flight", count=svc.settings.max_in_flight))
+
+
+# --- the patient's own words ----------------------------------------------------------------
+
+
+def warning_text(texts: Texts, lang: str, signs: list[str], *, with_photo: bool) -> str:
+    """The answer to warning signs in a patient's words: see a doctor soon, and the disclaimer."""
+    named = ", ".join(texts.get(lang, f"sign.{sign}") for sign in signs)
+    follow = "warning.with_photo" if with_photo else "warning.send_photo"
+    return "\n\n".join(
+        [texts.get(lang, "warning.signs", signs=named), texts.get(lang, follow), texts.get(lang, "result.disclaimer")]
+    )
+
+
+async def _answer_warning_signs(update: Update, context: ContextTypes.DEFAULT_TYPE, *, with_photo: bool) -> bool:
+    """Answer warning signs (bleeding, growing, ...) in the message's text or caption; False when there are none."""
+    message = update.effective_message
+    signs = find_warning_signs(message.text or message.caption)
+    if not signs:
+        return False
+    svc = _services(context)
+    lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
+    await _say(update, warning_text(svc.texts, lang, signs, with_photo=with_photo))
+    return True
+
+
+async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Free text: warning signs get the see-a-doctor advice; anything else the short "send a photo" answer."""
+    if not await _answer_warning_signs(update, context, with_photo=False):
+        await _reply_with("other.text")(update, context)
 
 
 # --- everything else ------------------------------------------------------------------------
@@ -426,6 +460,7 @@ def register(application: Application) -> None:
     )
     application.add_handler(MessageHandler(filters.VOICE | filters.AUDIO, _reply_with("other.voice")))
     application.add_handler(MessageHandler(filters.Sticker.ALL, _reply_with("other.sticker")))
+    application.add_handler(MessageHandler(filters.TEXT, on_text))
     application.add_handler(MessageHandler(filters.ALL, _reply_with("other.text")))
     application.add_handler(CallbackQueryHandler(on_consent_button, pattern=f"^{CONSENT_YES}$"))
     application.add_handler(CallbackQueryHandler(on_language_button, pattern=LANGUAGE_PATTERN))

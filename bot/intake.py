@@ -124,6 +124,7 @@ def register(
     update_id: int,
     message_id: int | None,
     file_unique_id: str | None,
+    media_group_id: str | None = None,
 ) -> Decision:
     """Store the photo and commit its case (or find the case of the same bytes); the case is not queued yet."""
     image = store.put(data, kind="photo", ext=STORE_EXTENSIONS.get(info.format.upper(), "bin"))
@@ -145,6 +146,7 @@ def register(
             update_id=update_id,
             message_id=message_id,
             file_unique_id=file_unique_id,
+            media_group_id=media_group_id,
         )
         decision = Decision(Outcome.CREATED, user.language, case.id)
     PHOTOS_RECEIVED.inc()

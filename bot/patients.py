@@ -107,18 +107,31 @@ def recent_cases(
         return user.language, [CaseSummary(c.id, c.received_at, c.status, c.tier) for c in rows]
 
 
-def own_case(*, sessions: sessionmaker[Session], patient: Patient, case_id: int) -> tuple[str, Case | None]:
-    """The patient's language and their case (None when it is not theirs or does not exist)."""
+def own_case(
+    *, sessions: sessionmaker[Session], patient: Patient, case_id: int
+) -> tuple[str, Case | None, list[int]]:
+    """The patient's language, the case whose answer to show again and its album's case ids ([] when alone).
+
+    The case is None when it is not theirs or does not exist. A photo of a finished album shows the album's one
+    answer (its most urgent case), as it was sent; of an unfinished album, the photo still being analysed.
+    """
+    from bot.delivery import urgency_rank
+
     with transaction(sessions) as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         if user is None:
-            return language_for(patient.language_code), None
+            return language_for(patient.language_code), None, []
         try:
             case = cases.get_user_case(session=session, user=user, case_id=case_id)
         except CaseNotFound:
-            return user.language, None
+            return user.language, None, []
+        album = cases.album_of(session=session, case=case)
+        if len(album) > 1:
+            still_open = [c for c in album if c.status not in cases.FINAL_STATUSES]
+            # The album's one answer waits for its last photo: say which one is still being analysed.
+            case = still_open[0] if still_open else min(album, key=lambda c: (urgency_rank(c), c.id))
         session.expunge(case)
-        return user.language, case
+        return user.language, case, [c.id for c in album] if len(album) > 1 else []
 
 
 def delete_everything(

@@ -58,13 +58,27 @@ class PolicyConfig:
         )
 
 
+# Why a tier was chosen, as a stable code (Decision.reason) the patient's answer can put into words.
+REASON_ABOVE_THRESHOLD = "above_threshold"  # HIGH
+REASON_NEAR_THRESHOLD = "near_threshold"  # UNCERTAIN: P(MEL) just below the operating threshold
+REASON_LOW_CONFIDENCE = "low_confidence"  # UNCERTAIN: no class is likely enough
+REASON_GATE_UNSURE = "gate_unsure"  # UNCERTAIN: the quality gate passed the photo but was unsure
+REASON_MEL_MOST_LIKELY = "mel_most_likely"  # UNCERTAIN: MEL the most likely class, below the threshold
+REASON_MOST_LIKELY = "most_likely"  # MEDIUM / LOW: the most likely class decides
+REASONS: tuple[str, ...] = (
+    REASON_ABOVE_THRESHOLD, REASON_NEAR_THRESHOLD, REASON_LOW_CONFIDENCE, REASON_GATE_UNSURE,
+    REASON_MEL_MOST_LIKELY, REASON_MOST_LIKELY,
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Decision:
-    """The tier, the label reported with it and why (for logs and the operator console)."""
+    """The tier, the label reported with it, why (for logs and the console) and the reason code (for the patient)."""
 
     tier: Tier
     label: str
     why: str
+    reason: str = REASON_MOST_LIKELY
 
 
 def _as_vector(probabilities: Mapping[str, float] | Sequence[float] | np.ndarray) -> np.ndarray:
@@ -100,19 +114,28 @@ def decide_tier(
     top = int(np.argmax(p))
     top_label = LABELS[top]
     if p_mel >= threshold:
-        return Decision(Tier.HIGH, "MEL", f"P(MEL)={p_mel:.3f} >= operating threshold {threshold:.3f}")
+        return Decision(
+            Tier.HIGH, "MEL", f"P(MEL)={p_mel:.3f} >= operating threshold {threshold:.3f}", REASON_ABOVE_THRESHOLD
+        )
     if p_mel >= threshold - config.uncertain_margin:
         return Decision(
             Tier.UNCERTAIN, top_label,
             f"P(MEL)={p_mel:.3f} within {config.uncertain_margin:g} below threshold {threshold:.3f}",
+            REASON_NEAR_THRESHOLD,
         )
     if float(p[top]) < config.min_confidence:
         return Decision(
-            Tier.UNCERTAIN, top_label, f"top probability {float(p[top]):.3f} < min_confidence {config.min_confidence:g}"
-        )
+            Tier.UNCERTAIN, top_label,
+            f"top probability {float(p[top]):.3f} < min_confidence {config.min_confidence:g}", REASON_LOW_CONFIDENCE,
+        )  # fmt: skip
     if gate_unsure and config.uncertain_when_gate_unsure:
-        return Decision(Tier.UNCERTAIN, top_label, "the quality gate passed the photo but was unsure")
+        return Decision(
+            Tier.UNCERTAIN, top_label, "the quality gate passed the photo but was unsure", REASON_GATE_UNSURE
+        )
     tier = TIER_FOR_LABEL[top_label]
     if tier is Tier.UNCERTAIN:
-        return Decision(tier, top_label, f"MEL most likely but P(MEL)={p_mel:.3f} below threshold {threshold:.3f}")
+        return Decision(
+            tier, top_label, f"MEL most likely but P(MEL)={p_mel:.3f} below threshold {threshold:.3f}",
+            REASON_MEL_MOST_LIKELY,
+        )  # fmt: skip
     return Decision(tier, top_label, f"{top_label} most likely ({float(p[top]):.3f})")

@@ -170,6 +170,7 @@ def create_case(
     update_id: int | None = None,
     message_id: int | None = None,
     file_unique_id: str | None = None,
+    media_group_id: str | None = None,
 ) -> Case:
     """Create a case for a stored photo (status received) and flush to get its number."""
     case = Case(
@@ -184,6 +185,7 @@ def create_case(
         source_update_id=update_id,
         source_message_id=message_id,
         telegram_file_unique_id=file_unique_id,
+        media_group_id=media_group_id,
         quality_flags=[],
         model_versions={},
         timings_ms={},
@@ -212,6 +214,27 @@ def history(*, session: Session, user: User, limit: int = 10) -> list[Case]:
     return list(
         session.scalars(select(Case).where(Case.user_id == user.id).order_by(Case.id.desc()).limit(limit)).all()
     )
+
+
+def album_of(*, session: Session, case: Case) -> list[Case]:
+    """The patient's cases sent together with this one (one Telegram album), oldest first; [case] when alone."""
+    if not case.media_group_id:
+        return [case]
+    return list(
+        session.scalars(
+            select(Case)
+            .where(Case.user_id == case.user_id, Case.media_group_id == case.media_group_id)
+            .order_by(Case.id)
+        ).all()
+    )
+
+
+def previous_case(*, session: Session, case: Case) -> Case | None:
+    """The patient's latest case before this one, not counting photos of the same album."""
+    query = select(Case).where(Case.user_id == case.user_id, Case.id < case.id)
+    if case.media_group_id:
+        query = query.where(or_(Case.media_group_id.is_(None), Case.media_group_id != case.media_group_id))
+    return session.scalar(query.order_by(Case.id.desc()).limit(1))
 
 
 # --- queueing and processing ----------------------------------------------------------------
@@ -329,6 +352,7 @@ def save_result(
     """Store the pipeline's result and finish the case; False when another worker finished it first."""
     allowed = {
         "tier",
+        "tier_reason",
         "label",
         "prob_mel",
         "prob_nv",
@@ -430,6 +454,20 @@ def mark_delivered(*, session: Session, case_id: int, message_id: int | None, te
         .execution_options(synchronize_session=False)
     )
     audit(session=session, actor="system", action="case.delivered", case_id=case_id)
+
+
+def mark_answered_with(*, session: Session, case_ids: list[int], answer: Case) -> None:
+    """Record that photos of an album were answered by the album's one answer (`answer`, already delivered)."""
+    if not case_ids:
+        return
+    session.execute(
+        update(Case)
+        .where(Case.id.in_(case_ids), Case.delivered_at.is_(None))
+        .values(delivered_at=utcnow(), reply_message_id=answer.reply_message_id, reply_text=answer.reply_text)
+        .execution_options(synchronize_session=False)
+    )
+    for case_id in case_ids:
+        audit(session=session, actor="system", action="case.delivered", case_id=case_id, detail={"answer": answer.id})
 
 
 def mark_undeliverable(*, session: Session, case_id: int, reason: str) -> None:

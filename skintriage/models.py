@@ -115,6 +115,8 @@ class Case(Base):
     source_update_id: Mapped[int | None] = mapped_column(BigInteger)
     source_message_id: Mapped[int | None] = mapped_column(BigInteger)
     telegram_file_unique_id: Mapped[str | None] = mapped_column(String(128))
+    # Telegram's album id: photos sent together are one spot and get one answer (the most urgent tier).
+    media_group_id: Mapped[str | None] = mapped_column(String(64))
     image_key: Mapped[str | None] = mapped_column(String(128))
     image_sha256: Mapped[str] = mapped_column(String(64))
     image_bytes: Mapped[int | None] = mapped_column(Integer)
@@ -136,6 +138,7 @@ class Case(Base):
     # Result.
     tier: Mapped[str | None] = mapped_column(String(16))
     label: Mapped[str | None] = mapped_column(String(16))
+    tier_reason: Mapped[str | None] = mapped_column(String(32))  # ml.policy REASON_*: why this tier, put into words
     prob_mel: Mapped[float | None] = mapped_column(Float)
     prob_nv: Mapped[float | None] = mapped_column(Float)
     prob_other: Mapped[float | None] = mapped_column(Float)

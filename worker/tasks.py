@@ -156,6 +156,7 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
         INFERENCE.observe(elapsed)
 
         fields = _result_fields(result, store=store, total_ms=elapsed * 1000)
+        fields["tier_reason"] = tier_reason(result, settings=settings)
         status = CaseStatus.REJECTED if fields["tier"] == "RETAKE" else CaseStatus.DONE
         saved = cases.save_result(session=session, case_id=case_id, status=status, fields=fields)
         session.commit()
@@ -217,6 +218,30 @@ def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[s
     return fields
 
 
+def tier_reason(result: Any, *, settings: Settings) -> str | None:
+    """Why the result has its tier (ml.policy REASON_*), for the patient's answer; None for RETAKE or unknown.
+
+    The pipeline's result may carry the reason itself; otherwise the policy is asked again with the same
+    probabilities, threshold, settings and gate flags. It is deterministic, so it gives the same tier; if it
+    does not (a pipeline that decides differently), no reason is claimed.
+    """
+    from ml.policy import decide_tier
+    from ml.quality import UNSURE_FLAGS
+
+    own = getattr(result, "tier_reason", None) or getattr(result, "reason", None)
+    if own:
+        return str(own)
+    if not result.probabilities or not result.mel_threshold or str(result.tier) == "RETAKE":
+        return None
+    decision = decide_tier(
+        result.probabilities,
+        mel_threshold=result.mel_threshold,
+        config=pipeline_cache.policy_from_settings(settings),
+        gate_unsure=any(flag in UNSURE_FLAGS for flag in result.quality_flags or []),
+    )
+    return decision.reason if str(decision.tier) == str(result.tier) else None
+
+
 def _release(session: Session, case_id: int) -> None:
     """Give the case back after a transient error without using up one of its attempts."""
     try:
@@ -271,38 +296,80 @@ def _retry_after_s(exc: RetryAfter) -> float:
 
 @shared_task(name=DELIVER_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
 def deliver_case(self: Any, case_id: int) -> str:
-    """Send a finished case's answer to the patient, at most once."""
+    """Send a finished case's answer to the patient, at most once (an album of photos gets one answer)."""
     settings = get_settings()
     from bot.delivery import deliver_case as send_answer
 
     try:
         with _sessions(settings) as session:
-            case = cases.claim_delivery(session=session, case_id=case_id)
+            answer = _answer_plan(session, case_id)
+            if isinstance(answer, str):
+                return answer
+            answer_id, album, refused_before = answer
+            case = cases.claim_delivery(session=session, case_id=answer_id)
             if case is None:
-                log.debug("case %d: answer already sent or being sent", case_id)
+                log.debug("case %d: answer already sent or being sent", answer_id)
                 return "skipped"
             store = _store(settings)
 
             def first_sent(message_id: int) -> None:
                 # The photo is out; if its follow-up fails, the retry must not send the photo again.
-                cases.mark_reply_started(session=session, case_id=case_id, message_id=message_id)
+                cases.mark_reply_started(session=session, case_id=answer_id, message_id=message_id)
                 session.commit()
 
-            try:
-                message_id, text = run_with_bot(
-                    settings, lambda bot: send_answer(bot, case=case, store=store, on_first_sent=first_sent)
+            def send(bot: Any) -> Any:
+                return send_answer(
+                    bot, case=case, store=store, on_first_sent=first_sent, refused_before=refused_before, album=album
                 )
+
+            try:
+                message_id, text = run_with_bot(settings, send)
             except Exception as exc:
-                return _delivery_failed(self, session, case_id, exc)
-            cases.mark_delivered(session=session, case_id=case_id, message_id=message_id, text=text)
+                return _delivery_failed(self, session, answer_id, exc)
+            cases.mark_delivered(session=session, case_id=answer_id, message_id=message_id, text=text)
+            session.flush()
+            session.refresh(case)
+            cases.mark_answered_with(session=session, case_ids=[i for i in album if i != answer_id], answer=case)
             session.commit()
     except Exception as exc:
         if isinstance(exc, TRANSIENT_DB_ERRORS):
             return _retry_delivery(self, case_id, exc, countdown=backoff_s(self.request.retries))
         raise
     DELIVERIES.labels(outcome="sent").inc()
-    log.info("case %d: answer sent", case_id, extra={"case_id": case_id})
+    log.info("case %d: answer sent", answer_id, extra={"case_id": answer_id})
     return "sent"
+
+
+def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], bool]:
+    """Which case's answer to send for `case_id`: (case id, album case ids, refused before), or why nothing is sent.
+
+    Photos sent together (one Telegram album) are one spot: the answer waits until every photo is finished,
+    then the most urgent one is sent once, naming the others. The answer to a refused photo says to see a
+    doctor when the patient's previous photo was refused too (or two photos of the album were).
+    """
+    from bot.delivery import urgency_rank
+
+    case = cases.get_case(session=session, case_id=case_id)
+    if case is None:
+        return "missing"
+    album = cases.album_of(session=session, case=case)
+    if any(c.status not in cases.FINAL_STATUSES for c in album):
+        log.info("case %d: waiting for the other photos of its album", case_id)
+        return "waiting_for_album"
+    answer = min(album, key=lambda c: (urgency_rank(c), c.id))
+    if answer.delivered_at is not None:
+        # Sent already (this job is a sibling's, or a redelivery): make sure every photo of the album says so.
+        cases.mark_answered_with(
+            session=session, case_ids=[c.id for c in album if c.delivered_at is None], answer=answer
+        )
+        session.commit()
+        return "skipped"
+    previous = cases.previous_case(session=session, case=album[0])
+    refused = sum(c.status == CaseStatus.REJECTED for c in album)
+    refused_before = answer.status == CaseStatus.REJECTED and (
+        refused >= 2 or (previous is not None and previous.status == CaseStatus.REJECTED)
+    )
+    return answer.id, [c.id for c in album] if len(album) > 1 else [], refused_before
 
 
 def _delivery_failed(task: Any, session: Session, case_id: int, exc: BaseException) -> str:

@@ -369,7 +369,8 @@ def test_history_shows_own_cases_and_never_another_patients(start_bot) -> None:
     since = h.patient.last_seq()
     h.patient.press_button(130, listing["message_id"], f"case:{first.id}")
     again = h.patient.wait_for(130, lambda e: e["method"] == "sendPhoto", since=since)
-    assert again["caption"].startswith(f"Case #{first.id}: High concern") and "62%" in again["caption"]
+    assert again["caption"].startswith(f"Case #{first.id}: High concern") and "Risk level: high." in again["caption"]
+    assert "%" not in again["caption"]  # the probabilities stay in the console
     assert h.patient.file_bytes(again["photo"]) == overlay
 
     # A forged button for another patient's case, and nonsense data, reveal nothing.

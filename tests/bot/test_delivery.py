@@ -7,7 +7,15 @@ import asyncio
 import pytest
 from telegram.error import NetworkError
 
-from bot.delivery import compose, deliver_case, make_bot, send_outbox_message, telegram_length, visible
+from bot.delivery import (
+    compose,
+    deliver_case,
+    make_bot,
+    send_outbox_message,
+    telegram_length,
+    urgency_rank,
+    visible,
+)
 from bot.i18n import Texts
 from ml.labels import RetakeReason, Tier
 from skintriage import cases
@@ -36,7 +44,7 @@ def done_case(tier: str, lang: str = "en", *, demo: bool = False, overlay_key: s
 
 @pytest.mark.parametrize("lang", ["en", "ko"])
 @pytest.mark.parametrize("tier", ["HIGH", "MEDIUM", "LOW", "UNCERTAIN"])
-def test_result_caption_fits_under_the_photo_with_tier_probabilities_guidance_and_disclaimer(tier, lang) -> None:
+def test_result_caption_fits_under_the_photo_with_tier_risk_words_guidance_and_disclaimer(tier, lang) -> None:
     reply = compose(done_case(tier, lang), texts=TEXTS)
     assert reply.image_key == "overlay-key"
     assert telegram_length(reply.caption) <= 1024
@@ -44,17 +52,60 @@ def test_result_caption_fits_under_the_photo_with_tier_probabilities_guidance_an
     assert full.startswith(visible(TEXTS.get(lang, "result.title", case_id=42, tier=TEXTS.get(lang, f"tier.{tier}"))))
     assert visible(TEXTS.guidance(lang, tier)) in full
     assert full.endswith(visible(TEXTS.get(lang, "result.disclaimer")))
-    assert ("62%" if tier != "LOW" else visible(TEXTS.get(lang, "result.percent_tiny"))) in full
     assert "DEMO" not in full and "데모" not in full
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+@pytest.mark.parametrize("tier", ["HIGH", "MEDIUM", "LOW", "UNCERTAIN"])
+def test_patients_read_the_risk_level_in_words_and_never_a_percentage(tier, lang) -> None:
+    full = compose(done_case(tier, lang), texts=TEXTS).full_text
+    assert "%" not in full
+    assert "62" not in full and "90" not in full  # the probabilities stay in the console
+    levels = {
+        "en": {"HIGH": "high", "MEDIUM": "medium", "LOW": "low", "UNCERTAIN": "uncertain"},
+        "ko": {"HIGH": "높음", "MEDIUM": "중간", "LOW": "낮음", "UNCERTAIN": "판단 어려움"},
+    }
+    level = levels[lang][tier]
+    assert full.split("\n\n")[1].startswith(("Risk level: " if lang == "en" else "위험 수준: ") + level)
 
 
 def test_low_tier_in_plain_words_exactly() -> None:
     reply = compose(done_case("LOW"), texts=TEXTS)
     assert reply.follow_up is None
-    assert reply.full_text.split("\n\n")[:2] == [
+    assert reply.full_text.split("\n\n")[:3] == [
         "Case #42: Looks like a common mole",
-        "What the model estimates:\n• Melanoma (a skin cancer): under 1%\n• Common mole: 90%\n• Other skin lesion: 10%",
+        "Risk level: low.",
+        "What to do: it looks like a common mole; no appointment is needed because of this photo. Check it "
+        "yourself once a month with ABCDE: Asymmetry, uneven Border, several Colours, Diameter over 6 mm, "
+        "Evolving (changing). Take a new photo in three months to compare. See a doctor anyway if it grows, "
+        "changes shape or colour, bleeds, itches or a sore does not heal.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("reason", "en_why", "ko_why"),
+    [
+        ("near_threshold", "close to the line at which I call a spot high risk for melanoma", "기준선에 가깝습니다"),
+        ("mel_most_likely", "close to the line at which I call a spot high risk for melanoma", "기준선에 가깝습니다"),
+        ("low_confidence", "The model cannot decide", "정하지 못했습니다"),
+        ("gate_unsure", "The photo was borderline", "사진 상태가 애매해서"),
+        (None, "I can't judge this spot reliably.", "신뢰할 만하게 판단할 수 없습니다"),
+    ],
+)
+def test_uncertain_says_why_and_close_to_the_melanoma_line_gets_the_high_timeframe(reason, en_why, ko_why) -> None:
+    for lang, why in (("en", en_why), ("ko", ko_why)):
+        case = done_case("UNCERTAIN", lang)
+        case.tier_reason = reason
+        full = compose(case, texts=TEXTS).full_text
+        risk = full.split("\n\n")[1]
+        assert why in risk, risk
+        near = reason in ("near_threshold", "mel_most_likely")
+        # Near the line: HIGH's timeframe, in HIGH's words; otherwise the "few weeks" of UNCERTAIN.
+        assert (visible(TEXTS.guidance(lang, "HIGH")) in full) is near
+        assert (visible(TEXTS.guidance(lang, "UNCERTAIN")) in full) is not near
+        assert ("within two weeks" in full or "2주 이내에" in full) is near
+        assert ("within the next few weeks" in full or "앞으로 몇 주 이내에" in full) is not near
+        assert full.endswith(visible(TEXTS.get(lang, "result.disclaimer")))
 
 
 def test_demo_model_answers_say_so_first() -> None:
@@ -75,7 +126,7 @@ def test_long_guidance_continues_in_a_following_message(tmp_path) -> None:
     reply = compose(done_case("HIGH", demo=True), texts=texts)
     assert telegram_length(reply.caption) <= 1024
     assert reply.caption.endswith(TEXTS.get("en", "result.continued"))
-    assert "62%" in reply.caption and "DEMO MODEL" in reply.caption
+    assert "Risk level: high." in visible(reply.caption) and "DEMO MODEL" in reply.caption
     assert long_text.strip() in visible(reply.follow_up)
     assert visible(reply.follow_up).endswith(visible(TEXTS.get("en", "result.disclaimer")))
 
@@ -89,6 +140,49 @@ def test_retake_answers_give_the_specific_reason_and_how_to_take_a_better_photo(
     assert visible(TEXTS.retake_reason(lang, reason)) in reply.full_text
     assert visible(TEXTS.guidance(lang, "RETAKE")) in reply.full_text
     assert reply.full_text.endswith(visible(TEXTS.get(lang, "result.disclaimer")))
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_a_refused_spot_is_told_i_cant_judge_this_photo_not_that_it_is_not_skin(lang) -> None:
+    case = Case(id=5, language=lang, status=CaseStatus.REJECTED, tier=Tier.RETAKE, retake_reason="not_skin")
+    full = compose(case, texts=TEXTS).full_text
+    title, reason, advice = full.split("\n\n")[:3]
+    titles = {"en": "Case #5: I can't judge this photo.", "ko": "사례 #5: 이 사진으로는 판단할 수 없습니다."}
+    assert title == titles[lang]
+    assert "doesn't look like" not in full and "피부 사진이 아닌" not in full
+    assert ("close up, in focus and in daylight" in reason) if lang == "en" else ("자연광" in reason)
+    assert advice == visible(TEXTS.guidance(lang, "RETAKE"))
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+@pytest.mark.parametrize("reason", ["blurry", "not_skin", "too_dark"])
+def test_second_refused_photo_in_a_row_sends_the_patient_to_a_doctor_instead_of_retaking(lang, reason) -> None:
+    case = Case(id=6, language=lang, status=CaseStatus.REJECTED, tier=Tier.RETAKE, retake_reason=reason)
+    full = compose(case, texts=TEXTS, refused_before=True).full_text
+    assert visible(TEXTS.retake_reason(lang, reason)) in full  # still says what was wrong with it
+    assert visible(TEXTS.guidance(lang, "RETAKE")) not in full  # no third retake
+    assert visible(TEXTS.get(lang, "result.retake_again")) in full
+    words = {"en": "please show the spot to a doctor", "ko": "의사에게 병변을 직접 보여 주세요"}
+    assert words[lang] in full
+    assert full.endswith(visible(TEXTS.get(lang, "result.disclaimer")))
+
+
+def test_album_answer_names_the_photos_it_covers() -> None:
+    full = compose(done_case("HIGH"), texts=TEXTS, album=[41, 42, 43]).full_text
+    assert "You sent 3 photos together (cases #41, #42, #43)" in full and "most urgent" in full
+    assert full.endswith(visible(TEXTS.get("en", "result.disclaimer")))
+    assert "함께 보내셨습니다(사례 #41, #42)" in compose(done_case("LOW", "ko"), texts=TEXTS, album=[41, 42]).full_text
+
+
+def test_urgency_rank_puts_high_and_near_line_first_then_uncertain_medium_low_refused_failed() -> None:
+    def case(tier, status=CaseStatus.DONE, reason=None):
+        return Case(id=1, status=status, tier=tier, tier_reason=reason)
+
+    order = [
+        case("HIGH"), case("UNCERTAIN", reason="near_threshold"), case("UNCERTAIN", reason="low_confidence"),
+        case("MEDIUM"), case("LOW"), case("RETAKE", CaseStatus.REJECTED), case(None, CaseStatus.FAILED),
+    ]  # fmt: skip
+    assert sorted(reversed(order), key=urgency_rank) == order
 
 
 def test_failed_case_apologises_and_says_to_see_a_doctor() -> None:

@@ -182,3 +182,26 @@ def test_from_settings_reads_margin_and_confidence_only() -> None:
     config = PolicyConfig.from_settings(SimpleNamespace(uncertain_margin="0.1", min_confidence=0.6))
     assert config == PolicyConfig(uncertain_margin=0.1, min_confidence=0.6)
     assert PolicyConfig.from_settings(SimpleNamespace()) == PolicyConfig()
+
+
+@pytest.mark.parametrize(
+    ("p", "gate_unsure", "tier", "reason"),
+    [
+        ([0.31, 0.60, 0.09], False, Tier.HIGH, "above_threshold"),
+        ([0.27, 0.63, 0.10], False, Tier.UNCERTAIN, "near_threshold"),
+        ([0.20, 0.45, 0.35], False, Tier.UNCERTAIN, "low_confidence"),
+        ([0.10, 0.80, 0.10], True, Tier.UNCERTAIN, "gate_unsure"),
+        ([0.10, 0.80, 0.10], False, Tier.LOW, "most_likely"),
+        ([0.10, 0.10, 0.80], False, Tier.MEDIUM, "most_likely"),
+    ],
+)
+def test_every_decision_carries_a_reason_code_for_the_patients_words(p, gate_unsure, tier, reason) -> None:
+    from ml.policy import REASONS
+
+    decision = decide_tier(p, mel_threshold=T, gate_unsure=gate_unsure)
+    assert (decision.tier, decision.reason) == (tier, reason)
+    assert decision.reason in REASONS
+
+
+def test_mel_most_likely_below_the_threshold_has_its_own_reason() -> None:
+    assert decide_tier([0.60, 0.30, 0.10], mel_threshold=0.9).reason == "mel_most_likely"
