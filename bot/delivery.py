@@ -74,7 +74,10 @@ UNCERTAIN_WHY = {
     "mel_most_likely": "uncertain.near_line",  # melanoma the likeliest class, though below the line
     "low_confidence": "uncertain.cannot_decide",
     "gate_unsure": "uncertain.borderline_photo",
+    "clinical_photo": "uncertain.ordinary_photo",  # an ordinary photo is never told LOW (ml.policy)
 }
+# The kind of photo the models judged (ml.modality.Modality) -> the line that says so.
+PHOTO_KIND = {"dermoscopic": "result.kind_dermoscopic", "clinical": "result.kind_clinical"}
 # Near the melanoma line an UNCERTAIN answer takes HIGH's guidance: the same timeframe, in the same words.
 NEAR_LINE_REASONS = frozenset({"near_threshold", "mel_most_likely"})
 # The most urgent first: a spot sent as several photos is answered with the first of these among them.
@@ -127,16 +130,20 @@ def compose(case: Case, *, texts: Texts, refused_before: bool = False, album: Se
         ]
         return Reply(None, "\n\n".join(body))
     tier = case.tier if case.tier in {t.value for t in Tier} else Tier.UNCERTAIN
+    kind = [texts.get(lang, PHOTO_KIND[case.modality])] if case.modality in PHOTO_KIND else []
     head = [
         *demo,
         texts.get(lang, "result.title", case_id=case.id, tier=texts.get(lang, f"tier.{tier}")),
         _risk(texts, lang, tier, case.tier_reason),
+        *kind,
     ]
     near_line = tier == Tier.UNCERTAIN and case.tier_reason in NEAR_LINE_REASONS
     tail = [texts.guidance(lang, Tier.HIGH if near_line else tier), *album_note]
     image_key = case.overlay_key or case.image_key
     if case.overlay_key:
         tail.append(texts.get(lang, "result.outline_note"))
+    if not case.demo_model:
+        tail.append(texts.get(lang, "result.research_notice"))
     tail.append(disclaimer)
     caption, follow_up = _split(head, tail, texts, lang)
     if image_key is None:

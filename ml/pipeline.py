@@ -1,4 +1,5 @@
-"""The triage pipeline: photo bytes -> decode -> quality gate -> U-Net -> outline -> crop -> ResNet50 -> tier.
+"""The triage pipeline: photo bytes -> decode -> quality gate + kind of photo -> U-Net -> outline -> crop ->
+classifier -> tier.
 
 Models are loaded once (`Pipeline.from_model_dir`) after their cards are verified (SHA-256 of the
 weights, label order, demo flag). `run` and `run_batch` never raise for a bad photo: it becomes a
@@ -24,6 +25,7 @@ from ml.decode import decode_image
 from ml.errors import InvalidImageError, ModelUnavailableError
 from ml.labels import LABELS, RetakeReason, Tier
 from ml.measurements import LesionMeasurements, measure_lesion
+from ml.modality import MODALITY_CARD, Modality, ModalityModel, ModalityVerdict
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard, ModelCardError
 from ml.overlay import draw_outline, encode_jpeg, encode_mask_png, geometry
 from ml.policy import Decision, PolicyConfig, decide_tier
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
 STAGES = ("decode", "quality", "segment", "classify", "overlay", "explain", "total")
+# Quality flag when the modality check finds the photo unlike every lesion photo it was fitted on.
+UNLIKE_LESION_PHOTOS_FLAG = "unlike_lesion_photos"
 # Quality flag when Grad-CAM singles out no region (the console says so instead of showing a blank map).
 HEATMAP_EMPTY_FLAG = "heatmap_shows_nothing"
 HOW_TO_GET_MODELS = (
@@ -137,8 +141,12 @@ class Pipeline:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         decode_workers: int = 1,
         explain: bool = False,
+        modality: ModalityModel | None = None,
     ) -> None:
         self.segmenter = segmenter
+        # Dermoscopic or ordinary photo, and "not a skin photo at all" (optional: without its card every
+        # photo is judged as of unknown kind).
+        self.modality = modality
         self.classifier = classifier
         self.policy = policy or PolicyConfig()
         self.quality = quality or QualityConfig()
@@ -157,6 +165,8 @@ class Pipeline:
         )
         self.demo = bool(segmenter.card.demo or classifier.card.demo)
         self.versions: dict[str, str] = {"segmentation": segmenter.version, "classifier": classifier.version}
+        if modality is not None:
+            self.versions["modality"] = modality.version
 
     @classmethod
     def from_model_dir(
@@ -191,10 +201,19 @@ class Pipeline:
         except (OSError, ValueError, TypeError) as exc:
             raise ModelUnavailableError(f"cannot load the U-Net named by {seg_card}: {exc}") from exc
         classifier = Classifier.from_card(cls_card, device=device)
+        modality = None
+        if (model_dir / MODALITY_CARD).is_file():
+            try:
+                modality = ModalityModel.from_card(model_dir / MODALITY_CARD)
+            except ModelCardError as exc:
+                raise ModelUnavailableError(f"{exc}; retrain it with `skintriage train-modality`") from exc
+        else:
+            log.warning("no %s in %s: the kind of photo (dermoscopic or ordinary) is not checked",
+                        MODALITY_CARD, model_dir)
         if decode_workers is None:
             decode_workers = min(8, _usable_cores())
         pipeline = cls(segmenter, classifier, policy=policy, quality=quality, max_pixels=max_pixels,
-                       decode_workers=decode_workers, explain=explain)
+                       decode_workers=decode_workers, explain=explain, modality=modality)
         log.info("pipeline ready on %s: %s%s", device, pipeline.versions, " (DEMO models)" if pipeline.demo else "")
         return pipeline
 
@@ -241,6 +260,11 @@ class Pipeline:
             state.timings["decode"] = _ms(t)
             t = time.perf_counter()
             state.report = check_image(state.rgb, self.quality)
+            if state.report.passed and self.modality is not None:
+                state.modality = self.modality.judge(state.rgb)
+                if not state.modality.skin_photo:
+                    state.report = state.report.merged(QualityReport(flags=[UNLIKE_LESION_PHOTOS_FLAG]))
+                    state.report.reason = RetakeReason.NOT_SKIN
             state.timings["quality"] = _ms(t)
             return state
 
@@ -295,7 +319,8 @@ class Pipeline:
         s.measurements = _measure(s.mask, s.rgb)
         s.timings["overlay"] = _ms(t)
         s.decision = decide_tier(
-            s.probabilities, mel_threshold=self.mel_threshold, config=self.policy, gate_unsure=s.report.unsure
+            s.probabilities, mel_threshold=self.mel_threshold, config=self.policy, gate_unsure=s.report.unsure,
+            modality=s.modality.modality if s.modality is not None else None,
         )
         if self.explain:
             self._explain(s)
@@ -327,6 +352,8 @@ class Pipeline:
             "timings_ms": timings,
             "demo_model": self.demo,
             "mel_threshold": self.mel_threshold,
+            "modality": str(s.modality.modality if s.modality is not None else Modality.UNKNOWN),
+            "p_clinical": s.modality.p_clinical if s.modality is not None else None,
         }
         if not s.report.passed or s.decision is None:
             result = TriageResult(tier=Tier.RETAKE, retake_reason=s.report.reason or RetakeReason.UNREADABLE,
@@ -344,6 +371,7 @@ class Pipeline:
                 overlay_jpeg=s.overlay_jpeg,
                 heatmap_jpeg=s.heatmap_jpeg,
                 measurements=s.measurements,
+                tier_reason=s.decision.reason,
                 **common,
             )
             why = s.decision.why
@@ -358,6 +386,7 @@ class _State:
     rgb: np.ndarray | None = None
     report: QualityReport = field(default_factory=QualityReport)
     mask: np.ndarray | None = None
+    modality: ModalityVerdict | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     ood: dict[str, float] = field(default_factory=dict)
     decision: Decision | None = None

@@ -6,7 +6,9 @@ Safety rules, in order:
 2. Anything that makes the answer unreliable is UNCERTAIN: P(MEL) just below the threshold
    (within `uncertain_margin`), a top probability below `min_confidence`, MEL being the most
    likely class while below the threshold, or a quality gate that passed the photo but was unsure.
-3. Otherwise the most likely class decides: OTHER -> MEDIUM, NV -> LOW.
+3. Otherwise the most likely class decides: OTHER -> MEDIUM, NV -> LOW, except that an ordinary
+   (clinical, not dermoscopic) photo is never LOW: it is UNCERTAIN, and the answer says a doctor
+   should look because the models are not validated on such photos.
 """
 
 from __future__ import annotations
@@ -65,10 +67,15 @@ REASON_LOW_CONFIDENCE = "low_confidence"  # UNCERTAIN: no class is likely enough
 REASON_GATE_UNSURE = "gate_unsure"  # UNCERTAIN: the quality gate passed the photo but was unsure
 REASON_MEL_MOST_LIKELY = "mel_most_likely"  # UNCERTAIN: MEL the most likely class, below the threshold
 REASON_MOST_LIKELY = "most_likely"  # MEDIUM / LOW: the most likely class decides
+# UNCERTAIN: an ordinary (clinical) photo that would have been LOW. The models learnt on dermoscopy and do not
+# reach melanoma sensitivity 0.90 with a supporting interval on phone photos (docs/models.md), so an ordinary
+# photo is never told LOW: a doctor should look.
+REASON_CLINICAL_PHOTO = "clinical_photo"
 REASONS: tuple[str, ...] = (
     REASON_ABOVE_THRESHOLD, REASON_NEAR_THRESHOLD, REASON_LOW_CONFIDENCE, REASON_GATE_UNSURE,
-    REASON_MEL_MOST_LIKELY, REASON_MOST_LIKELY,
+    REASON_MEL_MOST_LIKELY, REASON_MOST_LIKELY, REASON_CLINICAL_PHOTO,
 )  # fmt: skip
+CLINICAL = "clinical"  # ml.modality.Modality.CLINICAL, kept as a plain string so the policy imports nothing
 
 
 @dataclass(frozen=True)
@@ -103,8 +110,12 @@ def decide_tier(
     mel_threshold: float,
     config: PolicyConfig | None = None,
     gate_unsure: bool = False,
+    modality: str | None = None,
 ) -> Decision:
-    """Tier for one photo's calibrated probabilities (LABELS order or keyed by label)."""
+    """Tier for one photo's calibrated probabilities (LABELS order or keyed by label).
+
+    modality: the kind of photo (ml.modality); an ordinary ("clinical") photo is never LOW.
+    """
     config = config or PolicyConfig()
     threshold = config.mel_threshold if config.mel_threshold is not None else float(mel_threshold)
     if not 0 < threshold <= 1:
@@ -137,5 +148,11 @@ def decide_tier(
         return Decision(
             tier, top_label, f"MEL most likely but P(MEL)={p_mel:.3f} below threshold {threshold:.3f}",
             REASON_MEL_MOST_LIKELY,
+        )  # fmt: skip
+    if tier is Tier.LOW and modality == CLINICAL:
+        return Decision(
+            Tier.UNCERTAIN, top_label,
+            f"{top_label} most likely ({float(p[top]):.3f}), but an ordinary photo is never told LOW",
+            REASON_CLINICAL_PHOTO,
         )  # fmt: skip
     return Decision(tier, top_label, f"{top_label} most likely ({float(p[top]):.3f})")

@@ -37,3 +37,8 @@ class TriageResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     demo_model: bool = False
     measurements: LesionMeasurements | None = None
+    # The kind of photo judged (ml.modality.Modality: dermoscopic, clinical, unknown) and P(ordinary photo).
+    modality: str | None = None
+    p_clinical: float | None = None
+    # Why the tier (ml.policy REASON_*), for the patient's answer; None for RETAKE.
+    tier_reason: str | None = None

@@ -168,6 +168,8 @@ def record_for(path: Path, details: Any, names: OutputNames) -> dict[str, Any]:
         "timings_ms": dict(r.timings_ms),
         "demo_model": bool(r.demo_model),
         "measurements": r.measurements.to_dict() if r.measurements is not None else None,
+        "modality": r.modality,
+        "p_clinical": r.p_clinical,
         **written,
     }
 
@@ -208,6 +210,11 @@ def format_summary(record: dict[str, Any]) -> str:
         lines.append(f"{name}: RETAKE ({reason})" + (f" {detail}" if detail else ""))
     else:
         lines.append(f"{name}: {record['tier']} ({record['label']}) - {record['decision']}")
+    if record.get("modality"):
+        kind = {"dermoscopic": "a dermoscopy image", "clinical": "an ordinary (clinical) photo"}.get(
+            record["modality"], "unknown (no modality model installed)")
+        score = f", P(ordinary photo) {record['p_clinical']:.2f}" if record.get("p_clinical") is not None else ""
+        lines.append(f"  kind of photo judged: {kind}{score}")
     if probs:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in probs.items())
         lines.append(f"  probabilities: {shown}; melanoma threshold {record['mel_threshold']:.3f}")

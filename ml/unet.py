@@ -140,6 +140,40 @@ def save_segmentation_model(
     return card, card_path
 
 
+def config_from_card(card: ModelCard) -> UNetConfig:
+    """The UNetConfig a segmentation card records (its `architecture`)."""
+    arch = card.architecture
+    try:
+        return UNetConfig(input_size=tuple(arch["input_size"]), base_filters=int(arch["base_filters"]),
+                          depth=int(arch["depth"]), dropout=float(arch["dropout"]),
+                          batch_norm=bool(arch["batch_norm"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"segmentation card {card.name} does not describe its U-Net ({exc}); retrain it") from exc
+
+
+def save_compact_weights(model: keras.Model, path: Path) -> None:
+    """The model's weights alone (no optimizer, no graph) as float16 safetensors, in get_weights() order."""
+    from safetensors.numpy import save_file
+
+    arrays = {f"w{i:03d}": np.asarray(w, dtype=np.float16) for i, w in enumerate(model.get_weights())}
+    save_file(arrays, str(path), metadata={"format": "keras get_weights() order, float16"})
+
+
+def set_compact_weights(model: keras.Model, path: Path) -> None:
+    """Load weights written by save_compact_weights into a model of the carded shape (as float32)."""
+    from safetensors.numpy import load_file
+
+    arrays = load_file(str(path))
+    own = model.get_weights()
+    if len(arrays) != len(own):
+        raise ValueError(f"{path} holds {len(arrays)} weight arrays, the carded U-Net has {len(own)}; retrain it")
+    loaded = [arrays[f"w{i:03d}"].astype(own[i].dtype) for i in range(len(own))]
+    for i, (a, b) in enumerate(zip(loaded, own, strict=True)):
+        if a.shape != b.shape:
+            raise ValueError(f"{path}: weight {i} has shape {a.shape}, the carded U-Net expects {b.shape}")
+    model.set_weights(loaded)
+
+
 def predict_small(model: keras.Model, batch: np.ndarray, *, tta: bool = False) -> np.ndarray:
     """Probabilities (N, H, W) at the network size; tta averages the four horizontal/vertical flips."""
     batch = np.asarray(batch, dtype=np.float32)
@@ -177,11 +211,15 @@ class Segmenter:
 
     @classmethod
     def from_card(cls, card_path: Path, *, batch_size: int = 8) -> Segmenter:
-        """Verify the card's SHA-256 and load its .keras weights (no optimizer, no loss)."""
+        """Verify the card's SHA-256 and load its weights: compact .safetensors into the carded shape, or .keras."""
         card_path = Path(card_path)
         card = ModelCard.load(card_path)
         weights = card.verify(card_path)
-        model = keras.saving.load_model(weights, compile=False)
+        if weights.suffix == ".safetensors":
+            model = build_unet(config_from_card(card))
+            set_compact_weights(model, weights)
+        else:
+            model = keras.saving.load_model(weights, compile=False)
         return cls(model, card, batch_size=batch_size)
 
     def predict_proba(self, images_rgb_uint8: list[np.ndarray]) -> list[np.ndarray]:

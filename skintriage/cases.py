@@ -368,6 +368,7 @@ def save_result(
         "model_versions",
         "timings_ms",
         "measurements",
+        "modality",
         "demo_model",
         "error_code",
         "image_width",

@@ -32,6 +32,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train-classifier", "ml.train_classifier", "train the ResNet50 classifier"),
     ("evaluate-classifier", "ml.evaluate_classifier", "evaluate the classifier"),
     ("train-modality", "ml.train_modality", "fit the dermoscopic / clinical / not-skin photo check"),
+    ("ship-models", "ml.ship_models", "copy trained models into the repository's models/ in compact form"),
 )
 
 

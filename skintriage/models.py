@@ -154,6 +154,8 @@ class Case(Base):
     timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     # Lesion asymmetry, border, colours and size from the mask (ml.measurements.LesionMeasurements.to_dict).
     measurements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The kind of photo judged (ml.modality.Modality: dermoscopic, clinical, unknown); None before this was checked.
+    modality: Mapped[str | None] = mapped_column(String(16))
     demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(64))
 

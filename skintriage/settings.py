@@ -31,6 +31,9 @@ def parse_networks(value: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
 class Settings(BaseSettings):
     """Every URL, path, threshold and secret, with safe defaults for the embedded setup."""
 
@@ -45,7 +48,8 @@ class Settings(BaseSettings):
 
     # Storage and queues. Defaults need no server: SQLite, kombu's filesystem transport, local folders.
     data_dir: Path = Field(Path("data"), validation_alias="DATA_DIR")
-    model_dir: Path = Field(Path("models"), validation_alias="MODEL_DIR")
+    # The models shipped in the repository (cards + compact weights), so a fresh clone serves real models.
+    model_dir: Path = Field(SHIPPED_MODEL_DIR, validation_alias="MODEL_DIR")
     database_url: str = Field("", validation_alias="DATABASE_URL")
     celery_broker_url: str = Field("filesystem://", validation_alias="CELERY_BROKER_URL")
     image_store: str = Field("local", validation_alias="IMAGE_STORE")  # local | s3

@@ -200,6 +200,7 @@ def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[s
         "model_versions": dict(result.model_versions or {}),
         "timings_ms": timings,
         "demo_model": bool(result.demo_model),
+        "modality": getattr(result, "modality", None),
     }
     measurements = getattr(result, "measurements", None)
     if measurements is not None:

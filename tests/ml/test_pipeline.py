@@ -13,8 +13,9 @@ from PIL import Image, ImageOps
 
 from ml.errors import ModelUnavailableError
 from ml.labels import LABELS, RetakeReason, Tier
+from ml.modality import MODALITY_CARD
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard
-from ml.pipeline import STAGES, Pipeline, load_verified_card
+from ml.pipeline import STAGES, UNLIKE_LESION_PHOTOS_FLAG, Pipeline, load_verified_card
 from ml.policy import decide_tier
 from ml.quality import QualityReport
 from ml.result import TriageResult
@@ -335,3 +336,36 @@ def test_photo_above_the_cards_ood_energy_threshold_is_a_not_skin_retake(pipelin
     assert "unfamiliar_to_classifier" in refused.result.quality_flags
     assert refused.ood["energy"] > threshold
     assert refused.result.overlay_jpeg is None and refused.result.label is None
+
+
+# ---- the kind of photo ------------------------------------------------------------------------
+
+
+PHONE_PHOTO = _photo("6-phone-*.jpg")
+SHIPPED = ROOT / "models"
+
+
+@pytest.mark.skipif(not (SHIPPED / MODALITY_CARD).is_file(), reason="no shipped modality model")
+def test_the_kind_of_photo_is_judged_and_non_skin_photos_are_refused(model_copy: Path) -> None:
+    for path in SHIPPED.glob("modality*"):
+        shutil.copyfile(path, model_copy / path.name)
+    pipeline = Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu", threads=1)
+    assert pipeline.versions["modality"].startswith("modality-lr@")
+    from sklearn.datasets import load_sample_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(load_sample_image("china.jpg")).save(buffer, "JPEG")  # passed every other check before
+    derm, phone, china = pipeline.run_batch([MEL_PHOTO.read_bytes(), PHONE_PHOTO.read_bytes(), buffer.getvalue()])
+
+    assert derm.modality == "dermoscopic" and derm.p_clinical < 0.5
+    assert phone.modality == "clinical" and phone.p_clinical > 0.5
+    if phone.tier is not Tier.RETAKE:
+        assert phone.tier is not Tier.LOW  # an ordinary photo is never told LOW
+    assert (china.tier, china.retake_reason) == (Tier.RETAKE, RetakeReason.NOT_SKIN)
+    assert UNLIKE_LESION_PHOTOS_FLAG in china.quality_flags
+
+
+def test_without_a_modality_card_the_kind_is_unknown(pipeline: Pipeline) -> None:
+    result = pipeline.run(MEL_PHOTO.read_bytes())
+    assert "modality" not in pipeline.versions
+    assert result.modality == "unknown" and result.p_clinical is None

@@ -205,3 +205,21 @@ def test_every_decision_carries_a_reason_code_for_the_patients_words(p, gate_uns
 
 def test_mel_most_likely_below_the_threshold_has_its_own_reason() -> None:
     assert decide_tier([0.60, 0.30, 0.10], mel_threshold=0.9).reason == "mel_most_likely"
+
+
+@pytest.mark.parametrize(
+    ("p", "modality", "tier", "reason"),
+    [
+        # An ordinary photo is never told LOW: the models are not validated on such photos.
+        ([0.05, 0.90, 0.05], "clinical", Tier.UNCERTAIN, "clinical_photo"),
+        ([0.05, 0.90, 0.05], "dermoscopic", Tier.LOW, "most_likely"),
+        ([0.05, 0.90, 0.05], None, Tier.LOW, "most_likely"),
+        # Every other rule comes first and is unchanged.
+        ([0.40, 0.50, 0.10], "clinical", Tier.HIGH, "above_threshold"),
+        ([0.05, 0.10, 0.85], "clinical", Tier.MEDIUM, "most_likely"),
+        ([0.27, 0.63, 0.10], "clinical", Tier.UNCERTAIN, "near_threshold"),
+    ],
+)
+def test_an_ordinary_photo_is_never_low(p: list[float], modality: str | None, tier: Tier, reason: str) -> None:
+    decision = decide_tier(p, mel_threshold=T, modality=modality)
+    assert (decision.tier, decision.reason) == (tier, reason)
