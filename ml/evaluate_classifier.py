@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of a report, set the card's OOD energy threshold to this percentile of the "
                         f"validation photos (default {DEFAULT_OOD_PERCENTILE}: at most 0.5 %% of them refused as "
                         "'not skin') and rewrite the card in place; 0 removes the check")
+    parser.add_argument("--calibrate-threshold", type=float, nargs="?", const=0.95, default=None,
+                        metavar="CONFIDENCE",
+                        help="instead of a report, choose the card's melanoma threshold on the validation photos "
+                        "(masks as --masks) so that this lower confidence bound of sensitivity (bootstrap over "
+                        "lesions, default 0.95) reaches the card's target sensitivity, and rewrite the card")
 
 
 def _masks_for(chunk: list[Sample], images: list[np.ndarray], source: str, segmenter: Any) -> list[np.ndarray]:
@@ -149,6 +154,42 @@ def calibrate_ood(
     """The card's OOD entries fitted on these (validation) photos' raw logits, scored as the pipeline scores them."""
     logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
     return ood_operating_point(logits, percentile)
+
+
+def calibrate_threshold(
+    classifier: Classifier,
+    samples: list[Sample],
+    *,
+    confidence: float,
+    masks: str = "gt",
+    segmenter: Any = None,
+) -> dict[str, Any]:
+    """The card's melanoma operating point chosen on these (validation) photos with a sensitivity bound."""
+    from ml.classification_metrics import sensitivity_specificity
+    from ml.labels import MEL_INDEX
+    from ml.train_classifier import operating_threshold
+
+    target = float(classifier.card.operating_point.get("target_sensitivity", 0.9))
+    logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
+    p_mel = softmax(logits, classifier.temperature)[:, MEL_INDEX]
+    is_mel = np.array([s.label == "MEL" for s in samples])
+    rule = operating_threshold(is_mel, p_mel, np.array([s.lesion_id for s in samples]), target=target,
+                               confidence=confidence)
+    sens, spec = sensitivity_specificity(is_mel, p_mel, rule["threshold"])
+    threshold = rule.pop("threshold")
+    return {"mel_threshold": threshold, "val_sensitivity": sens, "val_specificity": spec,
+            "threshold_masks": masks, **rule}
+
+
+def write_operating_point_to_card(card_path: Path, op: dict[str, Any], *, weights_sha256: str) -> ModelCard:
+    """Update the card's melanoma operating point in place; refuse when the card meanwhile names other weights."""
+    card = ModelCard.load(card_path)
+    if card.weights_sha256 != weights_sha256:
+        raise ModelCardError(f"{card_path} changed during calibration (other weights); run the calibration again")
+    card.operating_point.update(op)
+    card.save(card_path)
+    card.verify(card_path)
+    return card
 
 
 def write_ood_to_card(card_path: Path, ood: dict[str, Any], *, weights_sha256: str) -> ModelCard:
@@ -318,15 +359,15 @@ def main(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    calibrating = args.calibrate_ood is not None
+    calibrating = args.calibrate_ood is not None or args.calibrate_threshold is not None
     split = args.split or ("val" if calibrating else "test")
     if calibrating and (split != "val" or args.tta):
-        print("error: --calibrate-ood fits the threshold on the validation split without TTA, as the pipeline "
-              "scores photos; drop --split and --tta", file=sys.stderr)
+        print("error: --calibrate-ood and --calibrate-threshold fit on the validation split without TTA, as the "
+              "pipeline scores photos; drop --split and --tta", file=sys.stderr)
         return 2
     card_path = args.card or args.model_dir / CLASSIFIER_CARD
     classifier = Classifier.from_card(card_path, device=args.device)
-    if calibrating and not args.calibrate_ood:
+    if args.calibrate_ood is not None and not args.calibrate_ood:
         write_ood_to_card(card_path, {}, weights_sha256=classifier.card.weights_sha256)
         print(f"removed the OOD energy check from {card_path}")
         return 0
@@ -353,6 +394,14 @@ def main(args: argparse.Namespace) -> int:
         seg_card = args.seg_card or args.model_dir / SEGMENTATION_CARD
         segmenter = Segmenter.from_card(seg_card)
         masks = f"unet ({segmenter.version})"
+    if args.calibrate_threshold is not None:
+        op = calibrate_threshold(classifier, samples, confidence=args.calibrate_threshold, masks=args.masks,
+                                 segmenter=segmenter)
+        write_operating_point_to_card(card_path, op, weights_sha256=classifier.card.weights_sha256)
+        print(f"wrote mel_threshold {op['mel_threshold']:.4f} ({op['threshold_rule']}; validation sensitivity "
+              f"{op['val_sensitivity']:.3f}, bound {op['val_sensitivity_lower_bound']:.3f}, specificity "
+              f"{op['val_specificity']:.3f}; masks {masks}) into {card_path}")
+        return 0
     if calibrating:
         ood = calibrate_ood(classifier, samples, percentile=args.calibrate_ood, masks=args.masks, segmenter=segmenter)
         write_ood_to_card(card_path, ood, weights_sha256=classifier.card.weights_sha256)

@@ -34,6 +34,7 @@ from ml.classification_metrics import (
     sensitivity_specificity,
     summarize,
     threshold_for_sensitivity,
+    threshold_for_sensitivity_bound,
 )
 from ml.classifier import (
     ARCHITECTURE,
@@ -131,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "balanced accuracy)")
     parser.add_argument("--target-sensitivity", type=float, default=0.9,
                         help="melanoma sensitivity the operating threshold must reach on validation")
+    parser.add_argument("--sensitivity-confidence", type=float, default=0.95,
+                        help="choose the melanoma threshold so that this lower confidence bound of validation "
+                        "sensitivity (bootstrap over lesions) reaches --target-sensitivity; 0 = the point estimate")
     parser.add_argument("--ood-percentile", type=percentile_flag, default=None,
                         help="energy percentile of the validation photos above which the pipeline asks for a "
                         "retake as 'not skin' (99.5 refuses at most 0.5 %% of them); 0 = no such check. Default: "
@@ -154,6 +158,7 @@ class Arrays:
 
     images: np.ndarray
     labels: np.ndarray
+    groups: np.ndarray  # lesion ids: one lesion's photos are resampled together
 
 
 def label_indices(samples: list[Sample]) -> np.ndarray:
@@ -185,10 +190,11 @@ def cached_arrays(
     from tqdm import tqdm
 
     labels = label_indices(samples)
+    groups = np.array([s.lesion_id for s in samples])
     if cache.is_file():
         images = np.load(cache, mmap_mode=None)
         if len(images) == len(samples) and images.shape[1:3] == size:
-            return Arrays(images, labels)
+            return Arrays(images, labels, groups)
         log.info("cache %s does not match the split; rebuilding", cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
     images = np.zeros((len(samples), size[0], size[1], 3), dtype=np.uint8)
@@ -197,7 +203,7 @@ def cached_arrays(
     tmp = cache.with_suffix(".tmp.npy")
     np.save(tmp, images)
     tmp.replace(cache)
-    return Arrays(images, labels)
+    return Arrays(images, labels, groups)
 
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -503,7 +509,9 @@ def finish(
     temperature = fit_temperature(val_logits, data["val"].labels)
     val_probs = softmax(val_logits, temperature)
     is_mel_val = data["val"].labels == MEL_INDEX
-    threshold = threshold_for_sensitivity(is_mel_val, val_probs[:, MEL_INDEX], args.target_sensitivity)
+    rule = operating_threshold(is_mel_val, val_probs[:, MEL_INDEX], data["val"].groups,
+                               target=args.target_sensitivity, confidence=args.sensitivity_confidence)
+    threshold = rule["threshold"]
     val_sens, val_spec = sensitivity_specificity(is_mel_val, val_probs[:, MEL_INDEX], threshold)
     val_metrics = summarize(val_probs, data["val"].labels, mel_threshold=threshold)
     test_metrics = summarize(softmax(test_logits, temperature), data["test"].labels, mel_threshold=threshold)
@@ -539,6 +547,7 @@ def finish(
             "target_sensitivity": args.target_sensitivity,
             "val_sensitivity": val_sens,
             "val_specificity": val_spec,
+            **{k: v for k, v in rule.items() if k != "threshold"},
             "test_sensitivity": test_metrics["operating_point"]["sensitivity"],
             "test_specificity": test_metrics["operating_point"]["specificity"],
             **ood,
@@ -592,6 +601,22 @@ def resolve_init(args: argparse.Namespace) -> None:
     args.arch = str(card.architecture.get("name", ARCHITECTURE))
     args.weights = str(weights)
     log.info("starting from %s (%s)", card.version, weights)
+
+
+def operating_threshold(
+    is_mel: np.ndarray, p_mel: np.ndarray, groups: np.ndarray, *, target: float, confidence: float
+) -> dict[str, Any]:
+    """The melanoma threshold and how it was chosen: a lower confidence bound of sensitivity, or the point."""
+    if not confidence:
+        return {"threshold": threshold_for_sensitivity(is_mel, p_mel, target), "threshold_rule": "point estimate"}
+    bound = threshold_for_sensitivity_bound(is_mel, p_mel, groups, target=target, confidence=confidence)
+    log.info("melanoma threshold %.4f: validation sensitivity %.3f, lower %.0f%% bound %.3f (%d lesions)",
+             bound["threshold"], bound["sensitivity"], 100 * confidence, bound["sensitivity_lower_bound"],
+             bound["n_positive_groups"])
+    rule = f"lower {100 * confidence:g}% bound of lesion-bootstrap validation sensitivity >= {target:g}"
+    return {"threshold": bound["threshold"], "threshold_rule": rule,
+            "val_sensitivity_lower_bound": bound["sensitivity_lower_bound"], "bound_confidence": confidence,
+            "bound_resamples": bound["n_boot"], "val_melanoma_lesions": bound["n_positive_groups"]}
 
 
 def ood_percentile_for(args: argparse.Namespace) -> float:

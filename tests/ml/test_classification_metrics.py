@@ -134,3 +134,23 @@ def test_summarize_reports_per_class_in_labels_order():
 def test_summarize_refuses_wrong_number_of_columns():
     with pytest.raises(ValueError, match="shape"):
         summarize(np.array([[0.5, 0.5]]), np.array([0]))
+
+
+def test_threshold_with_a_sensitivity_bound_keeps_a_margin() -> None:
+    from ml.classification_metrics import threshold_for_sensitivity, threshold_for_sensitivity_bound
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(120, bool), np.zeros(600, bool)]
+    scores = np.r_[rng.beta(5, 2, 120), rng.beta(2, 5, 600)]
+    groups = np.r_[np.arange(120) // 2, 1000 + np.arange(600)]  # two photos per melanoma lesion
+    point = threshold_for_sensitivity(y, scores, 0.9)
+    bounded = threshold_for_sensitivity_bound(y, scores, groups, target=0.9, confidence=0.95, n_boot=500)
+    assert bounded["threshold"] < point  # the margin costs a lower threshold
+    assert bounded["sensitivity_lower_bound"] >= 0.9
+    assert bounded["sensitivity"] >= (scores[y] >= point).mean()
+    assert bounded["n_positive_groups"] == 60
+    # The bound is a real lower bound: a higher threshold would have missed the target.
+    higher = np.unique(scores[y])[np.unique(scores[y]) > bounded["threshold"]].min()
+    assert (scores[y] >= higher).mean() < 1.0
+    with pytest.raises(ValueError, match="no positive"):
+        threshold_for_sensitivity_bound(np.zeros(5, bool), np.zeros(5), np.arange(5))
