@@ -273,7 +273,9 @@ def claim_for_processing(
             _owner_is_dead(case.processing_owner) or (case.started_at and case.started_at < stale)
         ):
             return ClaimResult(Claim.BUSY, case)
-        mark_failed(session=session, case_id=case_id, error_code="attempts_exhausted")
+        # Fail it only while the dead or stale holder still has it: it may finish the case meanwhile.
+        holder = case.processing_owner if case.status == CaseStatus.PROCESSING else None
+        mark_failed(session=session, case_id=case_id, error_code="attempts_exhausted", owner=holder)
         session.commit()
         session.refresh(case)
         return ClaimResult(Claim.EXHAUSTED, case)
@@ -363,15 +365,26 @@ def save_result(
     return result.rowcount == 1
 
 
-def mark_failed(*, session: Session, case_id: int, error_code: str) -> None:
-    """Finish a case as failed with a code (the patient is told; operators see the code)."""
-    session.execute(
+def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str | None = None) -> bool:
+    """Finish an open case as failed with a code (the patient is told); False when it was not ours to fail.
+
+    A worker passes its `owner` identity: once its claim went stale and another worker took the case over,
+    the case is no longer its to fail, whether the new owner is still working on it or has finished it.
+    Without an owner (attempt cap, operators) any open case fails.
+    """
+    condition = Case.status.in_(OPEN_STATUSES)
+    if owner is not None:
+        condition = and_(Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
+    result = session.execute(
         update(Case)
-        .where(Case.id == case_id, Case.status.in_(OPEN_STATUSES))
+        .where(Case.id == case_id, condition)
         .values(status=CaseStatus.FAILED, finished_at=utcnow(), error_code=error_code)
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount != 1:
+        return False
     audit(session=session, actor="system", action="case.failed", case_id=case_id, detail={"error_code": error_code})
+    return True
 
 
 # --- delivery -------------------------------------------------------------------------------

@@ -126,6 +126,7 @@ def triage_case(self: Any, case_id: int) -> str:
 def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any) -> str:
     """Run the pipeline on a claimed case, store the images and the result, enqueue the answer."""
     case_id = case.id
+    owner = case.processing_owner  # read now: after a rollback the row would show a new owner's name
     if case.queued_at is not None and case.started_at is not None:
         QUEUE_WAIT.observe(max((case.started_at - case.queued_at).total_seconds(), 0.0))
     store = _store(settings)
@@ -136,10 +137,7 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
             image = None
         if image is None:
             # The photo was deleted (retention or the patient's /delete) before it was analysed.
-            cases.mark_failed(session=session, case_id=case_id, error_code="image_missing")
-            session.commit()
-            enqueue.enqueue_delivery(case_id)
-            return "image_missing"
+            return _fail(session, case_id, "image_missing", owner=owner)
 
         started = time.monotonic()
         try:
@@ -148,16 +146,13 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
             # Not a bad photo (those come back as RETAKE): a bug or a broken model. Do not guess.
             log.exception("pipeline failed on case %d; the case fails and the patient is told", case_id)
             session.rollback()
-            cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error")
-            session.commit()
-            enqueue.enqueue_delivery(case_id)
-            return "pipeline_error"
+            return _fail(session, case_id, "pipeline_error", owner=owner)
         elapsed = time.monotonic() - started
         INFERENCE.observe(elapsed)
 
         fields = _result_fields(result, store=store, total_ms=elapsed * 1000)
         status = CaseStatus.REJECTED if fields["tier"] == "RETAKE" else CaseStatus.DONE
-        saved = cases.save_result(session=session, case_id=case_id, status=status, fields=fields)
+        saved = cases.save_result(session=session, case_id=case_id, status=status, fields=fields, owner=owner)
         session.commit()
     except Exception as exc:
         session.rollback()
@@ -178,6 +173,17 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
         log.info("case %d was finished by another worker; keeping its result", case_id)
     enqueue.enqueue_delivery(case_id)
     return str(status)
+
+
+def _fail(session: Session, case_id: int, error_code: str, *, owner: str | None) -> str:
+    """Fail a case this worker holds and enqueue the answer; a case taken over meanwhile is left to its new owner."""
+    failed = cases.mark_failed(session=session, case_id=case_id, error_code=error_code, owner=owner)
+    session.commit()
+    if not failed:
+        log.info("case %d was taken over by another worker; leaving it to them (%s not recorded)", case_id, error_code)
+        return "taken_over"
+    enqueue.enqueue_delivery(case_id)
+    return error_code
 
 
 def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from skintriage import cases
 from skintriage.db import session_factory
@@ -58,6 +58,67 @@ def test_release_for_retry_ignores_a_case_another_worker_holds(db_url, store):
         case = session.get(Case, case_id)
         session.refresh(case)
         assert (case.status, case.attempts, case.processing_owner) == (CaseStatus.PROCESSING, 1, "host:1")
+
+
+def _taken_over(session, store) -> int:
+    """A case claimed by host:1 whose claim went stale, then claimed by host:2."""
+    case_id = _claimed_case(session, store, owner="host:1")
+    session.execute(update(Case).where(Case.id == case_id).values(started_at=utcnow() - timedelta(hours=1)))
+    session.commit()
+    claim = cases.claim_for_processing(
+        session=session, case_id=case_id, max_attempts=3, stale_after_s=300, owner="host:2"
+    )
+    assert claim.outcome == cases.Claim.CLAIMED
+    return case_id
+
+
+def _failed_audits(session, case_id: int) -> list[str]:
+    return session.scalars(
+        select(AuditEvent.action).where(AuditEvent.case_id == case_id, AuditEvent.action == "case.failed")
+    ).all()
+
+
+def test_slow_worker_cannot_fail_a_case_the_new_owner_finished(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _taken_over(session, store)
+        assert cases.save_result(
+            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:2"
+        )
+        session.commit()
+        assert not cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error", owner="host:1")
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert (case.status, case.tier, case.error_code) == (CaseStatus.DONE, "LOW", None)
+        assert _failed_audits(session, case_id) == []
+
+
+def test_slow_worker_cannot_fail_a_case_the_new_owner_is_working_on(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _taken_over(session, store)
+        assert not cases.mark_failed(session=session, case_id=case_id, error_code="image_missing", owner="host:1")
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert (case.status, case.processing_owner) == (CaseStatus.PROCESSING, "host:2")
+        assert cases.save_result(
+            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:2"
+        )
+        session.commit()
+        assert _failed_audits(session, case_id) == []
+
+
+def test_owner_fails_its_own_case_once(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store, owner="host:1")
+        assert cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error", owner="host:1")
+        session.commit()
+        assert not cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error", owner="host:1")
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert (case.status, case.error_code) == (CaseStatus.FAILED, "pipeline_error")
+        assert _failed_audits(session, case_id) == ["case.failed"]
 
 
 def test_mark_undeliverable_stops_the_sweeper_and_keeps_an_earlier_error(db_url, store):
