@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from sqlalchemy import text as sql
 
 from bot.local_api import buttons
 from skintriage import cases
@@ -333,6 +334,31 @@ def test_an_update_the_library_cannot_parse_is_skipped_and_polling_goes_on(start
     h.wait_text(124, h.expect("en", "other.sticker"), since=since)
     assert [m.get("text") for m in h.patient.messages(124, since=since)] == [h.expect("en", "other.sticker")]
     assert "Alice" not in caplog.text
+
+
+def test_database_faults_log_tracebacks_without_the_patients_telegram_ids(start_bot, caplog) -> None:
+    """SQL errors quote their statement; its parameters (Telegram user and chat ids) must stay out of the logs."""
+    h = start_bot()
+    first, second = 7391046285, 7391046286  # private chats: the chat id is the user id
+    with h.session() as session:
+        # An IntegrityError on the INSERT of a new patient (parameters: user id, chat id, language).
+        session.execute(sql(
+            "CREATE TRIGGER refuse_users BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+        ))
+        session.commit()
+    since = h.patient.last_seq()
+    h.patient.send_command(first, "/start")
+    h.wait_text(first, h.expect("en", "error.generic"), since=since)
+    with h.session() as session:
+        # A statement on a dropped table (parameter: the user id of the SELECT).
+        session.execute(sql("PRAGMA foreign_keys=OFF"))
+        session.execute(sql("DROP TABLE users"))
+        session.commit()
+    h.patient.send_photo(second, lesion_photo(seed=19))
+    h.wait_text(second, h.expect("en", "intake.unavailable"), since=since)
+    assert "IntegrityError" in caplog.text and "OperationalError" in caplog.text  # the faults were logged
+    assert "[SQL:" in caplog.text  # with their statements
+    assert str(first) not in caplog.text and str(second) not in caplog.text
 
 
 def test_group_chats_are_declined_and_nothing_is_stored(start_bot) -> None:
