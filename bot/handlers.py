@@ -282,7 +282,7 @@ async def _receive_image(
         await _say(update, _too_big(svc, lang, file_size or (len(data) if data else 0)))
         return
     try:
-        info = await asyncio.to_thread(intake.inspect_image, data, settings=svc.settings)
+        data, info = await asyncio.to_thread(intake.prepare_image, data, settings=svc.settings)
     except InvalidImageError as exc:
         await _say(update, svc.texts.get(lang, "intake.unusable", reason=svc.texts.retake_reason(lang, exc.reason)))
         return

@@ -2,7 +2,8 @@
 
 Order matters and each step is a plain blocking function the handler runs off the event loop:
   1. `before_download`: repeated update? consent? same Telegram file just now? rate limit, cases in flight?
-  2. the handler downloads the bytes; `inspect_image` reads only the header (format, size, pixel bomb)
+  2. the handler downloads the bytes; `prepare_image` reads the header (format, size, pixel bomb), then drops
+     EXIF (GPS included) and other metadata, applying the orientation, so the stored photo carries none
   3. `register`: store the image, then in ONE transaction mark the update processed, reuse a case for
      the same bytes within the duplicate window or create the case, and COMMIT
   4. `queue`: enqueue the committed case; on success mark it queued. When the broker is down the case
@@ -20,7 +21,7 @@ from pathlib import PurePosixPath
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.patients import Patient, ensure_user, transaction
-from ml.decode import ImageInfo, probe_image
+from ml.decode import ImageInfo, probe_image, strip_metadata
 from skintriage import cases
 from skintriage.exceptions import RateLimited, TooManyInFlight
 from skintriage.models import Case, CaseStatus
@@ -111,6 +112,19 @@ def before_download(
 def inspect_image(data: bytes, *, settings: Settings) -> ImageInfo:
     """Read the header only; raises ml.errors.InvalidImageError with the reason the patient is told."""
     return probe_image(data, max_pixels=settings.max_image_pixels)
+
+
+def prepare_image(data: bytes, *, settings: Settings) -> tuple[bytes, ImageInfo]:
+    """The bytes to store and their header: EXIF (GPS included) and other metadata dropped, orientation applied.
+
+    Raises ml.errors.InvalidImageError with the reason the patient is told. The header is checked first, so
+    a pixel bomb is refused before anything is decoded.
+    """
+    info = inspect_image(data, settings=settings)
+    clean = strip_metadata(data, max_pixels=settings.max_image_pixels)
+    if clean is data:
+        return data, info
+    return clean, inspect_image(clean, settings=settings)
 
 
 def register(

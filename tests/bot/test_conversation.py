@@ -19,7 +19,7 @@ from sqlalchemy import text as sql
 from bot.local_api import buttons
 from skintriage import cases
 from skintriage.models import CaseStatus
-from tests.factories import lesion_photo
+from tests.factories import assert_no_metadata, lesion_photo, photo_with_gps
 from tests.stack import free_port
 
 
@@ -162,6 +162,19 @@ def test_image_files_png_and_heic_start_cases_with_their_bytes_unchanged(start_b
     assert h.services.store.get(png_case.image_key) == png and png_case.image_key.endswith(".png")
     assert h.services.store.get(heic_case.image_key) == heic and heic_case.image_key.endswith(".heic")
     assert (heic_case.image_width, heic_case.image_height) == (400, 300)
+
+
+def test_photo_sent_as_a_file_is_stored_without_exif_or_gps_and_upright(start_bot) -> None:
+    h = start_bot()
+    h.consent(125)
+    since = h.patient.last_seq()
+    h.patient.send_document(125, photo_with_gps(400, 300, seed=6), "IMG_2041.JPG", "image/jpeg")
+    h.wait_startswith(125, "Received.", since=since)
+    (case,) = h.cases(125)
+    stored = h.services.store.get(case.image_key)
+    assert_no_metadata(stored)
+    assert case.image_key.endswith(".jpg") and hashlib.sha256(stored).hexdigest() == case.image_sha256
+    assert Image.open(io.BytesIO(stored)).size == (300, 400) == (case.image_width, case.image_height)
 
 
 def test_unsupported_corrupt_tiny_and_oversized_images_get_a_reason_and_no_case(start_bot) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import re
 
+import pytest
 from sqlalchemy import select
 
 from skintriage.db import session_scope
@@ -232,3 +233,20 @@ def test_images_browsers_cannot_show_are_converted_to_jpeg(reviewer, seeded, sto
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert response.content[:2] == b"\xff\xd8"
     assert reviewer.get(f"/cases/{seeded.cases['a_medium']}/images/{garbage.key}").status_code == 415
+
+
+@pytest.mark.parametrize("ext", ["jpg", "heic"])
+def test_photos_are_served_without_exif_or_gps_even_if_stored_with_them(reviewer, seeded, store, console_db_url, ext):
+    """A photo stored before intake stripped metadata still leaves the console without it, upright."""
+    from PIL import Image
+
+    from skintriage.models import Case
+    from tests.factories import assert_no_metadata, photo_with_gps
+
+    old = store.put(photo_with_gps(400, 300, seed=7), kind="photo", ext=ext)
+    with session_scope(console_db_url) as s:
+        s.get(Case, seeded.cases["a_low"]).image_key = old.key
+    response = reviewer.get(f"/cases/{seeded.cases['a_low']}/images/{old.key}")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    assert_no_metadata(response.content)
+    assert Image.open(io.BytesIO(response.content)).size == (300, 400)
