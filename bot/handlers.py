@@ -266,7 +266,7 @@ async def _receive_image(
     svc, patient, bot = _services(context), _patient(update), context.bot
     decision = await asyncio.to_thread(
         intake.before_download, sessions=svc.sessions, settings=svc.settings, patient=patient,
-        update_id=update.update_id, file_unique_id=file_unique_id,
+        message_id=update.effective_message.message_id, file_unique_id=file_unique_id,
     )  # fmt: skip
     if decision.outcome is not Outcome.PROCEED:
         await _explain(update, svc, decision)

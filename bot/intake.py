@@ -4,8 +4,8 @@ Order matters and each step is a plain blocking function the handler runs off th
   1. `before_download`: repeated update? consent? same Telegram file just now? rate limit, cases in flight?
   2. the handler downloads the bytes; `prepare_image` reads the header (format, size, pixel bomb), then drops
      EXIF (GPS included) and other metadata, applying the orientation, so the stored photo carries none
-  3. `register`: store the image, then in ONE transaction mark the update processed, reuse a case for
-     the same bytes within the duplicate window or create the case, and COMMIT
+  3. `register`: store the image, then in ONE transaction mark the message (chat id, message id) processed,
+     reuse a case for the same bytes within the duplicate window or create the case, and COMMIT
   4. `queue`: enqueue the committed case; on success mark it queued. When the broker is down the case
      stays "received" and the sweeper enqueues it later, so the photo is never lost.
 """
@@ -78,13 +78,13 @@ def before_download(
     sessions: sessionmaker[Session],
     settings: Settings,
     patient: Patient,
-    update_id: int,
+    message_id: int,
     file_unique_id: str | None,
 ) -> Decision:
     """The checks that need no bytes: repeated update, consent, same file just now, rate limit, cases in flight."""
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
-        if cases.update_seen(session=session, update_id=update_id):
+        if cases.update_seen(session=session, chat_id=patient.chat_id, message_id=message_id):
             return Decision(Outcome.SEEN, user.language)
         if user.consent_at is None:
             return Decision(Outcome.NEEDS_CONSENT, user.language)
@@ -136,14 +136,16 @@ def register(
     data: bytes,
     info: ImageInfo,
     update_id: int,
-    message_id: int | None,
+    message_id: int,
     file_unique_id: str | None,
 ) -> Decision:
     """Store the photo and commit its case (or find the case of the same bytes); the case is not queued yet."""
     image = store.put(data, kind="photo", ext=STORE_EXTENSIONS.get(info.format.upper(), "bin"))
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
-        if not cases.mark_update_processed(session=session, update_id=update_id):
+        if not cases.mark_update_processed(
+            session=session, chat_id=patient.chat_id, message_id=message_id, update_id=update_id
+        ):
             return Decision(Outcome.SEEN, user.language)
         same = cases.find_recent_duplicate(
             session=session, user=user, sha256=image.sha256, window_s=settings.duplicate_window_s

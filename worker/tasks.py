@@ -319,11 +319,12 @@ def _delivery_failed(task: Any, session: Session, case_id: int, exc: BaseExcepti
         DELIVERIES.labels(outcome=reason).inc()
         return reason
     session.rollback()
-    cases.release_delivery(session=session, case_id=case_id)
+    wait_s = _retry_after_s(exc) if isinstance(exc, RetryAfter) else None
+    cases.release_delivery(session=session, case_id=case_id, wait_s=wait_s)
     session.commit()
-    if isinstance(exc, RetryAfter):
+    if wait_s is not None:
         DELIVERIES.labels(outcome="retry_after").inc()
-        countdown = _retry_after_s(exc) + random.uniform(0, 1)
+        countdown = wait_s + random.uniform(0, 1)  # after the row's not-before time, or the claim refuses
         log.warning("case %d: Telegram flood control, retrying in %.0f s as asked", case_id, countdown)
         # Waiting as told is not a failure: it does not count against the retry budget.
         raise task.retry(countdown=countdown, exc=exc, max_retries=None)
@@ -362,9 +363,10 @@ def send_outbox(self: Any, message_id: int) -> str:
             DELIVERIES.labels(outcome="outbox_refused").inc()
             return "refused"
         except RetryAfter as exc:
-            cases.release_outbox(session=session, message_id=message_id, error="flood control")
+            wait_s = _retry_after_s(exc)
+            cases.release_outbox(session=session, message_id=message_id, error="flood control", wait_s=wait_s)
             session.commit()
-            raise self.retry(countdown=_retry_after_s(exc) + random.uniform(0, 1), exc=exc, max_retries=None) from exc
+            raise self.retry(countdown=wait_s + random.uniform(0, 1), exc=exc, max_retries=None) from exc
         except (TelegramError, StorageError, OperationalError) as exc:
             session.rollback()
             cases.release_outbox(session=session, message_id=message_id, error=type(exc).__name__)

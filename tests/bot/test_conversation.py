@@ -5,6 +5,7 @@ Every test asserts on the exact messages the server received and on the database
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import subprocess
@@ -243,6 +244,23 @@ def test_same_update_delivered_twice_and_same_photo_sent_twice_make_one_case(sta
     h.patient.send_photo(114, photo)
     h.wait_text(114, h.expect("en", "intake.duplicate_done", case_id=case.id), since=since)
     assert len(h.cases(114)) == 1
+
+
+def test_a_new_photo_under_a_restarted_update_id_starts_a_new_case(start_bot) -> None:
+    """Telegram may number updates from the start again: repeats are known by chat and message, not update id."""
+    h = start_bot()
+    h.consent(126)
+    since = h.patient.last_seq()
+    first = h.patient.send_message(126, photo_b64=base64.b64encode(lesion_photo(seed=20)).decode())
+    h.wait_startswith(126, "Received.", since=since)
+    # A second photo, uploaded through another chat so the server holds its file, arrives in this chat as a
+    # new message that carries the first message's update id.
+    other = h.patient.send_message(127, photo_b64=base64.b64encode(lesion_photo(seed=21)).decode())
+    message = {**first["message"], "message_id": first["message_id"] + 1, "photo": other["message"]["photo"]}
+    since = h.patient.last_seq()
+    h.patient.inject_update({"update_id": first["update_id"], "message": message})
+    h.wait_startswith(126, "Received.", since=since)
+    assert len(h.cases(126)) == 2
 
 
 def test_rate_limit_and_cases_in_flight_cap(start_bot) -> None:

@@ -155,6 +155,44 @@ def test_mark_undeliverable_records_the_reason_on_a_done_case(db_url, store):
         assert case.status == CaseStatus.DONE
 
 
+def test_flood_control_wait_holds_the_answer_from_the_retry_and_the_sweeper(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store)
+        assert cases.save_result(
+            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:1"
+        )
+        session.execute(update(Case).where(Case.id == case_id).values(finished_at=utcnow() - timedelta(minutes=10)))
+        session.commit()
+        assert cases.claim_delivery(session=session, case_id=case_id) is not None
+        cases.release_delivery(session=session, case_id=case_id, wait_s=600)  # Telegram: retry after 600 s
+        session.commit()
+        assert cases.claim_delivery(session=session, case_id=case_id) is None
+        assert case_id not in cases.find_stuck(session=session, stuck_after_s=60).to_deliver
+        later = utcnow() + timedelta(seconds=601)
+        assert case_id in cases.find_stuck(session=session, stuck_after_s=60, now=later).to_deliver
+        session.execute(update(Case).where(Case.id == case_id).values(delivery_not_before=utcnow()))
+        session.commit()
+        assert cases.claim_delivery(session=session, case_id=case_id) is not None
+
+
+def test_flood_control_wait_holds_an_outbox_message(db_url):
+    with session_factory(db_url)() as session:
+        message_id = _outbox(session)
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id)
+            .values(created_at=utcnow() - timedelta(minutes=10))
+        )
+        session.commit()
+        assert cases.claim_outbox(session=session, message_id=message_id) is not None
+        cases.release_outbox(session=session, message_id=message_id, error="flood control", wait_s=600)
+        session.commit()
+        assert cases.claim_outbox(session=session, message_id=message_id) is None
+        assert message_id not in cases.find_stuck(session=session, stuck_after_s=60).outbox
+        later = utcnow() + timedelta(seconds=601)
+        assert message_id in cases.find_stuck(session=session, stuck_after_s=60, now=later).outbox
+
+
 def _outbox(session) -> int:
     message = OutboxMessage(chat_id=2001, text="Please see a dermatologist this week.")
     session.add(message)

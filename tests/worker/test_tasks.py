@@ -201,6 +201,24 @@ def test_telegram_flood_control_is_waited_out(stack, worker):
     assert len(photos) == 1 and photos[0]["message_id"] == case.reply_message_id
 
 
+def test_flood_control_wait_is_kept_and_the_sweeper_does_not_resend_early(stack, worker):
+    from worker import sweeper
+
+    stack.client.set_faults("sendPhoto", ["429:6"])
+    case_id = stack.new_case(enqueue=True)
+
+    case = wait(lambda: stack.case(case_id).delivery_not_before, what="flood-control wait recorded")
+    not_before = stack.case(case_id).delivery_not_before
+    with stack.session() as session:  # as if the answer had been waiting long enough for the sweeper to look
+        session.execute(update(Case).where(Case.id == case_id).values(finished_at=utcnow() - timedelta(minutes=10)))
+        session.commit()
+    assert sweeper.sweep_once(settings=stack.settings).delivery == 0
+
+    case = wait(lambda: delivered(stack, case_id), what="answer after the wait")
+    assert case.delivered_at >= not_before
+    assert len([m for m in answers(stack) if m["method"] == "sendPhoto"]) == 1
+
+
 def test_telegram_server_error_is_retried_with_backoff(stack, worker):
     stack.client.set_faults("sendPhoto", ["502", "500"])
     case_id = stack.new_case(enqueue=True)
