@@ -311,9 +311,11 @@ def deliver_case(self: Any, case_id: int) -> str:
 def _delivery_failed(task: Any, session: Session, case_id: int, exc: BaseException) -> str:
     """Decide what a failed send means: give up for good, wait as told, or back off and retry."""
     if isinstance(exc, Forbidden | BadRequest):
-        # Blocked bot, deleted chat, or a message Telegram will never accept: retrying cannot help.
+        # Blocked bot or deleted chat (a BadRequest here means even the plain-text answer was refused):
+        # retrying cannot help. A patient who blocked the bot chose so; anything else needs a person to look.
         reason = "forbidden" if isinstance(exc, Forbidden) else "bad_request"
-        log.warning("case %d: Telegram refused the answer (%s: %s); not retrying", case_id, reason, exc)
+        level = logging.WARNING if reason == "forbidden" else logging.ERROR
+        log.log(level, "case %d: Telegram refused the answer (%s: %s); not retrying", case_id, reason, exc)
         cases.mark_undeliverable(session=session, case_id=case_id, reason=reason)
         session.commit()
         DELIVERIES.labels(outcome=reason).inc()

@@ -244,6 +244,38 @@ def test_patient_who_blocked_the_bot_is_not_retried_forever(stack, worker, task_
     assert answers(stack) == []
 
 
+def test_answer_telegram_refuses_goes_out_as_plain_text_with_guidance_and_disclaimer(stack, worker, task_log):
+    from bot.delivery import visible
+    from bot.i18n import load_texts
+
+    stack.client.set_faults("sendPhoto", ["400"])  # e.g. a photo or caption Telegram cannot process
+    case_id = stack.new_case(enqueue=True)
+
+    case = wait(lambda: delivered(stack, case_id), what="plain-text answer")
+    settle(task_log)
+
+    texts = load_texts(stack.settings.guidance_file)
+    (sent,) = answers(stack)
+    assert sent["method"] == "sendMessage" and sent["parse_mode"] is None
+    assert visible(texts.guidance("en", case.tier)) in sent["text"]
+    assert visible(texts.get("en", "result.disclaimer")) in sent["text"]
+    assert case.error_code is None and case.reply_text == sent["text"] and case.reply_message_id == sent["message_id"]
+    assert task_log.results("deliver_case") == ["sent"]
+
+
+def test_answer_refused_even_as_plain_text_is_given_up_and_logged_as_an_error(stack, worker, task_log, caplog):
+    stack.client.set_faults("sendPhoto", ["400"])
+    stack.client.set_faults("sendMessage", ["400"])
+    case_id = stack.new_case(enqueue=True)
+
+    case = wait(lambda: delivered(stack, case_id), what="delivery given up")
+    settle(task_log)
+
+    assert case.error_code == "undeliverable:bad_request" and case.reply_text is None
+    assert task_log.results("deliver_case") == ["bad_request"]
+    assert any(r.levelname == "ERROR" and "refused the answer" in r.getMessage() for r in caplog.records)
+
+
 def test_operator_follow_up_is_sent_once(stack, worker, task_log):
     stack.client.send_text(PATIENT_ID, "hello")
     with stack.session() as session:
