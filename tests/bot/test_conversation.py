@@ -304,6 +304,25 @@ def test_database_outage_asks_the_patient_to_resend_later(start_bot) -> None:
     h.wait_text(117, h.expect("en", "intake.unavailable"), since=since)
 
 
+def test_database_failing_after_the_case_is_committed_never_says_the_photo_was_not_saved(start_bot) -> None:
+    h = start_bot()
+    h.consent(128)
+    with h.session() as session:
+        # The case INSERT commits; marking it queued (an UPDATE) then fails as if the database went away.
+        session.execute(sql(
+            "CREATE TRIGGER fail_after_commit BEFORE UPDATE OF status ON cases "
+            "BEGIN INSERT INTO no_such_table VALUES (1); END"
+        ))
+        session.commit()
+    since = h.patient.last_seq()
+    h.patient.send_photo(128, lesion_photo(seed=22))
+    reply = h.wait_startswith(128, "Our analysis service is busy", since=since)
+    (case,) = h.cases(128)
+    assert reply["text"] == h.expect("en", "intake.delayed", case_id=case.id)
+    assert h.expect("en", "intake.unavailable") not in [m.get("text") for m in h.patient.messages(128, since=since)]
+    assert case.status == CaseStatus.RECEIVED and h.services.store.exists(case.image_key)  # the sweeper queues it
+
+
 def test_photo_on_postgres(start_bot, pg_url: str) -> None:
     h = start_bot(database_url=pg_url)
     h.consent(118, "ko")
