@@ -304,7 +304,7 @@ def services_backend(admin_url: str, redis_url: str) -> Backend:
     from sqlalchemy import create_engine, text
 
     name = f"st_load_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", hide_parameters=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
@@ -315,7 +315,7 @@ def services_backend(admin_url: str, redis_url: str) -> Backend:
         from skintriage.db import engine_for
 
         engine_for.cache_clear()
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", hide_parameters=True)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -3,7 +3,8 @@
 Called by the worker's reply queue (`deliver_case`, `send_outbox_message`, `make_bot`) and by /history
 to show a case again. Telegram shows at most 1024 characters under a photo, so a long answer keeps the
 tier and the risk level in the caption and continues in a following message. Every answer carries
-the disclaimer; answers from demo models say so first.
+the disclaimer; answers from demo models say so first. When Telegram refuses an answer's photo or
+formatting (BadRequest), the same answer goes out as plain text.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from telegram import Bot
 from telegram.constants import ParseMode
+from telegram.error import BadRequest
 from telegram.request import HTTPXRequest
 
 from bot.i18n import Html, Texts, load_texts
@@ -208,15 +210,47 @@ async def deliver_case(
     """
     texts = texts or load_texts(get_settings().guidance_file)
     reply = compose(case, texts=texts, refused_before=refused_before, album=album)
-    message_id = await send_reply(
-        bot,
-        chat_id=chat_id or case.user.chat_id,
-        reply=reply,
-        store=store,
-        first_sent=case.reply_message_id if case.delivered_at is None and case.reply_text is None else None,
-        on_first_sent=on_first_sent,
-    )
+    chat_id = chat_id or case.user.chat_id
+    started = [case.reply_message_id] if case.delivered_at is None and case.reply_text is None else []
+    started = [m for m in started if m is not None]
+
+    def first_out(message_id: int) -> None:
+        started.append(message_id)
+        if on_first_sent is not None:
+            on_first_sent(message_id)
+
+    try:
+        message_id = await send_reply(
+            bot, chat_id=chat_id, reply=reply, store=store, first_sent=started[0] if started else None,
+            on_first_sent=first_out,
+        )  # fmt: skip
+    except BadRequest as exc:
+        # Telegram refused the photo or the formatting (a bad upload, an entity it cannot parse). The patient
+        # must still get the answer: the same words, disclaimer and guidance included, as plain text. When this
+        # fails too (the chat is gone), the BadRequest goes up and the caller gives up on the answer.
+        log.warning("case %d: Telegram refused the answer (%s); sending it as plain text", case.id, exc.message)
+        rest = visible(reply.follow_up) if started and reply.follow_up else None
+        text = rest if started else reply.full_text
+        first = None
+        for part in plain_parts(text or ""):
+            sent = await bot.send_message(chat_id, part)
+            first = first or sent.message_id
+        return (started[0] if started else first), reply.full_text
     return message_id, reply.full_text
+
+
+def plain_parts(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Plain text in messages of at most `limit` characters, split between paragraphs so none is cut off."""
+    parts: list[str] = []
+    for paragraph in text.split("\n\n"):
+        while len(paragraph) > limit:  # a single paragraph longer than a message (never in our texts)
+            parts.append(paragraph[:limit])
+            paragraph = paragraph[limit:]
+        if parts and len(parts[-1]) + 2 + len(paragraph) <= limit:
+            parts[-1] = f"{parts[-1]}\n\n{paragraph}"
+        else:
+            parts.append(paragraph)
+    return [p for p in parts if p.strip()]
 
 
 async def send_outbox_message(bot: Bot, *, message: OutboxMessage) -> int | None:

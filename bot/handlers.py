@@ -270,7 +270,7 @@ async def _receive_image(
     svc, patient, bot = _services(context), _patient(update), context.bot
     decision = await asyncio.to_thread(
         intake.before_download, sessions=svc.sessions, settings=svc.settings, patient=patient,
-        update_id=update.update_id, file_unique_id=file_unique_id,
+        message_id=update.effective_message.message_id, file_unique_id=file_unique_id,
     )  # fmt: skip
     if decision.outcome is not Outcome.PROCEED:
         await _explain(update, svc, decision)
@@ -286,7 +286,7 @@ async def _receive_image(
         await _say(update, _too_big(svc, lang, file_size or (len(data) if data else 0)))
         return
     try:
-        info = await asyncio.to_thread(intake.inspect_image, data, settings=svc.settings)
+        data, info = await asyncio.to_thread(intake.prepare_image, data, settings=svc.settings)
     except InvalidImageError as exc:
         await _say(update, svc.texts.get(lang, "intake.unusable", reason=svc.texts.retake_reason(lang, exc.reason)))
         return
@@ -298,12 +298,35 @@ async def _receive_image(
     if decision.outcome is not Outcome.CREATED:
         await _explain(update, svc, decision)
         return
+    # The case is committed: from here a failure must not tell the patient their photo was lost (see on_error).
+    saved = context.chat_data.setdefault(SAVED_CASES, {})
+    saved[update.update_id] = _SavedCase(decision.case_id)
     queued = await asyncio.to_thread(intake.queue, sessions=svc.sessions, case_id=decision.case_id, enqueue=svc.enqueue)
     key = "intake.ack" if queued else "intake.delayed"
     message_id = await _say(update, svc.texts.get(lang, key, case_id=decision.case_id))
+    saved[update.update_id].acknowledged = True
     await asyncio.to_thread(
         intake.acknowledged, sessions=svc.sessions, case_id=decision.case_id, message_id=message_id, delayed=not queued
     )
+    saved.pop(update.update_id, None)
+
+
+# chat_data key: {update id: _SavedCase} for photos committed by an update still being handled.
+SAVED_CASES = "saved_cases"
+
+
+@dataclass
+class _SavedCase:
+    """A committed case whose handler has not finished: what on_error may (and may not) tell the patient."""
+
+    case_id: int
+    acknowledged: bool = False
+
+
+def _saved_case(update: Update, context: ContextTypes.DEFAULT_TYPE) -> _SavedCase | None:
+    """The case this update committed before it failed, if any (and forget it)."""
+    saved = context.chat_data.get(SAVED_CASES) if context.chat_data is not None else None
+    return saved.pop(update.update_id, None) if saved else None
 
 
 class DownloadFailed(Exception):
@@ -418,6 +441,7 @@ async def on_edited(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The one error handler: log with the traceback, tell the patient in plain words, never a stack trace."""
     error = context.error
+    saved = _saved_case(update, context) if isinstance(update, Update) else None
     if isinstance(error, Forbidden):
         log.info("the patient blocked the bot; nothing to answer")
         return
@@ -428,12 +452,18 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     lang = language_for(update.effective_user.language_code if update.effective_user else None)
     message = update.effective_message
     unavailable = isinstance(error, OperationalError | InterfaceError | StorageError)
-    if unavailable and message is not None and (message.photo or message.document):
-        key = "intake.unavailable"
+    values: dict[str, int] = {}
+    if saved is not None:
+        # The photo is committed as a case: the sweeper queues it if it is not. Never ask for it again.
+        if saved.acknowledged:
+            return  # the patient already has their case number
+        key, values = "intake.delayed", {"case_id": saved.case_id}
+    elif unavailable and message is not None and (message.photo or message.document):
+        key = "intake.unavailable"  # nothing was committed: the photo really is not saved
     else:
         key = "error.unavailable" if unavailable else "error.generic"
     try:
-        await _say(update, svc.texts.get(lang, key))
+        await _say(update, svc.texts.get(lang, key, **values))
     except TelegramError as exc:  # Telegram itself may be what failed; the log above has the cause
         log.warning("could not tell the patient about the error: %s", type(exc).__name__)
 

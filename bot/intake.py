@@ -2,9 +2,10 @@
 
 Order matters and each step is a plain blocking function the handler runs off the event loop:
   1. `before_download`: repeated update? consent? same Telegram file just now? rate limit, cases in flight?
-  2. the handler downloads the bytes; `inspect_image` reads only the header (format, size, pixel bomb)
-  3. `register`: store the image, then in ONE transaction mark the update processed, reuse a case for
-     the same bytes within the duplicate window or create the case, and COMMIT
+  2. the handler downloads the bytes; `prepare_image` reads the header (format, size, pixel bomb), then drops
+     EXIF (GPS included) and other metadata, applying the orientation, so the stored photo carries none
+  3. `register`: store the image, then in ONE transaction mark the message (chat id, message id) processed,
+     reuse a case for the same bytes within the duplicate window or create the case, and COMMIT
   4. `queue`: enqueue the committed case; on success mark it queued. When the broker is down the case
      stays "received" and the sweeper enqueues it later, so the photo is never lost.
 """
@@ -20,7 +21,7 @@ from pathlib import PurePosixPath
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.patients import Patient, ensure_user, transaction
-from ml.decode import ImageInfo, probe_image
+from ml.decode import ImageInfo, probe_image, strip_metadata
 from skintriage import cases
 from skintriage.exceptions import RateLimited, TooManyInFlight
 from skintriage.models import Case, CaseStatus
@@ -77,13 +78,13 @@ def before_download(
     sessions: sessionmaker[Session],
     settings: Settings,
     patient: Patient,
-    update_id: int,
+    message_id: int,
     file_unique_id: str | None,
 ) -> Decision:
     """The checks that need no bytes: repeated update, consent, same file just now, rate limit, cases in flight."""
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
-        if cases.update_seen(session=session, update_id=update_id):
+        if cases.update_seen(session=session, chat_id=patient.chat_id, message_id=message_id):
             return Decision(Outcome.SEEN, user.language)
         if user.consent_at is None:
             return Decision(Outcome.NEEDS_CONSENT, user.language)
@@ -113,6 +114,19 @@ def inspect_image(data: bytes, *, settings: Settings) -> ImageInfo:
     return probe_image(data, max_pixels=settings.max_image_pixels)
 
 
+def prepare_image(data: bytes, *, settings: Settings) -> tuple[bytes, ImageInfo]:
+    """The bytes to store and their header: EXIF (GPS included) and other metadata dropped, orientation applied.
+
+    Raises ml.errors.InvalidImageError with the reason the patient is told. The header is checked first, so
+    a pixel bomb is refused before anything is decoded.
+    """
+    info = inspect_image(data, settings=settings)
+    clean = strip_metadata(data, max_pixels=settings.max_image_pixels)
+    if clean is data:
+        return data, info
+    return clean, inspect_image(clean, settings=settings)
+
+
 def register(
     *,
     sessions: sessionmaker[Session],
@@ -122,7 +136,7 @@ def register(
     data: bytes,
     info: ImageInfo,
     update_id: int,
-    message_id: int | None,
+    message_id: int,
     file_unique_id: str | None,
     media_group_id: str | None = None,
 ) -> Decision:
@@ -130,7 +144,9 @@ def register(
     image = store.put(data, kind="photo", ext=STORE_EXTENSIONS.get(info.format.upper(), "bin"))
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
-        if not cases.mark_update_processed(session=session, update_id=update_id):
+        if not cases.mark_update_processed(
+            session=session, chat_id=patient.chat_id, message_id=message_id, update_id=update_id
+        ):
             return Decision(Outcome.SEEN, user.language)
         same = cases.find_recent_duplicate(
             session=session, user=user, sha256=image.sha256, window_s=settings.duplicate_window_s

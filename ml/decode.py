@@ -199,3 +199,52 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = MIN_SIDE) -> n
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise InvalidImageError(RetakeReason.UNREADABLE, f"decoded to an unexpected shape {rgb.shape}")
     return np.ascontiguousarray(rgb)
+
+
+# Header fields that say nothing about the patient. Anything else with a value (EXIF with its GPS block
+# and camera serials, XMP, IPTC, comments, PNG text chunks, MPO side pictures) makes strip_metadata rewrite.
+_HARMLESS_INFO = frozenset(
+    {
+        "jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "progressive", "progression", "adobe",
+        "adobe_transform", "icc_profile", "gamma", "srgb", "chromaticity", "transparency", "interlace", "aspect",
+        "compression", "loop", "duration", "background", "version", "primary", "bit_depth", "chroma",
+        "nclx_profile", "original_orientation", "aux", "depth_images", "thumbnails", "metadata",
+    }
+)  # fmt: skip
+# Re-encoding keeps the container where browsers and Telegram read it; lossy sources stay lossy at high quality.
+_REWRITE_AS = {"JPEG": ("JPEG", {"quality": 95}), "WEBP": ("WEBP", {"quality": 95}), "PNG": ("PNG", {})}
+_LOSSLESS = {"PNG", "GIF", "BMP", "TIFF"}
+
+
+def _carries_metadata(img: Image.Image) -> bool:
+    try:
+        if len(img.getexif()) > 0:
+            return True
+    except Exception:  # noqa: BLE001 - a block PIL cannot parse may still hold GPS: treat it as present
+        return True
+    return any(value and key not in _HARMLESS_INFO for key, value in img.info.items())
+
+
+def strip_metadata(data: bytes, *, max_pixels: int, min_side: int = MIN_SIDE) -> bytes:
+    """The image without EXIF (GPS included), XMP, IPTC or comments, its orientation applied to the pixels.
+
+    Bytes without such metadata come back unchanged (no re-encoding loss). Otherwise the pixels are decoded by
+    decode_image (the pipeline's own path: EXIF rotation, alpha on white) and written again: JPEG, WebP and PNG
+    in their own format, other lossless formats as PNG, HEIC/AVIF as JPEG. Raises InvalidImageError when unusable.
+    """
+    img = _open(data)
+    try:
+        source_format = str(img.format or "")
+        icc = img.info.get("icc_profile")
+        private = _carries_metadata(img)
+    finally:
+        img.close()
+    if not private:
+        return data
+    rgb = decode_image(data, max_pixels=max_pixels, min_side=min_side)
+    fallback = ("PNG", {}) if source_format in _LOSSLESS else ("JPEG", {"quality": 95})
+    target, options = _REWRITE_AS.get(source_format, fallback)
+    buf = io.BytesIO()
+    # The colour profile is kept (it describes the pixels, not the patient); nothing else is passed on.
+    Image.fromarray(rgb).save(buf, format=target, **options, **({"icc_profile": icc} if icc else {}))
+    return buf.getvalue()

@@ -88,14 +88,34 @@ def set_language(*, session: Session, user: User, language: str) -> None:
     user.language = language
 
 
-def mark_update_processed(*, session: Session, update_id: int) -> bool:
-    """Remember a Telegram update id; False when it was seen before (a repeated delivery)."""
+def mark_update_processed(
+    *, session: Session, chat_id: int, message_id: int, update_id: int | None = None
+) -> bool:
+    """Remember a Telegram message by (chat id, message id); False when it was handled before (a repeated delivery).
+
+    Not by update id: Telegram may start update ids again, which would make a new photo look like an old one.
+    """
     try:
         with session.begin_nested():
-            session.add(ProcessedUpdate(update_id=update_id))
+            session.add(ProcessedUpdate(chat_id=chat_id, message_id=message_id, update_id=update_id))
     except IntegrityError:
         return False
     return True
+
+
+# Telegram keeps an unconfirmed update for 24 hours; a week of memory is ample for repeated deliveries.
+PROCESSED_UPDATES_KEEP = timedelta(days=7)
+
+
+def prune_processed_updates(
+    *, session: Session, keep: timedelta = PROCESSED_UPDATES_KEEP, now: datetime | None = None
+) -> int:
+    """Forget handled messages older than `keep` (Telegram redelivers nothing that old); returns rows deleted."""
+    cutoff = (now or utcnow()) - keep
+    result = session.execute(
+        delete(ProcessedUpdate).where(ProcessedUpdate.at < cutoff).execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
 
 
 # --- intake ---------------------------------------------------------------------------------
@@ -139,9 +159,10 @@ def find_recent_duplicate(
 
 
 
-def update_seen(*, session: Session, update_id: int) -> bool:
-    """Whether a Telegram update id was already handled (a cheap check before downloading a photo)."""
-    return session.scalar(select(ProcessedUpdate.id).where(ProcessedUpdate.update_id == update_id)) is not None
+def update_seen(*, session: Session, chat_id: int, message_id: int) -> bool:
+    """Whether a Telegram message was already handled (a cheap check before downloading a photo)."""
+    same = (ProcessedUpdate.chat_id == chat_id, ProcessedUpdate.message_id == message_id)
+    return session.scalar(select(ProcessedUpdate.id).where(*same)) is not None
 
 
 def find_recent_same_file(
@@ -296,7 +317,9 @@ def claim_for_processing(
             _owner_is_dead(case.processing_owner) or (case.started_at and case.started_at < stale)
         ):
             return ClaimResult(Claim.BUSY, case)
-        mark_failed(session=session, case_id=case_id, error_code="attempts_exhausted")
+        # Fail it only while the dead or stale holder still has it: it may finish the case meanwhile.
+        holder = case.processing_owner if case.status == CaseStatus.PROCESSING else None
+        mark_failed(session=session, case_id=case_id, error_code="attempts_exhausted", owner=holder)
         session.commit()
         session.refresh(case)
         return ClaimResult(Claim.EXHAUSTED, case)
@@ -389,15 +412,26 @@ def save_result(
     return result.rowcount == 1
 
 
-def mark_failed(*, session: Session, case_id: int, error_code: str) -> None:
-    """Finish a case as failed with a code (the patient is told; operators see the code)."""
-    session.execute(
+def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str | None = None) -> bool:
+    """Finish an open case as failed with a code (the patient is told); False when it was not ours to fail.
+
+    A worker passes its `owner` identity: once its claim went stale and another worker took the case over,
+    the case is no longer its to fail, whether the new owner is still working on it or has finished it.
+    Without an owner (attempt cap, operators) any open case fails.
+    """
+    condition = Case.status.in_(OPEN_STATUSES)
+    if owner is not None:
+        condition = and_(Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
+    result = session.execute(
         update(Case)
-        .where(Case.id == case_id, Case.status.in_(OPEN_STATUSES))
+        .where(Case.id == case_id, condition)
         .values(status=CaseStatus.FAILED, finished_at=utcnow(), error_code=error_code)
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount != 1:
+        return False
     audit(session=session, actor="system", action="case.failed", case_id=case_id, detail={"error_code": error_code})
+    return True
 
 
 # --- delivery -------------------------------------------------------------------------------
@@ -413,6 +447,7 @@ def claim_delivery(*, session: Session, case_id: int, lease_s: int = 120) -> Cas
             Case.status.in_(FINAL_STATUSES),
             Case.delivered_at.is_(None),
             or_(Case.delivery_claimed_at.is_(None), Case.delivery_claimed_at < now - timedelta(seconds=lease_s)),
+            or_(Case.delivery_not_before.is_(None), Case.delivery_not_before <= now),
         )
         .values(delivery_claimed_at=now)
         .execution_options(synchronize_session=False)
@@ -426,10 +461,18 @@ def claim_delivery(*, session: Session, case_id: int, lease_s: int = 120) -> Cas
     return case
 
 
-def release_delivery(*, session: Session, case_id: int) -> None:
-    """Let another attempt send the answer (after a failed send)."""
+def release_delivery(*, session: Session, case_id: int, wait_s: float | None = None) -> None:
+    """Let another attempt send the answer (after a failed send); none before `wait_s` seconds when given.
+
+    Telegram's flood control (429) names how long to wait; sending earlier only earns another 429, so the
+    wait is kept in the row, where the retry and the sweeper both see it.
+    """
+    not_before = utcnow() + timedelta(seconds=wait_s) if wait_s else None
     session.execute(
-        update(Case).where(Case.id == case_id, Case.delivered_at.is_(None)).values(delivery_claimed_at=None)
+        update(Case)
+        .where(Case.id == case_id, Case.delivered_at.is_(None))
+        .values(delivery_claimed_at=None, delivery_not_before=not_before)
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -508,6 +551,7 @@ def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> Ou
             OutboxMessage.id == message_id,
             OutboxMessage.sent_at.is_(None),
             or_(OutboxMessage.claimed_at.is_(None), OutboxMessage.claimed_at < now - timedelta(seconds=lease_s)),
+            or_(OutboxMessage.not_before.is_(None), OutboxMessage.not_before <= now),
         )
         .values(claimed_at=now, attempts=OutboxMessage.attempts + 1)
         .execution_options(synchronize_session=False)
@@ -521,12 +565,15 @@ def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> Ou
     return message
 
 
-def release_outbox(*, session: Session, message_id: int, error: str | None = None) -> None:
-    """Let another attempt send the message (after a failed send), noting why it failed."""
+def release_outbox(
+    *, session: Session, message_id: int, error: str | None = None, wait_s: float | None = None
+) -> None:
+    """Let another attempt send the message (after a failed send), noting why; none before `wait_s` seconds."""
+    not_before = utcnow() + timedelta(seconds=wait_s) if wait_s else None
     session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None))
-        .values(claimed_at=None, error=error[:255] if error else None)
+        .values(claimed_at=None, error=error[:255] if error else None, not_before=not_before)
         .execution_options(synchronize_session=False)
     )
 
@@ -566,7 +613,10 @@ class SweepPlan:
 
 
 def find_stuck(*, session: Session, stuck_after_s: int, now: datetime | None = None) -> SweepPlan:
-    """Cases lost between steps: never queued, queued or processing too long, or finished but unanswered."""
+    """Cases lost between steps: never queued, queued or processing too long, or finished but unanswered.
+
+    An answer or message that Telegram's flood control asked to hold is left alone until its wait is over.
+    """
     now = now or utcnow()
     old = now - timedelta(seconds=stuck_after_s)
     to_process = session.scalars(
@@ -584,6 +634,7 @@ def find_stuck(*, session: Session, stuck_after_s: int, now: datetime | None = N
             Case.delivered_at.is_(None),
             Case.finished_at < now - timedelta(seconds=min(stuck_after_s, 30)),
             or_(Case.delivery_claimed_at.is_(None), Case.delivery_claimed_at < old),
+            or_(Case.delivery_not_before.is_(None), Case.delivery_not_before <= now),
         )
     ).all()
     outbox = session.scalars(
@@ -591,6 +642,7 @@ def find_stuck(*, session: Session, stuck_after_s: int, now: datetime | None = N
             OutboxMessage.sent_at.is_(None),
             OutboxMessage.created_at < now - timedelta(seconds=min(stuck_after_s, 30)),
             or_(OutboxMessage.claimed_at.is_(None), OutboxMessage.claimed_at < old),
+            or_(OutboxMessage.not_before.is_(None), OutboxMessage.not_before <= now),
         )
     ).all()
     return SweepPlan(list(to_process), list(to_deliver), list(outbox))

@@ -132,6 +132,8 @@ class Case(Base):
     processing_owner: Mapped[str | None] = mapped_column(String(128))  # "host:pid" of the worker holding it
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delivery_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Telegram's flood control (429 RetryAfter) said to wait: no send, by the retry or the sweeper, before this.
+    delivery_not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delay_notice_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -225,6 +227,7 @@ class OutboxMessage(Base):
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())  # flood control: no send before this
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(String(255))
@@ -245,11 +248,17 @@ class AuditEvent(Base):
 
 
 class ProcessedUpdate(Base):
-    """Telegram update ids already handled, so a redelivered update does nothing twice."""
+    """Telegram messages already handled, by (chat id, message id), so a redelivered update does nothing twice.
+
+    Not by update id: Telegram may start update ids again (e.g. after a webhook was set and removed), while a
+    message id never repeats within a chat. Rows older than a week are pruned (cases.prune_processed_updates).
+    """
 
     __tablename__ = "processed_updates"
-    __table_args__ = (UniqueConstraint("update_id"),)
+    __table_args__ = (UniqueConstraint("chat_id", "message_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    update_id: Mapped[int] = mapped_column(BigInteger)
-    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    update_id: Mapped[int | None] = mapped_column(BigInteger)  # for the record only; never checked
+    chat_id: Mapped[int | None] = mapped_column(BigInteger)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -25,3 +25,26 @@ def lesion_photo(width: int = 600, height: int = 450, *, seed: int = 0, fmt: str
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format=fmt, quality=90)
     return buf.getvalue()
+
+
+GPS_LATITUDE = (52.0, 31.0, 12.5)  # where a phone says the patient was
+
+
+def photo_with_gps(width: int = 600, height: int = 450, *, seed: int = 0, fmt: str = "JPEG") -> bytes:
+    """A lesion photo as a phone stores it: rotated by EXIF (orientation 6), with camera make and a GPS block."""
+    img = Image.open(io.BytesIO(lesion_photo(width, height, seed=seed)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees: height x width
+    exif[0x010F] = "PhoneMaker"
+    exif.get_ifd(0x8825).update({1: "N", 2: GPS_LATITUDE, 3: "E", 4: (13.0, 24.0, 17.9)})
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def assert_no_metadata(data: bytes) -> None:
+    """No EXIF (hence no GPS), XMP or comment survives in stored or served image bytes."""
+    img = Image.open(io.BytesIO(data))
+    assert len(img.getexif()) == 0 and not img.getexif().get_ifd(0x8825)
+    assert not {"exif", "xmp", "comment", "XML:com.adobe.xmp"} & set(img.info)
+    assert b"PhoneMaker" not in data and b"Exif\x00\x00" not in data

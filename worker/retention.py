@@ -1,5 +1,7 @@
 """Image retention: delete photos, masks and overlays older than RETENTION_DAYS, keep the case records.
 
+The same daily job forgets handled Telegram messages (the repeated-update memory) older than a week.
+
 Runs daily from beat (the `purge_images` task) and once from the command line (`skintriage purge-images`).
 """
 
@@ -21,7 +23,10 @@ def purge_once(*, settings: Settings, store: ImageStore | None = None) -> int:
     store = store or make_store(settings)
     with session_factory(settings.resolved_database_url)() as session:
         purged = cases.purge_expired_images(session=session, store=store, retention_days=settings.retention_days)
+        forgotten = cases.prune_processed_updates(session=session)
         session.commit()
+    if forgotten:
+        log.info("retention: forgot %d handled Telegram messages older than a week", forgotten)
     if purged:
         log.info("retention: removed the images of %d cases older than %d days", purged, settings.retention_days)
     return purged

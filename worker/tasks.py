@@ -126,6 +126,7 @@ def triage_case(self: Any, case_id: int) -> str:
 def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any) -> str:
     """Run the pipeline on a claimed case, store the images and the result, enqueue the answer."""
     case_id = case.id
+    owner = case.processing_owner  # read now: after a rollback the row would show a new owner's name
     if case.queued_at is not None and case.started_at is not None:
         QUEUE_WAIT.observe(max((case.started_at - case.queued_at).total_seconds(), 0.0))
     store = _store(settings)
@@ -136,10 +137,7 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
             image = None
         if image is None:
             # The photo was deleted (retention or the patient's /delete) before it was analysed.
-            cases.mark_failed(session=session, case_id=case_id, error_code="image_missing")
-            session.commit()
-            enqueue.enqueue_delivery(case_id)
-            return "image_missing"
+            return _fail(session, case_id, "image_missing", owner=owner)
 
         started = time.monotonic()
         try:
@@ -148,17 +146,14 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
             # Not a bad photo (those come back as RETAKE): a bug or a broken model. Do not guess.
             log.exception("pipeline failed on case %d; the case fails and the patient is told", case_id)
             session.rollback()
-            cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error")
-            session.commit()
-            enqueue.enqueue_delivery(case_id)
-            return "pipeline_error"
+            return _fail(session, case_id, "pipeline_error", owner=owner)
         elapsed = time.monotonic() - started
         INFERENCE.observe(elapsed)
 
         fields = _result_fields(result, store=store, total_ms=elapsed * 1000)
         fields["tier_reason"] = tier_reason(result, settings=settings)
         status = CaseStatus.REJECTED if fields["tier"] == "RETAKE" else CaseStatus.DONE
-        saved = cases.save_result(session=session, case_id=case_id, status=status, fields=fields)
+        saved = cases.save_result(session=session, case_id=case_id, status=status, fields=fields, owner=owner)
         session.commit()
     except Exception as exc:
         session.rollback()
@@ -179,6 +174,17 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
         log.info("case %d was finished by another worker; keeping its result", case_id)
     enqueue.enqueue_delivery(case_id)
     return str(status)
+
+
+def _fail(session: Session, case_id: int, error_code: str, *, owner: str | None) -> str:
+    """Fail a case this worker holds and enqueue the answer; a case taken over meanwhile is left to its new owner."""
+    failed = cases.mark_failed(session=session, case_id=case_id, error_code=error_code, owner=owner)
+    session.commit()
+    if not failed:
+        log.info("case %d was taken over by another worker; leaving it to them (%s not recorded)", case_id, error_code)
+        return "taken_over"
+    enqueue.enqueue_delivery(case_id)
+    return error_code
 
 
 def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[str, Any]:
@@ -376,19 +382,22 @@ def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], 
 def _delivery_failed(task: Any, session: Session, case_id: int, exc: BaseException) -> str:
     """Decide what a failed send means: give up for good, wait as told, or back off and retry."""
     if isinstance(exc, Forbidden | BadRequest):
-        # Blocked bot, deleted chat, or a message Telegram will never accept: retrying cannot help.
+        # Blocked bot or deleted chat (a BadRequest here means even the plain-text answer was refused):
+        # retrying cannot help. A patient who blocked the bot chose so; anything else needs a person to look.
         reason = "forbidden" if isinstance(exc, Forbidden) else "bad_request"
-        log.warning("case %d: Telegram refused the answer (%s: %s); not retrying", case_id, reason, exc)
+        level = logging.WARNING if reason == "forbidden" else logging.ERROR
+        log.log(level, "case %d: Telegram refused the answer (%s: %s); not retrying", case_id, reason, exc)
         cases.mark_undeliverable(session=session, case_id=case_id, reason=reason)
         session.commit()
         DELIVERIES.labels(outcome=reason).inc()
         return reason
     session.rollback()
-    cases.release_delivery(session=session, case_id=case_id)
+    wait_s = _retry_after_s(exc) if isinstance(exc, RetryAfter) else None
+    cases.release_delivery(session=session, case_id=case_id, wait_s=wait_s)
     session.commit()
-    if isinstance(exc, RetryAfter):
+    if wait_s is not None:
         DELIVERIES.labels(outcome="retry_after").inc()
-        countdown = _retry_after_s(exc) + random.uniform(0, 1)
+        countdown = wait_s + random.uniform(0, 1)  # after the row's not-before time, or the claim refuses
         log.warning("case %d: Telegram flood control, retrying in %.0f s as asked", case_id, countdown)
         # Waiting as told is not a failure: it does not count against the retry budget.
         raise task.retry(countdown=countdown, exc=exc, max_retries=None)
@@ -427,9 +436,10 @@ def send_outbox(self: Any, message_id: int) -> str:
             DELIVERIES.labels(outcome="outbox_refused").inc()
             return "refused"
         except RetryAfter as exc:
-            cases.release_outbox(session=session, message_id=message_id, error="flood control")
+            wait_s = _retry_after_s(exc)
+            cases.release_outbox(session=session, message_id=message_id, error="flood control", wait_s=wait_s)
             session.commit()
-            raise self.retry(countdown=_retry_after_s(exc) + random.uniform(0, 1), exc=exc, max_retries=None) from exc
+            raise self.retry(countdown=wait_s + random.uniform(0, 1), exc=exc, max_retries=None) from exc
         except (TelegramError, StorageError, OperationalError) as exc:
             session.rollback()
             cases.release_outbox(session=session, message_id=message_id, error=type(exc).__name__)

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-# Browsers cannot show HEIC (or unknown bytes); those are converted to JPEG, within this pixel budget.
+# Browsers cannot show HEIC (or unknown bytes); those are converted to JPEG, within this pixel budget (which also
+# bounds decoding a photo to strip its metadata).
 CONVERT_MAX_PIXELS = 40_000_000
 
 
@@ -27,25 +28,25 @@ def _not_found() -> Response:
     return Response("no such image", status_code=404, media_type="text/plain")
 
 
-def _to_jpeg(data: bytes) -> bytes | None:
-    from PIL import Image, ImageOps
+def _browser_safe(data: bytes, ext: str) -> tuple[bytes, str] | None:
+    """Bytes a browser can show, with no EXIF (GPS included) or other metadata; None when they cannot be decoded.
+
+    Photos stored before intake stripped metadata may still carry it, so every image is checked on its way out.
+    """
+    from PIL import Image
+
+    from ml.decode import decode_image, strip_metadata
+    from ml.errors import InvalidImageError
 
     try:
-        import pillow_heif
-
-        pillow_heif.register_heif_opener()
-    except ImportError:  # pragma: no cover - pillow-heif is a dependency
-        pass
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > CONVERT_MAX_PIXELS:
-                return None
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
-            buf = io.BytesIO()
-            rgb.save(buf, format="JPEG", quality=90)
-            return buf.getvalue()
-    except (OSError, ValueError, Image.DecompressionBombError):
+        if ext in MEDIA_TYPES:
+            return strip_metadata(data, max_pixels=CONVERT_MAX_PIXELS), MEDIA_TYPES[ext]
+        rgb = decode_image(data, max_pixels=CONVERT_MAX_PIXELS)
+    except InvalidImageError:
         return None
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue(), "image/jpeg"
 
 
 @router.get("/cases/{case_id}/images/{key:path}")
@@ -75,11 +76,7 @@ def image(
     audit(session=db, actor="operator", action="case.image_viewed", case_id=case.id, operator_id=operator.id,
           detail={"kind": key.split("/", 1)[0]})
     db.commit()
-    ext = key.rsplit(".", 1)[-1]
-    media_type = MEDIA_TYPES.get(ext)
-    if media_type is None:
-        data = _to_jpeg(data)
-        if data is None:
-            return Response("this image cannot be shown in a browser", status_code=415, media_type="text/plain")
-        media_type = "image/jpeg"
-    return Response(data, media_type=media_type, headers={"Cache-Control": "private, no-store"})
+    served = _browser_safe(data, key.rsplit(".", 1)[-1])
+    if served is None:
+        return Response("this image cannot be shown in a browser", status_code=415, media_type="text/plain")
+    return Response(served[0], media_type=served[1], headers={"Cache-Control": "private, no-store"})

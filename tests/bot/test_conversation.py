@@ -5,6 +5,7 @@ Every test asserts on the exact messages the server received and on the database
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import subprocess
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from sqlalchemy import text as sql
 
 from bot.local_api import buttons
 from skintriage import cases
 from skintriage.models import CaseStatus
-from tests.factories import lesion_photo
+from tests.factories import assert_no_metadata, lesion_photo, photo_with_gps
 from tests.stack import free_port
 
 
@@ -163,6 +165,19 @@ def test_image_files_png_and_heic_start_cases_with_their_bytes_unchanged(start_b
     assert (heic_case.image_width, heic_case.image_height) == (400, 300)
 
 
+def test_photo_sent_as_a_file_is_stored_without_exif_or_gps_and_upright(start_bot) -> None:
+    h = start_bot()
+    h.consent(125)
+    since = h.patient.last_seq()
+    h.patient.send_document(125, photo_with_gps(400, 300, seed=6), "IMG_2041.JPG", "image/jpeg")
+    h.wait_startswith(125, "Received.", since=since)
+    (case,) = h.cases(125)
+    stored = h.services.store.get(case.image_key)
+    assert_no_metadata(stored)
+    assert case.image_key.endswith(".jpg") and hashlib.sha256(stored).hexdigest() == case.image_sha256
+    assert Image.open(io.BytesIO(stored)).size == (300, 400) == (case.image_width, case.image_height)
+
+
 def test_unsupported_corrupt_tiny_and_oversized_images_get_a_reason_and_no_case(start_bot) -> None:
     h = start_bot(MAX_IMAGE_PIXELS=200_000)
     h.consent(112)
@@ -231,6 +246,23 @@ def test_same_update_delivered_twice_and_same_photo_sent_twice_make_one_case(sta
     assert len(h.cases(114)) == 1
 
 
+def test_a_new_photo_under_a_restarted_update_id_starts_a_new_case(start_bot) -> None:
+    """Telegram may number updates from the start again: repeats are known by chat and message, not update id."""
+    h = start_bot()
+    h.consent(126)
+    since = h.patient.last_seq()
+    first = h.patient.send_message(126, photo_b64=base64.b64encode(lesion_photo(seed=20)).decode())
+    h.wait_startswith(126, "Received.", since=since)
+    # A second photo, uploaded through another chat so the server holds its file, arrives in this chat as a
+    # new message that carries the first message's update id.
+    other = h.patient.send_message(127, photo_b64=base64.b64encode(lesion_photo(seed=21)).decode())
+    message = {**first["message"], "message_id": first["message_id"] + 1, "photo": other["message"]["photo"]}
+    since = h.patient.last_seq()
+    h.patient.inject_update({"update_id": first["update_id"], "message": message})
+    h.wait_startswith(126, "Received.", since=since)
+    assert len(h.cases(126)) == 2
+
+
 def test_rate_limit_and_cases_in_flight_cap(start_bot) -> None:
     h = start_bot(RATE_LIMIT_PHOTOS=2, MAX_IN_FLIGHT=1)
     h.consent(115)
@@ -270,6 +302,25 @@ def test_database_outage_asks_the_patient_to_resend_later(start_bot) -> None:
     h.wait_text(117, h.expect("en", "error.unavailable"), since=since)
     h.patient.send_photo(117, lesion_photo(seed=15))
     h.wait_text(117, h.expect("en", "intake.unavailable"), since=since)
+
+
+def test_database_failing_after_the_case_is_committed_never_says_the_photo_was_not_saved(start_bot) -> None:
+    h = start_bot()
+    h.consent(128)
+    with h.session() as session:
+        # The case INSERT commits; marking it queued (an UPDATE) then fails as if the database went away.
+        session.execute(sql(
+            "CREATE TRIGGER fail_after_commit BEFORE UPDATE OF status ON cases "
+            "BEGIN INSERT INTO no_such_table VALUES (1); END"
+        ))
+        session.commit()
+    since = h.patient.last_seq()
+    h.patient.send_photo(128, lesion_photo(seed=22))
+    reply = h.wait_startswith(128, "Our analysis service is busy", since=since)
+    (case,) = h.cases(128)
+    assert reply["text"] == h.expect("en", "intake.delayed", case_id=case.id)
+    assert h.expect("en", "intake.unavailable") not in [m.get("text") for m in h.patient.messages(128, since=since)]
+    assert case.status == CaseStatus.RECEIVED and h.services.store.exists(case.image_key)  # the sweeper queues it
 
 
 def test_photo_on_postgres(start_bot, pg_url: str) -> None:
@@ -333,6 +384,31 @@ def test_an_update_the_library_cannot_parse_is_skipped_and_polling_goes_on(start
     h.wait_text(124, h.expect("en", "other.sticker"), since=since)
     assert [m.get("text") for m in h.patient.messages(124, since=since)] == [h.expect("en", "other.sticker")]
     assert "Alice" not in caplog.text
+
+
+def test_database_faults_log_tracebacks_without_the_patients_telegram_ids(start_bot, caplog) -> None:
+    """SQL errors quote their statement; its parameters (Telegram user and chat ids) must stay out of the logs."""
+    h = start_bot()
+    first, second = 7391046285, 7391046286  # private chats: the chat id is the user id
+    with h.session() as session:
+        # An IntegrityError on the INSERT of a new patient (parameters: user id, chat id, language).
+        session.execute(sql(
+            "CREATE TRIGGER refuse_users BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+        ))
+        session.commit()
+    since = h.patient.last_seq()
+    h.patient.send_command(first, "/start")
+    h.wait_text(first, h.expect("en", "error.generic"), since=since)
+    with h.session() as session:
+        # A statement on a dropped table (parameter: the user id of the SELECT).
+        session.execute(sql("PRAGMA foreign_keys=OFF"))
+        session.execute(sql("DROP TABLE users"))
+        session.commit()
+    h.patient.send_photo(second, lesion_photo(seed=19))
+    h.wait_text(second, h.expect("en", "intake.unavailable"), since=since)
+    assert "IntegrityError" in caplog.text and "OperationalError" in caplog.text  # the faults were logged
+    assert "[SQL:" in caplog.text  # with their statements
+    assert str(first) not in caplog.text and str(second) not in caplog.text
 
 
 def test_group_chats_are_declined_and_nothing_is_stored(start_bot) -> None:

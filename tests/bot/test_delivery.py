@@ -271,6 +271,40 @@ def test_two_part_answer_resumes_after_its_first_message_without_sending_it_agai
     assert f"{photo['caption']}\n\n{follow_up['text']}" == text
 
 
+def test_follow_up_telegram_refuses_is_sent_as_plain_text_after_the_photo(local_api, patient, tmp_path) -> None:
+    path = tmp_path / "guidance.toml"
+    path.write_text(f'[HIGH]\nen = "{"Please see a dermatologist within two weeks. " * 30}"\n', encoding="utf-8")
+    texts = Texts.load(guidance_file=path)
+    store = LocalImageStore(tmp_path / "images")
+    patient.send_text(305, "hi")
+    case = done_case("HIGH", overlay_key=store.put(lesion_photo(seed=5), kind="overlay").key)
+    recorded: list[int] = []
+
+    async def go():
+        async with make_bot(_settings(local_api)) as bot:
+            patient.set_faults("sendMessage", ["400"])  # Telegram refuses the follow-up's formatting
+            return await deliver_case(
+                bot, case=case, store=store, chat_id=305, texts=texts, on_first_sent=recorded.append
+            )
+
+    message_id, text = asyncio.run(go())
+    photo, follow_up = patient.messages(305)
+    assert photo["method"] == "sendPhoto" and message_id == photo["message_id"] == recorded[0]
+    assert follow_up["method"] == "sendMessage" and follow_up["parse_mode"] is None
+    assert follow_up["text"].endswith(visible(texts.get("en", "result.disclaimer")))
+    assert f"{photo['caption']}\n\n{follow_up['text']}" == text
+
+
+def test_plain_text_is_split_between_paragraphs_keeping_the_disclaimer_whole() -> None:
+    from bot.delivery import plain_parts
+
+    disclaimer = visible(TEXTS.get("en", "result.disclaimer"))
+    text = "\n\n".join(["x" * 3000, "y" * 3000, disclaimer])
+    parts = plain_parts(text)
+    assert all(len(p) <= 4096 for p in parts) and "\n\n".join(parts) == text
+    assert parts[-1].endswith(disclaimer)
+
+
 def test_outbox_message_is_sent_as_plain_text(local_api, patient) -> None:
     patient.send_text(303, "hi")
 

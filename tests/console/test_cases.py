@@ -364,3 +364,20 @@ def test_review_form_offers_save_and_next_with_shortcuts(reviewer, seeded):
     assert 'aria-keyshortcuts="A"' in html and 'aria-keyshortcuts="D"' in html
     # The review panel comes right after the images, before the result (it sits beside the image).
     assert html.index('id="images"') < html.index('id="reviews"') < html.index('id="result"')
+
+
+@pytest.mark.parametrize("ext", ["jpg", "heic"])
+def test_photos_are_served_without_exif_or_gps_even_if_stored_with_them(reviewer, seeded, store, console_db_url, ext):
+    """A photo stored before intake stripped metadata still leaves the console without it, upright."""
+    from PIL import Image
+
+    from skintriage.models import Case
+    from tests.factories import assert_no_metadata, photo_with_gps
+
+    old = store.put(photo_with_gps(400, 300, seed=7), kind="photo", ext=ext)
+    with session_scope(console_db_url) as s:
+        s.get(Case, seeded.cases["a_low"]).image_key = old.key
+    response = reviewer.get(f"/cases/{seeded.cases['a_low']}/images/{old.key}")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    assert_no_metadata(response.content)
+    assert Image.open(io.BytesIO(response.content)).size == (300, 400)

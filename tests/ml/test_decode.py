@@ -186,3 +186,35 @@ def test_disallowed_format_is_refused_before_its_decoder_runs():
 def test_invalid_limit_is_a_programming_error():
     with pytest.raises(ValueError, match="max_pixels must be positive"):
         decode_image(_encode(_asymmetric_rgb(), "PNG"), max_pixels=0)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_strip_metadata_drops_exif_and_gps_and_keeps_the_orientation(fmt):
+    from ml.decode import strip_metadata
+    from tests.factories import assert_no_metadata, photo_with_gps
+
+    original = photo_with_gps(400, 300, fmt=fmt)
+    assert Image.open(io.BytesIO(original)).getexif().get_ifd(0x8825)  # the fixture does carry GPS
+    clean = strip_metadata(original, max_pixels=10**7)
+    assert_no_metadata(clean)
+    assert Image.open(io.BytesIO(clean)).format == fmt
+    before, after = decode_image(original, max_pixels=10**7), decode_image(clean, max_pixels=10**7)
+    assert after.shape == before.shape == (400, 300, 3)  # upright as displayed: the EXIF rotation is in the pixels
+    assert np.abs(before.astype(int) - after.astype(int)).mean() < 3
+
+
+def test_strip_metadata_keeps_bytes_without_metadata_unchanged():
+    from ml.decode import strip_metadata
+    from tests.factories import lesion_photo
+
+    for data in (lesion_photo(200, 150), lesion_photo(200, 150, fmt="PNG")):
+        assert strip_metadata(data, max_pixels=10**7) is data
+
+
+def test_strip_metadata_refuses_what_decode_refuses():
+    from ml.decode import strip_metadata
+    from tests.factories import photo_with_gps
+
+    truncated = photo_with_gps(400, 300)[:2000]
+    with pytest.raises(InvalidImageError):
+        strip_metadata(truncated, max_pixels=10**7)

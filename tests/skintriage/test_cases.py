@@ -42,9 +42,9 @@ def test_get_or_create_user_is_idempotent(db_url):
 
 def test_repeated_update_is_detected(db_url):
     with session_factory(db_url)() as session:
-        assert cases.mark_update_processed(session=session, update_id=77) is True
-        assert cases.mark_update_processed(session=session, update_id=77) is False
-        assert cases.mark_update_processed(session=session, update_id=78) is True
+        assert cases.mark_update_processed(session=session, chat_id=1001, message_id=77) is True
+        assert cases.mark_update_processed(session=session, chat_id=1001, message_id=77) is False
+        assert cases.mark_update_processed(session=session, chat_id=1001, message_id=78) is True
         session.commit()
 
 

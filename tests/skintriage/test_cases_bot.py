@@ -4,18 +4,42 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy import update
+
 from skintriage import cases
 from skintriage.db import session_scope
-from skintriage.models import utcnow
+from skintriage.models import ProcessedUpdate, utcnow
 from skintriage.storage import StoredImage
 
 
 def test_update_seen_after_mark_update_processed(db_url: str) -> None:
     with session_scope(db_url) as session:
-        assert not cases.update_seen(session=session, update_id=77)
-        assert cases.mark_update_processed(session=session, update_id=77)
-        assert cases.update_seen(session=session, update_id=77)
-        assert not cases.update_seen(session=session, update_id=78)
+        assert not cases.update_seen(session=session, chat_id=5001, message_id=77)
+        assert cases.mark_update_processed(session=session, chat_id=5001, message_id=77, update_id=900)
+        assert cases.update_seen(session=session, chat_id=5001, message_id=77)
+        assert not cases.update_seen(session=session, chat_id=5001, message_id=78)
+        assert not cases.update_seen(session=session, chat_id=5002, message_id=77)  # message ids are per chat
+
+
+def test_restarted_update_ids_do_not_hide_a_new_message(db_url: str) -> None:
+    """Telegram may start update ids again: a new message under an old update id is still new."""
+    with session_scope(db_url) as session:
+        assert cases.mark_update_processed(session=session, chat_id=5001, message_id=10, update_id=900)
+        assert not cases.update_seen(session=session, chat_id=5001, message_id=11)
+        assert cases.mark_update_processed(session=session, chat_id=5001, message_id=11, update_id=900)
+        assert not cases.mark_update_processed(session=session, chat_id=5001, message_id=11, update_id=901)
+
+
+def test_handled_messages_older_than_a_week_are_pruned(db_url: str) -> None:
+    with session_scope(db_url) as session:
+        assert cases.mark_update_processed(session=session, chat_id=5001, message_id=1)
+        assert cases.mark_update_processed(session=session, chat_id=5001, message_id=2)
+        session.execute(
+            update(ProcessedUpdate).where(ProcessedUpdate.message_id == 1).values(at=utcnow() - timedelta(days=8))
+        )
+        assert cases.prune_processed_updates(session=session) == 1
+        assert not cases.update_seen(session=session, chat_id=5001, message_id=1)
+        assert cases.update_seen(session=session, chat_id=5001, message_id=2)
 
 
 def test_find_recent_same_file_is_per_patient_and_within_the_window(db_url: str) -> None:

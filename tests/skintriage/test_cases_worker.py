@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from skintriage import cases
 from skintriage.db import session_factory
@@ -60,6 +60,67 @@ def test_release_for_retry_ignores_a_case_another_worker_holds(db_url, store):
         assert (case.status, case.attempts, case.processing_owner) == (CaseStatus.PROCESSING, 1, "host:1")
 
 
+def _taken_over(session, store) -> int:
+    """A case claimed by host:1 whose claim went stale, then claimed by host:2."""
+    case_id = _claimed_case(session, store, owner="host:1")
+    session.execute(update(Case).where(Case.id == case_id).values(started_at=utcnow() - timedelta(hours=1)))
+    session.commit()
+    claim = cases.claim_for_processing(
+        session=session, case_id=case_id, max_attempts=3, stale_after_s=300, owner="host:2"
+    )
+    assert claim.outcome == cases.Claim.CLAIMED
+    return case_id
+
+
+def _failed_audits(session, case_id: int) -> list[str]:
+    return session.scalars(
+        select(AuditEvent.action).where(AuditEvent.case_id == case_id, AuditEvent.action == "case.failed")
+    ).all()
+
+
+def test_slow_worker_cannot_fail_a_case_the_new_owner_finished(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _taken_over(session, store)
+        assert cases.save_result(
+            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:2"
+        )
+        session.commit()
+        assert not cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error", owner="host:1")
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert (case.status, case.tier, case.error_code) == (CaseStatus.DONE, "LOW", None)
+        assert _failed_audits(session, case_id) == []
+
+
+def test_slow_worker_cannot_fail_a_case_the_new_owner_is_working_on(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _taken_over(session, store)
+        assert not cases.mark_failed(session=session, case_id=case_id, error_code="image_missing", owner="host:1")
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert (case.status, case.processing_owner) == (CaseStatus.PROCESSING, "host:2")
+        assert cases.save_result(
+            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:2"
+        )
+        session.commit()
+        assert _failed_audits(session, case_id) == []
+
+
+def test_owner_fails_its_own_case_once(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store, owner="host:1")
+        assert cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error", owner="host:1")
+        session.commit()
+        assert not cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error", owner="host:1")
+        session.commit()
+        case = session.get(Case, case_id)
+        session.refresh(case)
+        assert (case.status, case.error_code) == (CaseStatus.FAILED, "pipeline_error")
+        assert _failed_audits(session, case_id) == ["case.failed"]
+
+
 def test_mark_undeliverable_stops_the_sweeper_and_keeps_an_earlier_error(db_url, store):
     with session_factory(db_url)() as session:
         case_id = _claimed_case(session, store)
@@ -92,6 +153,44 @@ def test_mark_undeliverable_records_the_reason_on_a_done_case(db_url, store):
         session.refresh(case)
         assert case.error_code == "undeliverable:forbidden"
         assert case.status == CaseStatus.DONE
+
+
+def test_flood_control_wait_holds_the_answer_from_the_retry_and_the_sweeper(db_url, store):
+    with session_factory(db_url)() as session:
+        case_id = _claimed_case(session, store)
+        assert cases.save_result(
+            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:1"
+        )
+        session.execute(update(Case).where(Case.id == case_id).values(finished_at=utcnow() - timedelta(minutes=10)))
+        session.commit()
+        assert cases.claim_delivery(session=session, case_id=case_id) is not None
+        cases.release_delivery(session=session, case_id=case_id, wait_s=600)  # Telegram: retry after 600 s
+        session.commit()
+        assert cases.claim_delivery(session=session, case_id=case_id) is None
+        assert case_id not in cases.find_stuck(session=session, stuck_after_s=60).to_deliver
+        later = utcnow() + timedelta(seconds=601)
+        assert case_id in cases.find_stuck(session=session, stuck_after_s=60, now=later).to_deliver
+        session.execute(update(Case).where(Case.id == case_id).values(delivery_not_before=utcnow()))
+        session.commit()
+        assert cases.claim_delivery(session=session, case_id=case_id) is not None
+
+
+def test_flood_control_wait_holds_an_outbox_message(db_url):
+    with session_factory(db_url)() as session:
+        message_id = _outbox(session)
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id)
+            .values(created_at=utcnow() - timedelta(minutes=10))
+        )
+        session.commit()
+        assert cases.claim_outbox(session=session, message_id=message_id) is not None
+        cases.release_outbox(session=session, message_id=message_id, error="flood control", wait_s=600)
+        session.commit()
+        assert cases.claim_outbox(session=session, message_id=message_id) is None
+        assert message_id not in cases.find_stuck(session=session, stuck_after_s=60).outbox
+        later = utcnow() + timedelta(seconds=601)
+        assert message_id in cases.find_stuck(session=session, stuck_after_s=60, now=later).outbox
 
 
 def _outbox(session) -> int:

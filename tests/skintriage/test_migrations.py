@@ -39,3 +39,34 @@ def test_models_and_migrations_do_not_drift(db_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == [], f"models and migrations differ; generate a migration: {diff}"
+
+
+def test_0006_gives_handled_updates_their_chat_and_message(db_url: str) -> None:
+    """Rows written before 0006 (keyed by update id) learn their chat and message from the case they started."""
+    from sqlalchemy import text
+
+    migrate.downgrade(db_url, "0001")
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
+                "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
+            ))
+            conn.execute(text(
+                "INSERT INTO cases (id, user_id, status, attempts, language, source_update_id, source_message_id, "
+                "image_sha256, received_at, quality_flags, model_versions, timings_ms, demo_model) "
+                "VALUES (1, 1, 'done', 1, 'en', 900, 17, 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
+            ))
+            conn.execute(text("INSERT INTO processed_updates (update_id, at) VALUES (900, CURRENT_TIMESTAMP)"))
+            conn.execute(text("INSERT INTO processed_updates (update_id, at) VALUES (901, CURRENT_TIMESTAMP)"))
+        migrate.upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT update_id, chat_id, message_id FROM processed_updates ORDER BY update_id")
+            ).all()
+        assert [tuple(r) for r in rows] == [(900, 4343, 17), (901, None, None)]
+        migrate.downgrade(db_url, "0001")
+        migrate.upgrade(db_url)
+    finally:
+        engine.dispose()

@@ -75,3 +75,26 @@ def test_debug_logging_keeps_telegram_payloads_out(monkeypatch):
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
         logging.getLogger("telegram").setLevel(saved[2])
+
+
+def test_every_engine_the_project_creates_hides_sql_parameters(sqlite_url):
+    """SQL parameters carry Telegram ids; no engine may put them in an error's text (see docs/reliability.md)."""
+    import ast
+    from pathlib import Path
+
+    from skintriage.db import make_engine
+
+    assert make_engine(sqlite_url).hide_parameters
+    assert make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none").hide_parameters
+    root = Path(__file__).resolve().parents[2]
+    missing = []
+    for package in ("bot", "worker", "console", "skintriage", "ml", "migrations", "bench"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (
+                    isinstance(node, ast.Call)
+                    and getattr(node.func, "id", getattr(node.func, "attr", None)) == "create_engine"
+                    and not any(k.arg == "hide_parameters" for k in node.keywords)
+                ):
+                    missing.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert missing == [], f"create_engine without hide_parameters=True: {missing}"

@@ -205,6 +205,24 @@ def test_telegram_flood_control_is_waited_out(stack, worker):
     assert len(photos) == 1 and photos[0]["message_id"] == case.reply_message_id
 
 
+def test_flood_control_wait_is_kept_and_the_sweeper_does_not_resend_early(stack, worker):
+    from worker import sweeper
+
+    stack.client.set_faults("sendPhoto", ["429:6"])
+    case_id = stack.new_case(enqueue=True)
+
+    case = wait(lambda: stack.case(case_id).delivery_not_before, what="flood-control wait recorded")
+    not_before = stack.case(case_id).delivery_not_before
+    with stack.session() as session:  # as if the answer had been waiting long enough for the sweeper to look
+        session.execute(update(Case).where(Case.id == case_id).values(finished_at=utcnow() - timedelta(minutes=10)))
+        session.commit()
+    assert sweeper.sweep_once(settings=stack.settings).delivery == 0
+
+    case = wait(lambda: delivered(stack, case_id), what="answer after the wait")
+    assert case.delivered_at >= not_before
+    assert len([m for m in answers(stack) if m["method"] == "sendPhoto"]) == 1
+
+
 def test_telegram_server_error_is_retried_with_backoff(stack, worker):
     stack.client.set_faults("sendPhoto", ["502", "500"])
     case_id = stack.new_case(enqueue=True)
@@ -228,6 +246,38 @@ def test_patient_who_blocked_the_bot_is_not_retried_forever(stack, worker, task_
     assert case.reply_message_id is None
     assert task_log.results("deliver_case") == ["forbidden"]
     assert answers(stack) == []
+
+
+def test_answer_telegram_refuses_goes_out_as_plain_text_with_guidance_and_disclaimer(stack, worker, task_log):
+    from bot.delivery import visible
+    from bot.i18n import load_texts
+
+    stack.client.set_faults("sendPhoto", ["400"])  # e.g. a photo or caption Telegram cannot process
+    case_id = stack.new_case(enqueue=True)
+
+    case = wait(lambda: delivered(stack, case_id), what="plain-text answer")
+    settle(task_log)
+
+    texts = load_texts(stack.settings.guidance_file)
+    (sent,) = answers(stack)
+    assert sent["method"] == "sendMessage" and sent["parse_mode"] is None
+    assert visible(texts.guidance("en", case.tier)) in sent["text"]
+    assert visible(texts.get("en", "result.disclaimer")) in sent["text"]
+    assert case.error_code is None and case.reply_text == sent["text"] and case.reply_message_id == sent["message_id"]
+    assert task_log.results("deliver_case") == ["sent"]
+
+
+def test_answer_refused_even_as_plain_text_is_given_up_and_logged_as_an_error(stack, worker, task_log, caplog):
+    stack.client.set_faults("sendPhoto", ["400"])
+    stack.client.set_faults("sendMessage", ["400"])
+    case_id = stack.new_case(enqueue=True)
+
+    case = wait(lambda: delivered(stack, case_id), what="delivery given up")
+    settle(task_log)
+
+    assert case.error_code == "undeliverable:bad_request" and case.reply_text is None
+    assert task_log.results("deliver_case") == ["bad_request"]
+    assert any(r.levelname == "ERROR" and "refused the answer" in r.getMessage() for r in caplog.records)
 
 
 def test_operator_follow_up_is_sent_once(stack, worker, task_log):
