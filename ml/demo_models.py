@@ -28,7 +28,9 @@ _CLASSIFIER_SIZE = {True: (48, 48), False: (64, 64)}  # quick, default
 # Background skin tones (RGB) seen in dermoscopy: pink, tan, pale bluish light, darker skin.
 _SKIN_TONES = np.array([(226, 172, 160), (205, 155, 125), (210, 198, 214), (190, 140, 120), (160, 110, 85)], float)
 # (n_train, n_val, unet_epochs, head_iterations) per mode: quick=True, default=False.
-_BUDGET = {True: (192, 96, 10, 100), False: (480, 192, 25, 200)}
+# The quick U-Net gets 14 epochs: with 10, Keras 3.15 / TensorFlow 2.21 left the demo nevus photo's mask
+# confidence at 0.33, below the gate's 0.35, and the tests that send it were refused as "not skin" (0.61 with 14).
+_BUDGET = {True: (192, 96, 14, 100), False: (480, 192, 25, 200)}
 # Photos used to fit the classifier (train, val) per mode; its forward passes dominate the demo's time.
 _CLASSIFIER_IMAGES = {True: (120, 60), False: (384, 192)}
 
