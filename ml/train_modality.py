@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distance-percentile", type=float, default=99.0,
                         help="refuse photos farther from the lesion photos than this percentile of the out-of-fold "
                         "distances of either kind (the higher of the two)")
-    parser.add_argument("--distance-margin", type=float, default=1.1,
+    parser.add_argument("--distance-margin", type=float, default=1.25,
                         help="multiply the chosen distance limit by this (few clinical photos: keep a margin)")
     parser.add_argument("--seed", type=int, default=42)
 
