@@ -9,10 +9,12 @@ from sqlalchemy.orm import Session
 
 from ml.labels import LABELS
 from skintriage.cases import audit
-from skintriage.models import Case, Operator, OutboxMessage, Review
+from skintriage.models import REVIEW_VERDICTS, Case, Operator, OutboxMessage, Review
 
 log = logging.getLogger(__name__)
 
+# How each verdict reads on the case page, the dashboard and the audit log.
+VERDICT_WORDS: dict[str, str] = {"agree": "agrees", "disagree": "disagrees", "cannot_assess": "cannot assess"}
 # How soon the patient should see a doctor, in the operator's judgement.
 URGENCIES: dict[str, str] = {
     "routine": "Routine: next regular skin check",
@@ -28,7 +30,7 @@ MESSAGE_MAX = 2000  # Telegram allows 4096; leave room for the bot's header and 
 class ReviewInput:
     """A review form as submitted."""
 
-    verdict: str  # "agree" | "disagree"
+    verdict: str  # one of REVIEW_VERDICTS: "agree" | "disagree" | "cannot_assess"
     corrected_label: str = ""
     urgency: str = ""
     note: str = ""
@@ -38,8 +40,10 @@ class ReviewInput:
 def validate_review(form: ReviewInput, *, case: Case) -> list[str]:
     """Problems with a review form, as messages for the operator (empty when it can be saved)."""
     errors: list[str] = []
-    if form.verdict not in ("agree", "disagree"):
-        errors.append("Choose agree or disagree.")
+    if form.verdict not in REVIEW_VERDICTS:
+        errors.append("Choose agree, disagree or cannot assess.")
+    if form.verdict == "cannot_assess" and form.corrected_label:
+        errors.append("You could not assess the case, so give no label; choose disagree to correct the model.")
     if form.corrected_label and form.corrected_label not in LABELS:
         errors.append(f"Corrected label must be one of {', '.join(LABELS)}.")
     if form.verdict == "disagree" and not form.corrected_label:
@@ -71,6 +75,7 @@ def record_review(*, session: Session, case: Case, operator: Operator, form: Rev
         case_id=case.id,
         operator_id=operator.id,
         agrees=form.verdict == "agree",
+        verdict=form.verdict,
         corrected_label=form.corrected_label or (case.label if form.verdict == "agree" else None),
         urgency=form.urgency or None,
         note=form.note.strip() or None,
@@ -85,6 +90,7 @@ def record_review(*, session: Session, case: Case, operator: Operator, form: Rev
         operator_id=operator.id,
         detail={
             "review_id": review.id,
+            "verdict": review.verdict,
             "agrees": review.agrees,
             "model_label": case.label,
             "corrected_label": review.corrected_label,

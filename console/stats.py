@@ -38,6 +38,7 @@ class DashboardStats:
     total: int
     reviewable: int
     reviewed: int
+    cannot_assess: int  # of `reviewed`, cases whose latest review says the photo cannot be judged
     agreement: dict[str, Agreement]
     confusion: dict[tuple[str, str], int]  # (model label, operator label) -> reviews
     reply_seconds: list[float] = field(repr=False)
@@ -112,7 +113,12 @@ def compute_stats(*, session: Session, days: int = 30, today: date | None = None
                 latest[review.case_id] = review
     agreement = {label: Agreement() for label in LABELS}
     confusion: dict[tuple[str, str], int] = {}
+    cannot_assess = 0
     for case_id, review in latest.items():
+        if review.verdict == "cannot_assess":
+            # Neither agreement nor disagreement: counted on its own, outside the agreement table.
+            cannot_assess += 1
+            continue
         model_label = reviewable_ids[case_id]
         if model_label not in agreement:
             continue
@@ -127,6 +133,7 @@ def compute_stats(*, session: Session, days: int = 30, today: date | None = None
         total=len(rows),
         reviewable=len(reviewable_ids),
         reviewed=len(latest),
+        cannot_assess=cannot_assess,
         agreement=agreement,
         confusion=confusion,
         reply_seconds=reply_seconds,

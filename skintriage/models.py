@@ -166,7 +166,12 @@ class Case(Base):
     reply_message_id: Mapped[int | None] = mapped_column(BigInteger)
     reply_text: Mapped[str | None] = mapped_column(Text)
 
+    # The console reviewer who opened this case to review it; the claim lapses at claimed_until (UTC).
+    claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
     user: Mapped[User] = relationship(back_populates="cases")
+    claimed_by: Mapped[Operator | None] = relationship(foreign_keys=[claimed_by_id])
     reviews: Mapped[list[Review]] = relationship(
         back_populates="case", cascade="all, delete-orphan", passive_deletes=True, order_by="Review.created_at"
     )
@@ -195,6 +200,16 @@ class Operator(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+# What a reviewer can say about the model's answer: it is right, it is wrong (and the right label), or the
+# photo does not allow a judgement (blurred, no lesion, failed case); the last counts in no agreement figure.
+REVIEW_VERDICTS: tuple[str, ...] = ("agree", "disagree", "cannot_assess")
+
+
+def _verdict_from_agrees(context: Any) -> str:
+    """Default verdict for rows built with `agrees` alone (written before verdicts, or by tests)."""
+    return "agree" if context.get_current_parameters().get("agrees") else "disagree"
+
+
 class Review(Base):
     """An operator's verdict on a case."""
 
@@ -203,7 +218,8 @@ class Review(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
     operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
-    agrees: Mapped[bool] = mapped_column(Boolean)
+    agrees: Mapped[bool] = mapped_column(Boolean)  # False for "cannot_assess" too: read `verdict` to tell them apart
+    verdict: Mapped[str] = mapped_column(String(16), default=_verdict_from_agrees)  # see REVIEW_VERDICTS
     corrected_label: Mapped[str | None] = mapped_column(String(16))
     urgency: Mapped[str | None] = mapped_column(String(32))
     note: Mapped[str | None] = mapped_column(Text)

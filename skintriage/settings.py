@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     console_trusted_proxies: str = Field("127.0.0.1,::1", validation_alias="CONSOLE_TRUSTED_PROXIES")
     console_session_max_age_s: int = Field(12 * 3600, validation_alias="CONSOLE_SESSION_MAX_AGE_S")
     console_session_idle_s: int = Field(30 * 60, ge=1, validation_alias="CONSOLE_SESSION_IDLE_S")
+    # Opening a case to review it claims it for this long, so two reviewers do not review the same case.
+    console_review_claim_s: int = Field(600, ge=1, validation_alias="CONSOLE_REVIEW_CLAIM_S")
 
     # Observability.
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")

@@ -23,6 +23,7 @@ from console.filters import (
 )
 from console.reviews import (
     URGENCIES,
+    VERDICT_WORDS,
     ReviewInput,
     create_followup,
     enqueue_followup,
@@ -159,6 +160,7 @@ def _case_page(
             "messages": messages,
             "labels": LABELS,
             "urgencies": URGENCIES,
+            "verdict_words": VERDICT_WORDS,
             "language_name": _language_name(case.user.language),
             "mel_band": _uncertain_band(case, PolicyConfig.from_settings(settings)),
             "errors": errors or [],

@@ -12,7 +12,7 @@ document.addEventListener("DOMContentLoaded", () => {
   show(viewer.dataset.default);
 });
 
-// Review form shortcuts: A agree, D disagree, Ctrl+Enter (Cmd+Enter) save and open the next case in the
+// Review form shortcuts: A agree, D disagree, C cannot assess, Ctrl+Enter (Cmd+Enter) save and open the next case in the
 // queue. Letters only act when the operator is not typing; Ctrl+Enter also works from the review form's
 // own fields, never from another form (the follow-up message has its own button).
 document.addEventListener("DOMContentLoaded", () => {
@@ -30,7 +30,7 @@ document.addEventListener("DOMContentLoaded", () => {
       return;
     }
     if (event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
-    const radio = { a: "verdict-agree", d: "verdict-disagree" }[event.key.toLowerCase()];
+    const radio = { a: "verdict-agree", d: "verdict-disagree", c: "verdict-cannot-assess" }[event.key.toLowerCase()];
     if (!radio) return;
     event.preventDefault();
     document.getElementById(radio).checked = true;

@@ -381,3 +381,38 @@ def test_photos_are_served_without_exif_or_gps_even_if_stored_with_them(reviewer
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
     assert_no_metadata(response.content)
     assert Image.open(io.BytesIO(response.content)).size == (300, 400)
+
+
+def test_cannot_assess_is_a_verdict_stored_shown_and_exported(reviewer, seeded, console_db_url):
+    case_id = seeded.cases["b_retake"]  # a photo the pipeline refused: nothing to agree or disagree with
+    token = csrf_of(reviewer.get(f"/cases/{case_id}").text)
+    refused = reviewer.post(
+        f"/cases/{case_id}/reviews", data={"csrf_token": token, "verdict": "cannot_assess", "corrected_label": "NV"}
+    )
+    assert refused.status_code == 400 and "give no label" in refused.text
+    response = reviewer.post(
+        f"/cases/{case_id}/reviews", data={"csrf_token": token, "verdict": "cannot_assess", "note": "Out of focus."}
+    )
+    assert response.status_code == 303
+    with session_scope(console_db_url) as s:
+        review = s.scalars(select(Review).where(Review.case_id == case_id)).one()
+        assert (review.verdict, review.agrees, review.corrected_label) == ("cannot_assess", False, None)
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "case.reviewed")).one()
+        assert event.detail["verdict"] == "cannot_assess"
+    page = reviewer.get(f"/cases/{case_id}").text
+    assert '<span class="verdict verdict-cannot_assess">cannot assess</span>' in page
+    assert 'id="verdict-cannot-assess"' in page and 'aria-keyshortcuts="C"' in page
+    rows = list(csv.DictReader(io.StringIO(reviewer.get("/cases/export.csv", params={"status": "rejected"}).text)))
+    assert [(r["last_review_verdict"], r["last_review_agrees"]) for r in rows] == [("cannot_assess", "False")]
+
+
+def test_dashboard_counts_cannot_assess_apart_from_agreement(reviewer, seeded):
+    c = seeded.cases
+    for case_id, fields in ((c["a_high"], {"verdict": "cannot_assess"}), (c["a_medium"], {"verdict": "agree"})):
+        token = csrf_of(reviewer.get(f"/cases/{case_id}").text)
+        assert reviewer.post(f"/cases/{case_id}/reviews", data={"csrf_token": token, **fields}).status_code == 303
+    html = reviewer.get("/dashboard").text
+    assert '<span id="stat-cannot-assess">1</span> could not be assessed' in html
+    table = html[html.index('id="agreement"'):html.index("</table>", html.index('id="agreement"'))]
+    # a_high (MEL) is left out of the agreement table; a_medium's agreement is in it.
+    assert re.search(r"<tr><th>MEL</th><td>0</td><td>0</td>", table)

@@ -65,4 +65,13 @@ def test_dashboard_stats_on_both_databases(seeded_db):
         stats = compute_stats(session=s, days=30)
     assert stats.total == 8 and stats.reviewed == 1 and stats.reviewable == 5
     assert stats.confusion == {("MEL", "NV"): 1}
-    assert stats.median_reply_s == 12.0
+    assert stats.median_reply_s == 12.0 and stats.cannot_assess == 0
+    with session_scope(url) as s:
+        s.add(Review(case_id=seeded.cases["b_uncertain"], agrees=False, verdict="cannot_assess"))
+    with session_scope(url) as s:
+        stats = compute_stats(session=s, days=30)
+        # Rows written with `agrees` alone get the matching verdict.
+        assert [r.verdict for r in s.scalars(select(Review).order_by(Review.id))] == ["disagree", "cannot_assess"]
+    assert stats.reviewed == 2 and stats.cannot_assess == 1
+    assert stats.confusion == {("MEL", "NV"): 1}
+    assert sum(a.reviewed for a in stats.agreement.values()) == 1
