@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from console.auth import CSRF_FIELD, CSRF_HEADER, Forbidden, check_csrf, csrf_token, is_admin, session_operator
-from console.filters import queue_size
+from console.filters import queue_size, retake_lane_size
 from skintriage.models import Operator
 from skintriage.settings import Settings
 from skintriage.storage import ImageStore
@@ -142,6 +142,7 @@ def render(
         "csrf_token": csrf_token(request),
         "csrf_field": CSRF_FIELD,
         "queue_count": queue_size(session=db) if (db is not None and operator is not None) else None,
+        "retake_count": retake_lane_size(session=db) if (db is not None and operator is not None) else None,
     }
     base.update(context or {})
     response = request.app.state.templates.TemplateResponse(request, template, base, status_code=status_code)

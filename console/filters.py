@@ -22,6 +22,9 @@ from skintriage.models import Case, CaseStatus, Review
 
 # Order of the "needs review" queue: the riskiest first, then the ones a doctor may have to act on.
 QUEUE_TIERS: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
+# Cases with no triage to review (the photo was refused, or processing gave up) wait in a lane of their own.
+RETAKE_LANE_STATUSES: tuple[str, ...] = (CaseStatus.REJECTED, CaseStatus.FAILED)
+VIEWS: tuple[str, ...] = ("all", "review", "retake")
 ALL_TIERS: tuple[str, ...] = tuple(t.value for t in Tier)
 ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in CaseStatus)
 PER_PAGE_DEFAULT = 50
@@ -81,6 +84,7 @@ class CaseFilter:
     date_to: date | None = None
     model_version: str | None = None
     queue: bool = False
+    retake_lane: bool = False  # view=retake: unreviewed failed and retake cases, longest-waiting first
     page: int = 1
     per_page: int = PER_PAGE_DEFAULT
 
@@ -91,8 +95,8 @@ class CaseFilter:
         if reviewed_raw not in ("", "yes", "no"):
             raise FilterError("reviewed must be yes, no or empty")
         view = params.get("view", "")
-        if view not in ("", "all", "review"):
-            raise FilterError("view must be all or review")
+        if view not in ("", *VIEWS):
+            raise FilterError(f"view must be one of {', '.join(VIEWS)}")
         version = params.get("model_version") or None
         if version is not None and len(version) > MODEL_VERSION_MAX:
             raise FilterError(f"model_version is longer than {MODEL_VERSION_MAX} characters")
@@ -108,6 +112,7 @@ class CaseFilter:
             date_to=date_to,
             model_version=version,
             queue=view == "review",
+            retake_lane=view == "retake",
             page=_positive_int(params.get("page"), "page", 1),
             per_page=_positive_int(params.get("per_page"), "per_page", PER_PAGE_DEFAULT, PER_PAGE_MAX),
         )
@@ -131,6 +136,8 @@ class CaseFilter:
             clauses.append(model_version_clause(self.model_version))
         if self.queue:
             clauses.extend([Case.status == CaseStatus.DONE, Case.tier.in_(QUEUE_TIERS), ~reviewed_clause()])
+        if self.retake_lane:
+            clauses.extend([Case.status.in_(RETAKE_LANE_STATUSES), ~reviewed_clause()])
         return clauses
 
     def statement(self) -> Select[tuple[Case]]:
@@ -140,6 +147,8 @@ class CaseFilter:
             priority = case({tier: i for i, tier in enumerate(QUEUE_TIERS)}, value=Case.tier, else_=len(QUEUE_TIERS))
             # Within a tier, whoever has waited longest comes first.
             return stmt.order_by(priority, Case.received_at.asc(), Case.id.asc())
+        if self.retake_lane:
+            return stmt.order_by(Case.received_at.asc(), Case.id.asc())
         return stmt.order_by(Case.received_at.desc(), Case.id.desc())
 
     def params(self, **overrides: Any) -> list[tuple[str, str]]:
@@ -156,6 +165,8 @@ class CaseFilter:
             pairs.append(("model_version", f.model_version))
         if f.queue:
             pairs.append(("view", "review"))
+        if f.retake_lane:
+            pairs.append(("view", "retake"))
         if f.page != 1:
             pairs.append(("page", str(f.page)))
         if f.per_page != PER_PAGE_DEFAULT:
@@ -196,10 +207,17 @@ def list_cases(*, session: Session, filters: CaseFilter) -> CasePage:
     return CasePage(cases, total, tier_counts, page, pages, reviewed)
 
 
-def next_in_queue(*, session: Session, after: int) -> int | None:
-    """The case the review queue lists after `after` (wrapping round to its start), or None when nothing
-    else waits. Call it before saving the review of `after`, which takes that case out of the queue."""
-    ids = list(session.scalars(CaseFilter(queue=True).statement().with_only_columns(Case.id)).all())
+def lane_of(case: Case) -> CaseFilter:
+    """The queue a case waits in: the failed and retake lane, or the review queue of triaged cases."""
+    return CaseFilter(retake_lane=True) if case.status in RETAKE_LANE_STATUSES else CaseFilter(queue=True)
+
+
+def next_in_queue(*, session: Session, after: int, lane: CaseFilter | None = None) -> int | None:
+    """The case the queue (`lane`, by default the review queue) lists after `after` (wrapping round to its
+    start), or None when nothing else waits. Call it before saving the review of `after`, which takes that
+    case out of the queue."""
+    lane = lane or CaseFilter(queue=True)
+    ids = list(session.scalars(lane.statement().with_only_columns(Case.id)).all())
     if after in ids:
         position = ids.index(after)
         ids = ids[position + 1 :] + ids[:position]
@@ -209,6 +227,12 @@ def next_in_queue(*, session: Session, after: int) -> int | None:
 def queue_size(*, session: Session) -> int:
     """How many finished cases still wait for a review."""
     return session.scalar(select(func.count()).select_from(Case).where(*CaseFilter(queue=True).conditions())) or 0
+
+
+def retake_lane_size(*, session: Session) -> int:
+    """How many failed and retake cases still wait for a review."""
+    conditions = CaseFilter(retake_lane=True).conditions()
+    return session.scalar(select(func.count()).select_from(Case).where(*conditions)) or 0
 
 
 def model_versions_in_use(*, session: Session, limit: int = 200) -> list[str]:

@@ -17,6 +17,7 @@ from console.filters import (
     ALL_TIERS,
     CaseFilter,
     FilterError,
+    lane_of,
     list_cases,
     model_versions_in_use,
     next_in_queue,
@@ -237,7 +238,7 @@ def submit_review(
     errors = validate_review(form, case=case)
     if errors:
         return _case_page(request, db, case, errors=errors, form=form, status_code=400)
-    following = next_in_queue(session=db, after=case.id) if then == "next" else None
+    following = next_in_queue(session=db, after=case.id, lane=lane_of(case)) if then == "next" else None
     record_review(session=db, case=case, operator=operator, form=form)
     outbox = create_followup(session=db, case=case, operator=operator, text=message) if message.strip() else None
     db.commit()

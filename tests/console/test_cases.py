@@ -416,3 +416,19 @@ def test_dashboard_counts_cannot_assess_apart_from_agreement(reviewer, seeded):
     table = html[html.index('id="agreement"'):html.index("</table>", html.index('id="agreement"'))]
     # a_high (MEL) is left out of the agreement table; a_medium's agreement is in it.
     assert re.search(r"<tr><th>MEL</th><td>0</td><td>0</td>", table)
+
+
+def test_failed_and_retake_cases_have_their_own_lane(reviewer, seeded):
+    c = seeded.cases
+    page = reviewer.get("/cases", params={"view": "retake"})
+    assert page.status_code == 200 and "<h1>Failed and retake</h1>" in page.text
+    # Longest-waiting first; neither is in the review queue of triaged cases, nor a finished triaged case here.
+    assert case_ids(page.text) == [c["b_failed"], c["b_retake"]]
+    assert not set(case_ids(page.text)) & set(case_ids(reviewer.get("/cases?view=review").text))
+    assert 'id="nav-retake">Failed and retake <span class="badge">2</span>' in page.text
+    # Filters keep the lane; Save and next walks the lane, not the review queue.
+    assert case_ids(reviewer.get("/cases", params={"view": "retake", "status": "failed"}).text) == [c["b_failed"]]
+    response = _save_and_next(reviewer, c["b_failed"], verdict="cannot_assess", urgency="")
+    assert response.headers["location"] == f"/cases/{c['b_retake']}?notice=reviewed&saved={c['b_failed']}"
+    assert case_ids(reviewer.get("/cases", params={"view": "retake"}).text) == [c["b_retake"]]
+    assert reviewer.get("/cases", params={"view": "elsewhere"}).status_code == 400

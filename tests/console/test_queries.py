@@ -35,6 +35,7 @@ def test_filters_and_queue_order_on_both_databases(seeded_db):
     assert len(ids(url, f"model_version={CURRENT['classifier']}")) == 5
     assert ids(url, "model_version=%25") == []  # a literal %, not a wildcard
     assert ids(url, "view=review") == [c["b_high_old"], c["a_high"], c["b_uncertain"], c["a_medium"], c["a_low"]]
+    assert ids(url, "view=retake") == [c["b_failed"], c["b_retake"]]
     with session_scope(url) as s:
         s.add(Review(case_id=c["a_high"], agrees=True, corrected_label="MEL"))
     assert ids(url, "reviewed=yes") == [c["a_high"]]
