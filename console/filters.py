@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from starlette.datastructures import QueryParams
 
+from console.claims import free_for
 from ml.labels import Tier
-from skintriage.models import Case, CaseStatus, Review
+from skintriage.models import Case, CaseStatus, Review, utcnow
 
 # Order of the "needs review" queue: the riskiest first, then the ones a doctor may have to act on.
 QUEUE_TIERS: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
@@ -212,12 +213,17 @@ def lane_of(case: Case) -> CaseFilter:
     return CaseFilter(retake_lane=True) if case.status in RETAKE_LANE_STATUSES else CaseFilter(queue=True)
 
 
-def next_in_queue(*, session: Session, after: int, lane: CaseFilter | None = None) -> int | None:
+def next_in_queue(
+    *, session: Session, after: int, lane: CaseFilter | None = None, operator_id: int | None = None
+) -> int | None:
     """The case the queue (`lane`, by default the review queue) lists after `after` (wrapping round to its
-    start), or None when nothing else waits. Call it before saving the review of `after`, which takes that
-    case out of the queue."""
+    start), or None when nothing else waits. With `operator_id`, cases another reviewer holds a live claim
+    on are skipped. Call it before saving the review of `after`, which takes that case out of the queue."""
     lane = lane or CaseFilter(queue=True)
-    ids = list(session.scalars(lane.statement().with_only_columns(Case.id)).all())
+    stmt = lane.statement().with_only_columns(Case.id)
+    if operator_id is not None:
+        stmt = stmt.where(free_for(operator_id, utcnow()) | (Case.id == after))
+    ids = list(session.scalars(stmt).all())
     if after in ids:
         position = ids.index(after)
         ids = ids[position + 1 :] + ids[:position]

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from console.claims import REVIEWABLE_STATUSES, Claim, claim_case, live_claim, release_claim
 from console.deps import DbId, current_operator, get_db, render, require_csrf
 from console.export import cases_csv
 from console.filters import (
@@ -35,7 +36,7 @@ from console.reviews import (
 from ml.labels import LABELS
 from ml.policy import PolicyConfig
 from skintriage.cases import audit
-from skintriage.models import Case, Operator, OutboxMessage, Review
+from skintriage.models import Case, Operator, OutboxMessage, Review, utcnow
 
 router = APIRouter()
 
@@ -92,6 +93,7 @@ def case_list(
             "tiers": ALL_TIERS,
             "statuses": ALL_STATUSES,
             "versions": model_versions_in_use(session=db),
+            "now": utcnow(),
         },
         db=db,
     )
@@ -132,6 +134,7 @@ def _case_page(
     errors: list[str] | None = None,
     form: ReviewInput | None = None,
     notice: str | None = None,
+    claim: Claim | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
     earlier = list(
@@ -167,6 +170,7 @@ def _case_page(
             "errors": errors or [],
             "form": form or ReviewInput(verdict=""),
             "notice": notice,
+            "claim": claim if claim is not None else live_claim(case),
         },
         status_code=status_code,
         db=db,
@@ -214,8 +218,13 @@ def case_detail(
     """Everything about one case; the view is audited."""
     case = _load_case(db, case_id)
     audit(session=db, actor="operator", action="case.viewed", case_id=case.id, operator_id=operator.id)
+    claim = None
+    if case.status in REVIEWABLE_STATUSES and not case.reviews:
+        # Opening an unreviewed case is starting to review it: hold it so colleagues pass it by.
+        seconds = request.app.state.settings.console_review_claim_s
+        claim = claim_case(session=db, case=case, operator=operator, seconds=seconds)
     db.commit()
-    return _case_page(request, db, case, notice=_notice(notice, saved, queue_empty=queue == "empty"))
+    return _case_page(request, db, case, notice=_notice(notice, saved, queue_empty=queue == "empty"), claim=claim)
 
 
 @router.post("/cases/{case_id}/reviews", dependencies=[Depends(require_csrf)])
@@ -238,8 +247,11 @@ def submit_review(
     errors = validate_review(form, case=case)
     if errors:
         return _case_page(request, db, case, errors=errors, form=form, status_code=400)
-    following = next_in_queue(session=db, after=case.id, lane=lane_of(case)) if then == "next" else None
+    following = None
+    if then == "next":
+        following = next_in_queue(session=db, after=case.id, lane=lane_of(case), operator_id=operator.id)
     record_review(session=db, case=case, operator=operator, form=form)
+    release_claim(session=db, case=case, operator=operator)
     outbox = create_followup(session=db, case=case, operator=operator, text=message) if message.strip() else None
     db.commit()
     notice = "reviewed"

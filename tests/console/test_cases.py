@@ -432,3 +432,78 @@ def test_failed_and_retake_cases_have_their_own_lane(reviewer, seeded):
     assert response.headers["location"] == f"/cases/{c['b_retake']}?notice=reviewed&saved={c['b_failed']}"
     assert case_ids(reviewer.get("/cases", params={"view": "retake"}).text) == [c["b_retake"]]
     assert reviewer.get("/cases", params={"view": "elsewhere"}).status_code == 400
+
+
+def _claim_of(url: str, case_id: int):  # noqa: ANN202
+    from skintriage.models import Case
+
+    with session_scope(url) as s:
+        case = s.get(Case, case_id)
+        return case.claimed_by_id, case.claimed_until
+
+
+def test_opening_a_case_claims_it_and_colleagues_see_who_reviews_it(reviewer, admin_client, seeded, console_db_url):
+    from datetime import timedelta
+
+    from skintriage.models import utcnow
+
+    c, ops = seeded.cases, seeded.operators
+    before = utcnow()
+    page = reviewer.get(f"/cases/{c['a_high']}").text
+    holder, until = _claim_of(console_db_url, c["a_high"])
+    assert holder == ops["rita"] and before + timedelta(seconds=599) < until <= utcnow() + timedelta(seconds=600)
+    assert 'id="claimed-by-you"' in page
+    # A colleague opening it sees who holds it, and does not take it over.
+    other = admin_client.get(f"/cases/{c['a_high']}").text
+    assert 'id="claimed"' in other and "Being reviewed by <strong>rita</strong>" in other
+    assert _claim_of(console_db_url, c["a_high"])[0] == ops["rita"]
+    queue_page = admin_client.get("/cases?view=review").text
+    assert "being reviewed by rita" in queue_page
+    # Save and next from the queue's head passes the claimed case (a_high, second in the queue) by.
+    assert case_ids(queue_page)[:3] == [c["b_high_old"], c["a_high"], c["b_uncertain"]]
+    response = _save_and_next(admin_client, c["b_high_old"])
+    assert response.headers["location"].startswith(f"/cases/{c['b_uncertain']}?")
+    # The claim's holder is not skipped past her own case (from the queue's tail, round to a_high at its head).
+    response = _save_and_next(reviewer, c["a_low"])
+    assert response.headers["location"].startswith(f"/cases/{c['a_high']}?")
+
+
+def test_a_claim_lapses_and_saving_a_review_releases_it(reviewer, admin_client, seeded, console_db_url):
+    from datetime import timedelta
+
+    from skintriage.models import Case, utcnow
+
+    c, ops = seeded.cases, seeded.operators
+    reviewer.get(f"/cases/{c['a_high']}")
+    with session_scope(console_db_url) as s:
+        s.get(Case, c["a_high"]).claimed_until = utcnow() - timedelta(seconds=1)
+    page = admin_client.get(f"/cases/{c['a_high']}").text
+    assert "Being reviewed by" not in page and 'id="claimed-by-you"' in page
+    assert _claim_of(console_db_url, c["a_high"])[0] == ops["adam"]
+    # Saving the review releases it; a reviewed case is not claimed again by opening it.
+    token = csrf_of(page)
+    response = admin_client.post(f"/cases/{c['a_high']}/reviews", data={"csrf_token": token, "verdict": "agree"})
+    assert response.status_code == 303
+    assert _claim_of(console_db_url, c["a_high"]) == (None, None)
+    reviewer.get(f"/cases/{c['a_high']}")
+    assert _claim_of(console_db_url, c["a_high"]) == (None, None)
+
+
+def test_claim_length_is_a_setting(monkeypatch, settings_env, console_db_url, store, seeded):
+    from datetime import timedelta
+
+    from fastapi.testclient import TestClient
+
+    from console.app import create_app
+    from skintriage.models import utcnow
+    from skintriage.settings import get_settings
+    from tests.console.seed import REVIEWER
+    from tests.console.session_helpers import login
+
+    monkeypatch.setenv("CONSOLE_REVIEW_CLAIM_S", "60")
+    get_settings.cache_clear()
+    app = create_app(settings=get_settings(), database_url=console_db_url, store=store)
+    with TestClient(app, follow_redirects=False) as client:
+        assert login(client, *REVIEWER).status_code == 303
+        client.get(f"/cases/{seeded.cases['a_low']}")
+    assert _claim_of(console_db_url, seeded.cases["a_low"])[1] <= utcnow() + timedelta(seconds=60)

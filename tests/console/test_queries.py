@@ -76,3 +76,37 @@ def test_dashboard_stats_on_both_databases(seeded_db):
     assert stats.reviewed == 2 and stats.cannot_assess == 1
     assert stats.confusion == {("MEL", "NV"): 1}
     assert sum(a.reviewed for a in stats.agreement.values()) == 1
+
+
+def test_review_claims_on_both_databases(seeded_db):
+    from datetime import timedelta
+
+    from console.claims import claim_case, release_claim
+    from console.filters import next_in_queue
+    from skintriage.models import Operator, utcnow
+
+    url, seeded = seeded_db
+    c, ops = seeded.cases, seeded.operators
+    with session_scope(url) as s:
+        rita, adam = s.get(Operator, ops["rita"]), s.get(Operator, ops["adam"])
+        claim = claim_case(session=s, case=s.get(Case, c["a_high"]), operator=rita, seconds=600)
+        assert claim is not None and claim.operator_id == rita.id
+    with session_scope(url) as s:
+        rita, adam = s.get(Operator, ops["rita"]), s.get(Operator, ops["adam"])
+        # Held by rita: adam does not get it, and his queue walk passes it by; rita's does not.
+        claim = claim_case(session=s, case=s.get(Case, c["a_high"]), operator=adam, seconds=600)
+        assert claim is not None and claim.username == "rita"
+        assert next_in_queue(session=s, after=c["b_high_old"], operator_id=adam.id) == c["b_uncertain"]
+        assert next_in_queue(session=s, after=c["b_high_old"], operator_id=rita.id) == c["a_high"]
+        # A lapsed claim is free again (times compared are stored UTC timestamps on both databases).
+        s.get(Case, c["a_high"]).claimed_until = utcnow() - timedelta(seconds=1)
+        s.flush()
+        assert next_in_queue(session=s, after=c["b_high_old"], operator_id=adam.id) == c["a_high"]
+        claim = claim_case(session=s, case=s.get(Case, c["a_high"]), operator=adam, seconds=600)
+        assert claim is not None and claim.operator_id == adam.id
+        release_claim(session=s, case=s.get(Case, c["a_high"]), operator=rita)  # not hers: stays
+        s.refresh(s.get(Case, c["a_high"]))
+        assert s.get(Case, c["a_high"]).claimed_by_id == adam.id
+        release_claim(session=s, case=s.get(Case, c["a_high"]), operator=adam)
+        s.refresh(s.get(Case, c["a_high"]))
+        assert s.get(Case, c["a_high"]).claimed_by_id is None
