@@ -229,6 +229,20 @@ class Review(Base):
     operator: Mapped[Operator | None] = relationship()
 
 
+class PendingReview(Base):
+    """A review form that arrived after its operator's session ended, kept until they log in again."""
+
+    __tablename__ = "pending_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # SHA-256 of the random token held in the browser's session cookie; the token itself is not stored.
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    operator_id: Mapped[int] = mapped_column(ForeignKey("operators.id", ondelete="CASCADE"))
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
+    form: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # the fields as submitted, "then" included
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class OutboxMessage(Base):
     """A message to a patient that is not a case result (e.g. an operator's follow-up), sent by the reply queue."""
 

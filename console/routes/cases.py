@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from console.auth import NotAuthenticated
 from console.claims import REVIEWABLE_STATUSES, Claim, claim_case, live_claim, release_claim
 from console.deps import DbId, current_operator, get_db, render, require_csrf
 from console.export import cases_csv
@@ -23,6 +24,8 @@ from console.filters import (
     model_versions_in_use,
     next_in_queue,
 )
+from console.pending import SESSION_KEY as PENDING_SESSION_KEY
+from console.pending import keep_review
 from console.reviews import (
     URGENCIES,
     VERDICT_WORDS,
@@ -179,6 +182,7 @@ def _case_page(
 
 NOTICES = {
     "reviewed": "Review saved.",
+    "resumed": "Your review, sent after your session had ended, was kept and is saved now.",
     "sent": "Message queued for the patient.",
     "deferred": "Message saved; the reply queue is unreachable, it will be sent when it is back.",
 }
@@ -237,13 +241,31 @@ def submit_review(
     note: str = Form(""),
     message: str = Form(""),
     then: str = Form(""),
-    operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),
 ) -> Response:
     """Save a review (and queue the optional follow-up message to the patient); with then=next, open the
-    case the review queue lists after this one ("Save and next")."""
-    case = _load_case(db, case_id)
+    case the review queue lists after this one ("Save and next"). A review that arrives after the session
+    ended is kept and saved when the same operator logs in again."""
     form = ReviewInput(verdict, corrected_label, urgency, note, message)
+    expired_operator_id = request.session.get("op")  # read before the session check may clear it
+    try:
+        operator = current_operator(request, db)
+    except NotAuthenticated:
+        if not isinstance(expired_operator_id, int):
+            raise
+        case = _load_case(db, case_id)
+        token = keep_review(session=db, operator_id=expired_operator_id, case_id=case.id, form=form, then=then)
+        db.commit()
+        request.session[PENDING_SESSION_KEY] = token
+        return RedirectResponse(f"/login?next=%2Fcases%2F{case.id}&kept={case.id}", status_code=303)
+    return save_review(request, db, _load_case(db, case_id), operator, form, then=then)
+
+
+def save_review(
+    request: Request, db: Session, case: Case, operator: Operator, form: ReviewInput, *, then: str,
+    resumed: bool = False,
+) -> Response:
+    """Validate and store a review, release the operator's claim, queue the message, and say where to go next."""
     errors = validate_review(form, case=case)
     if errors:
         return _case_page(request, db, case, errors=errors, form=form, status_code=400)
@@ -252,9 +274,11 @@ def submit_review(
         following = next_in_queue(session=db, after=case.id, lane=lane_of(case), operator_id=operator.id)
     record_review(session=db, case=case, operator=operator, form=form)
     release_claim(session=db, case=case, operator=operator)
-    outbox = create_followup(session=db, case=case, operator=operator, text=message) if message.strip() else None
+    outbox = None
+    if form.message.strip():
+        outbox = create_followup(session=db, case=case, operator=operator, text=form.message)
     db.commit()
-    notice = "reviewed"
+    notice = "resumed" if resumed else "reviewed"
     if outbox is not None:
         notice = "sent" if enqueue_followup(outbox.id) else "deferred"
     if then != "next":

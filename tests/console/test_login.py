@@ -255,3 +255,67 @@ def test_an_idle_session_ends_and_activity_keeps_it_alive(monkeypatch, app, seed
         assert c.get("/cases").status_code == 303
         clock.offset += 1  # and the session is gone, not just refused once
         assert c.get("/cases").status_code == 303
+
+
+def _review_after_the_session_ended(monkeypatch, client, case_id: int):  # noqa: ANN001, ANN202
+    """Open a case, wait past the idle timeout, then submit a review (Save and next) as a browser would."""
+    import console.auth
+
+    clock = _MovedClock()
+    monkeypatch.setattr(console.auth, "time", clock)
+    assert login(client, *REVIEWER).status_code == 303
+    token = csrf_of(client.get(f"/cases/{case_id}").text)
+    clock.offset += client.app.state.settings.console_session_idle_s + 1
+    return client.post(
+        f"/cases/{case_id}/reviews",
+        data={"csrf_token": token, "verdict": "disagree", "corrected_label": "NV", "urgency": "soon",
+              "note": "Typed for ten minutes.", "then": "next"},
+    )
+
+
+def test_a_review_sent_after_the_session_ended_is_saved_after_logging_in_again(monkeypatch, app, seeded,
+                                                                                console_db_url):
+    from skintriage.models import PendingReview, Review
+
+    case_id = seeded.cases["b_uncertain"]
+    with TestClient(app, follow_redirects=False) as c:
+        response = _review_after_the_session_ended(monkeypatch, c, case_id)
+        assert response.status_code == 303
+        assert response.headers["location"] == f"/login?next=%2Fcases%2F{case_id}&kept={case_id}"
+        with session_scope(console_db_url) as s:
+            assert s.scalars(select(Review)).all() == []
+            kept = s.scalars(select(PendingReview)).one()
+            assert (kept.operator_id, kept.case_id, kept.form["note"]) == (seeded.operators["rita"], case_id,
+                                                                           "Typed for ten minutes.")
+        page = c.get(response.headers["location"]).text
+        assert f"your review of case #{case_id} was saved. It is kept" in page
+        # Logging in again saves it and goes on as Save and next would have.
+        response = login(c, *REVIEWER)
+        assert response.status_code == 303
+        assert f"saved={case_id}" in response.headers["location"]
+        with session_scope(console_db_url) as s:
+            review = s.scalars(select(Review)).one()
+            assert (review.case_id, review.operator_id, review.verdict, review.corrected_label, review.note) == (
+                case_id, seeded.operators["rita"], "disagree", "NV", "Typed for ten minutes.")
+            assert s.scalars(select(PendingReview)).all() == []
+        # Used once: logging in again saves nothing more.
+        assert login(c, *REVIEWER).headers["location"] == "/cases"
+        with session_scope(console_db_url) as s:
+            assert len(s.scalars(select(Review)).all()) == 1
+
+
+def test_a_kept_review_is_saved_only_for_the_operator_who_wrote_it(monkeypatch, app, seeded, console_db_url):
+    from skintriage.models import PendingReview, Review
+
+    with TestClient(app, follow_redirects=False) as c:
+        assert _review_after_the_session_ended(monkeypatch, c, seeded.cases["a_high"]).status_code == 303
+        assert login(c, *ADMIN).headers["location"] == "/cases"
+    with session_scope(console_db_url) as s:
+        assert s.scalars(select(Review)).all() == []
+        assert s.scalars(select(PendingReview)).all() == []  # discarded, not left for anyone
+    # Without a session naming an operator nothing is kept: the post is refused as before.
+    with TestClient(app, follow_redirects=False) as anonymous:
+        token = csrf_of(anonymous.get("/login").text)
+        response = anonymous.post(f"/cases/{seeded.cases['a_high']}/reviews",
+                                  data={"csrf_token": token, "verdict": "agree"})
+        assert response.status_code == 401
