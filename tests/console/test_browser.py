@@ -270,13 +270,15 @@ def test_review_beside_the_image_and_save_and_next_from_the_keyboard(browser, li
     # Letters typed into the note are text, not shortcuts.
     page.fill("#note", "")
     page.focus("#note")
-    page.keyboard.type("ad")
-    assert page.input_value("#note") == "ad"
-    assert not page.is_checked("#verdict-agree") and not page.is_checked("#verdict-disagree")
-    # Outside a text field: D, then A, choose the verdict; Ctrl+Enter saves and opens the next case.
+    page.keyboard.type("adc")
+    assert page.input_value("#note") == "adc"
+    assert not any(page.is_checked(f"#verdict-{v}") for v in ("agree", "disagree", "cannot-assess"))
+    # Outside a text field: D, C, then A, choose the verdict; Ctrl+Enter saves and opens the next case.
     page.evaluate("document.activeElement.blur()")
     page.keyboard.press("d")
     assert page.is_checked("#verdict-disagree")
+    page.keyboard.press("c")
+    assert page.is_checked("#verdict-cannot-assess")
     page.keyboard.press("a")
     assert page.is_checked("#verdict-agree")
     page.keyboard.press("Control+Enter")
