@@ -66,6 +66,7 @@ def ship(card_path: Path, out: Path) -> Path:
     previous = out / CARDS[card.kind]
     old_weights = ModelCard.load(previous).weights_path(previous) if previous.is_file() else None
     path = _compact_weights(card, card_path, weights, out)
+    path.chmod(0o644)  # temporary files are private; a container's unprivileged user must read the shipped ones
     training = {**card.training, "compacted_from": {"weights_file": card.weights_file,
                                                     "weights_sha256": card.weights_sha256}}
     shipped = replace(card, weights_file=path.name, weights_sha256=sha256_file(path), training=training)
