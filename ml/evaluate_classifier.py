@@ -186,6 +186,9 @@ def write_operating_point_to_card(card_path: Path, op: dict[str, Any], *, weight
     card = ModelCard.load(card_path)
     if card.weights_sha256 != weights_sha256:
         raise ModelCardError(f"{card_path} changed during calibration (other weights); run the calibration again")
+    # Test figures measured at the previous threshold no longer describe this operating point.
+    for stale in ("test_sensitivity", "test_specificity"):
+        card.operating_point.pop(stale, None)
     card.operating_point.update(op)
     card.save(card_path)
     card.verify(card_path)
