@@ -88,7 +88,8 @@ def test_pad_reader_and_patient_split(tmp_path: Path, synthetic_ham: Path) -> No
     assert pad_split("PAT_7") == pad_split("PAT_7")  # a pure function of the patient
 
 
-def test_fitted_check_tells_the_kinds_apart_and_refuses_non_skin(tmp_path: Path, synthetic_ham: Path) -> None:
+def _fit(tmp_path: Path, synthetic_ham: Path) -> tuple[dict, Path]:
+    """train-modality on the synthetic datasets; returns its result and the output folder."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = tmp_path / "models"
@@ -97,7 +98,11 @@ def test_fitted_check_tells_the_kinds_apart_and_refuses_non_skin(tmp_path: Path,
         "--split-csv", str(tmp_path / "split.csv"), "--out", str(out), "--cache", str(tmp_path / "f.npz"),
         "--folds", "3",
     ])
-    result = fit(args)
+    return fit(args), out
+
+
+def test_fitted_check_tells_the_kinds_apart_and_refuses_non_skin(tmp_path: Path, synthetic_ham: Path) -> None:
+    result, out = _fit(tmp_path, synthetic_ham)
     assert result["metrics"]["test"]["clinical_correct"] == 1.0
     model = ModalityModel.from_card(out / MODALITY_CARD)
     rng = np.random.default_rng(5)
@@ -110,14 +115,7 @@ def test_fitted_check_tells_the_kinds_apart_and_refuses_non_skin(tmp_path: Path,
 
 
 def test_tampered_arrays_are_refused(tmp_path: Path, synthetic_ham: Path) -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    out = tmp_path / "models"
-    fit(parser.parse_args([
-        "--ham", str(synthetic_ham), "--pad", str(_synthetic_datasets(tmp_path, synthetic_ham)),
-        "--split-csv", str(tmp_path / "split.csv"), "--out", str(out), "--cache", str(tmp_path / "f.npz"),
-        "--folds", "3",
-    ]))
+    _, out = _fit(tmp_path, synthetic_ham)
     weights = next(out.glob("modality-*.npz"))
     weights.write_bytes(weights.read_bytes() + b"x")
     with pytest.raises(ModelCardError, match="SHA-256"):
