@@ -113,19 +113,19 @@ def test_photo_to_answer_through_the_real_bot_and_worker_processes(backend, tmp_
     assert second.delivered_at is not None and second.reply_message_id is not None
 
 
-def test_demo_command_runs_the_simulated_patient_and_writes_the_answers(tmp_path, demo_model_dir):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(
-        {
-            "DATA_DIR": str(tmp_path / "data"),
-            "MODEL_DIR": str(demo_model_dir),
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    for key in ("DATABASE_URL", "CELERY_BROKER_URL", "TELEGRAM_BOT_TOKEN", "SKINTRIAGE_ENV", "ALLOW_DEMO_MODELS"):
-        env.pop(key, None)
-    out = tmp_path / "demo-output"
+DEMO_PHOTOS = sorted((ROOT / "skintriage" / "demo_photos").glob("*.jpg"))
 
+
+def _run_demo(tmp_path: Path, model_dir: Path | None) -> tuple[str, Path]:
+    """`skintriage demo` in a child process on embedded defaults; MODEL_DIR None: the shipped models."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update({"DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)})
+    for key in ("DATABASE_URL", "CELERY_BROKER_URL", "TELEGRAM_BOT_TOKEN", "SKINTRIAGE_ENV", "ALLOW_DEMO_MODELS",
+                "MODEL_DIR"):
+        env.pop(key, None)
+    if model_dir is not None:
+        env["MODEL_DIR"] = str(model_dir)
+    out = tmp_path / "demo-output"
     done = subprocess.run(
         [sys.executable, "-m", "skintriage.cli", "demo", "--output", str(out)],
         env=env,
@@ -135,11 +135,14 @@ def test_demo_command_runs_the_simulated_patient_and_writes_the_answers(tmp_path
         timeout=900,
         check=False,
     )
-
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    printed = done.stdout
+    return done.stdout, out
+
+
+def test_demo_command_runs_the_simulated_patient_and_writes_the_answers(tmp_path, demo_model_dir):
+    printed, out = _run_demo(tmp_path, demo_model_dir)
     assert "patient > /start" in printed
-    assert printed.count("patient > [photo ") == 5
+    assert printed.count("patient > [photo ") == len(DEMO_PHOTOS)
     assert "rejected" in printed and "RETAKE" in printed
     transcript = (out / "transcript.txt").read_text()
     assert "patient > /history" in transcript
@@ -148,3 +151,14 @@ def test_demo_command_runs_the_simulated_patient_and_writes_the_answers(tmp_path
     for path in answers:
         Image.open(path).verify()
     assert Path(tmp_path / "data" / "skintriage.sqlite").is_file()
+
+
+@pytest.mark.skipif(not (ROOT / "models" / "classifier.json").is_file(), reason="no shipped models in models/")
+def test_demo_serves_the_shipped_models_without_training(tmp_path):
+    """A fresh clone's `make demo`: the shipped real models, no demo-model training, the kind of photo named."""
+    printed, out = _run_demo(tmp_path, None)
+    assert "serving the trained models" in printed and "training small demo models" not in printed
+    transcript = (out / "transcript.txt").read_text()
+    assert "DEMO MODEL" not in transcript
+    assert transcript.count("Research model:") >= 4
+    assert "Judged as: an ordinary photo" in transcript and "Judged as: a dermoscopy image" in transcript
