@@ -129,6 +129,18 @@ def test_case_page_shows_the_lesion_measurements_when_present(reviewer, seeded):
         assert 'id="measurements"' not in page and "Lesion measurements" not in page
 
 
+def test_case_page_shows_the_kind_of_photo_and_why_the_tier(reviewer, seeded, console_db_url):
+    from skintriage.models import Case
+
+    with session_scope(console_db_url) as s:
+        case = s.get(Case, seeded.cases["a_medium"])
+        case.modality, case.tier_reason = "clinical", "clinical_photo"
+    html = reviewer.get(f"/cases/{seeded.cases['a_medium']}").text
+    line = html[html.index('id="modality"'):html.index("</p>", html.index('id="modality"'))]
+    assert "ordinary (clinical) photo" in line and "never told LOW" in line and "clinical_photo" in line
+    assert "not recorded" in reviewer.get(f"/cases/{seeded.cases['a_low']}").text  # triaged before the check
+
+
 def test_case_page_escapes_what_the_patient_was_told(reviewer, seeded, console_db_url):
     from skintriage.models import Case
 
