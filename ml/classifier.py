@@ -17,7 +17,7 @@ from ml.cls_preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_rgb_
 from ml.crop import DEFAULT_MARGIN, crop_to_lesion
 from ml.errors import ModelUnavailableError
 from ml.labels import LABELS, MEL_INDEX
-from ml.modelcard import ModelCard, ModelCardError, sha256_file
+from ml.modelcard import ModelCard, ModelCardError, name_by_hash
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +158,7 @@ def export_weights(
         save_file({k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}, tmp)
     else:
         torch.save(state, tmp)
-    digest = sha256_file(tmp)
-    final = out_dir / f"{arch}-{digest[:12]}{suffix}"
-    tmp.replace(final)
-    return final, digest
+    return name_by_hash(tmp, out_dir, arch)
 
 
 def autocast_context(device: torch.device, cpu_bf16: bool = False) -> Any:

@@ -27,6 +27,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def name_by_hash(tmp: Path, out_dir: Path, stem: str) -> tuple[Path, str]:
+    """Move a freshly written weights file to out_dir/<stem>-<sha12><suffix>; return (path, full SHA-256)."""
+    digest = sha256_file(tmp)
+    final = Path(out_dir) / f"{stem}-{digest[:12]}{tmp.suffix}"
+    tmp.replace(final)
+    return final, digest
+
+
 @dataclass
 class ModelCard:
     """What the worker needs to know to load and trust a model.

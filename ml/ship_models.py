@@ -18,7 +18,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from ml.modality import MODALITY_CARD
-from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard, ModelCardError, sha256_file
+from ml.modelcard import (
+    CLASSIFIER_CARD,
+    SEGMENTATION_CARD,
+    ModelCard,
+    ModelCardError,
+    name_by_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR, help="the shipped model folder (default: models/)")
 
 
-def _compact_weights(card: ModelCard, card_path: Path, weights: Path, out: Path) -> Path:
-    """Write the compact weights of one model into out; return the file (named by its SHA-256)."""
+def _compact_weights(card: ModelCard, card_path: Path, weights: Path, out: Path) -> tuple[Path, str]:
+    """Write the compact weights of one model into out; return the file (named by its SHA-256) and the hash."""
     if card.kind == "classifier":
         from ml.classifier import ARCHITECTURE, export_weights, load_state_file
 
         arch = str(card.architecture.get("name", ARCHITECTURE))
-        return export_weights(load_state_file(weights), out, arch=arch, fp16=True)[0]
+        return export_weights(load_state_file(weights), out, arch=arch, fp16=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp_dir:
         if card.kind == "segmentation":
             from ml.unet import Segmenter, save_compact_weights
@@ -49,9 +55,7 @@ def _compact_weights(card: ModelCard, card_path: Path, weights: Path, out: Path)
         else:
             tmp = Path(tmp_dir) / "modality.npz"
             shutil.copyfile(weights, tmp)
-        final = out / f"{tmp.stem}-{sha256_file(tmp)[:12]}{tmp.suffix}"
-        tmp.replace(final)
-    return final
+        return name_by_hash(tmp, out, tmp.stem)
 
 
 def ship(card_path: Path, out: Path) -> Path:
@@ -65,11 +69,11 @@ def ship(card_path: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     previous = out / CARDS[card.kind]
     old_weights = ModelCard.load(previous).weights_path(previous) if previous.is_file() else None
-    path = _compact_weights(card, card_path, weights, out)
+    path, digest = _compact_weights(card, card_path, weights, out)
     path.chmod(0o644)  # temporary files are private; a container's unprivileged user must read the shipped ones
     training = {**card.training, "compacted_from": {"weights_file": card.weights_file,
                                                     "weights_sha256": card.weights_sha256}}
-    shipped = replace(card, weights_file=path.name, weights_sha256=sha256_file(path), training=training)
+    shipped = replace(card, weights_file=path.name, weights_sha256=digest, training=training)
     shipped.save(out / CARDS[card.kind])
     if old_weights is not None and old_weights.resolve() != path.resolve() and old_weights.is_file():
         old_weights.unlink()

@@ -21,7 +21,7 @@ import numpy as np
 
 from ml.data import load_or_make_split, read_image_rgb
 from ml.modality import FEATURE_SIDE, FEATURE_VERSION, MODALITY_CARD, ModalityParams, photo_features
-from ml.modelcard import ModelCard, sha256_file
+from ml.modelcard import ModelCard, name_by_hash
 from ml.pad_data import read_pad
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,7 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".modality.tmp.npz"
     params.save(tmp)
-    sha = sha256_file(tmp)
-    weights = out / f"modality-{sha[:12]}.npz"
-    tmp.replace(weights)
+    weights, sha = name_by_hash(tmp, out, "modality")
     card = ModelCard(
         kind="modality",
         name="modality-lr",

@@ -14,7 +14,7 @@ import cv2
 import keras
 import numpy as np
 
-from ml.modelcard import SEGMENTATION_CARD, ModelCard, sha256_file
+from ml.modelcard import SEGMENTATION_CARD, ModelCard, name_by_hash
 from ml.preprocess import SegmentationPreset
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,7 @@ def save_segmentation_model(
     os.close(fd)
     tmp = Path(tmp_name)
     model.save(tmp)
-    digest = sha256_file(tmp)
-    weights = out_dir / f"unet-{digest[:12]}.keras"
-    tmp.replace(weights)
+    weights, digest = name_by_hash(tmp, out_dir, "unet")
     card = ModelCard(
         kind="segmentation",
         name="unet",
