@@ -14,12 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from ml.classifier import WeightsUnavailableError
 from ml.data import DatasetError, Sample, load_or_make_split, read_image_rgb, read_mask
 from ml.preprocess import SegmentationAugment, SegmentationPreset
 
 log = logging.getLogger(__name__)
 
 THRESHOLD_CANDIDATES = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+
+
+DEFAULT_INPUT_SIZE = (448, 592)  # the study's size; the CPU profile passes --input-size 128x160
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -38,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/seg"), help="checkpoints, cache, state")
     parser.add_argument("--split", type=Path, default=Path("runs/split.csv"), help="split CSV (made if absent)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--input-size", type=parse_size, default=(448, 592), help="HxW, divisible by 2**depth")
+    parser.add_argument("--input-size", type=parse_size, default=None,
+                        help="HxW, divisible by 2**depth (default 448x592, or the --init-from card's size)")
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--dropout", type=float, default=0.3)
@@ -54,11 +59,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="use at most N train and N val images")
     parser.add_argument("--no-resume", action="store_true", help="start over even if run-dir has a run")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="a segmentation card (e.g. the shipped models/segmentation.json): start from its verified "
+                        "weights and U-Net shape, so CPU time spent in an earlier run is not lost; --input-size may "
+                        "differ from the card's (the U-Net is fully convolutional)")
     parser.add_argument("--threshold", type=float, default=None, help="fix the mask threshold (default: tune)")
     parser.add_argument(
         "--tta", choices=("auto", "on", "off"), default="auto",
         help="flip test-time augmentation at inference; auto keeps it if it helps on validation",
     )
+
+
+def resolve_init(args: argparse.Namespace) -> Path | None:
+    """--init-from CARD: verify the card's weights, take its U-Net shape into args; the weights file or None."""
+    if args.init_from is None:
+        return None
+    from ml.modelcard import ModelCard, ModelCardError
+    from ml.unet import config_from_card
+
+    try:
+        card = ModelCard.load(args.init_from)
+        weights = card.verify(args.init_from)
+    except ModelCardError as exc:
+        raise WeightsUnavailableError(f"--init-from {args.init_from}: {exc}") from exc
+    if card.kind != "segmentation":
+        raise WeightsUnavailableError(
+            f"--init-from {args.init_from} is a {card.kind!r} card, not a segmentation card")
+    if Path(weights).suffix != ".safetensors":
+        raise WeightsUnavailableError(
+            f"--init-from {args.init_from}: {Path(weights).name} is not compact weights; ship the model first")
+    config = config_from_card(card)
+    args.base_filters, args.depth, args.batch_norm = config.base_filters, config.depth, config.batch_norm
+    args.dropout = config.dropout
+    if args.input_size is None:
+        args.input_size = config.input_size
+    log.info("starting from %s (%s)", card.version, weights)
+    return Path(weights)
 
 
 def configure_runtime(threads: int | None, *, mixed_precision: bool = True) -> None:
@@ -292,9 +328,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
     from ml.losses import BCEDiceLoss
-    from ml.unet import UNetConfig, build_unet, check_input_size, predict_small, save_segmentation_model
+    from ml.unet import (
+        UNetConfig,
+        build_unet,
+        check_input_size,
+        predict_small,
+        save_segmentation_model,
+        set_compact_weights,
+    )
 
     keras.utils.set_random_seed(args.seed)
+    init_weights = resolve_init(args)
+    if args.input_size is None:
+        args.input_size = DEFAULT_INPUT_SIZE
     config = UNetConfig(tuple(args.input_size), args.base_filters, args.depth, args.dropout, args.batch_norm)
     check_input_size(config.input_size, config.depth)
     split, digest = load_or_make_split(args.data, args.split, seed=args.seed)
@@ -328,6 +374,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         log.info("resuming from %s at epoch %d (best val IoU %.4f)", last_path, state.epoch, state.best_val_iou)
     else:
         model = build_unet(config)
+        if init_weights is not None:
+            set_compact_weights(model, init_weights)
         model.compile(optimizer=keras.optimizers.Adam(args.lr), loss=BCEDiceLoss())
     (run_dir / "settings.json").write_text(json.dumps(settings, indent=1))
 
