@@ -1,4 +1,7 @@
-"""`skintriage bot`: run the Telegram bot with long polling (real Telegram, or a local Bot API server)."""
+"""`skintriage bot`: run the Telegram bot with long polling (real Telegram, or a local Bot API server).
+
+Exactly one per deployment: it holds the "bot" lease (skintriage.leases) and a second one refuses to start.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     from telegram import Update
 
     from bot.app import build_application
-    from skintriage import migrate
+    from skintriage import leases, migrate
     from skintriage.logconfig import configure_logging, register_secret
     from skintriage.observability import serve_health
     from skintriage.settings import get_settings
@@ -46,8 +49,13 @@ def main(args: argparse.Namespace) -> int:
     url = settings.resolved_database_url
     if migrate.current(url) is None:
         raise ConfigurationError("the database has no schema yet; run `skintriage db upgrade` first")
-    serve_health(settings.health_port, lambda: _database_check(url))
-    application = build_application(settings)
-    log.info("bot polling %s", settings.telegram_api_base_url)
-    application.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=args.drop_pending_updates)
+    # Two bots on one token take each other's updates: a second one refuses to start.
+    lease = leases.hold_or_exit("bot", database_url=url, ttl_s=settings.lease_ttl_s)
+    try:
+        serve_health(settings.health_port, lambda: _database_check(url))
+        application = build_application(settings)
+        log.info("bot polling %s", settings.telegram_api_base_url)
+        application.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=args.drop_pending_updates)
+    finally:
+        lease.stop()
     return 0

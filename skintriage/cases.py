@@ -34,7 +34,7 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _owner_is_dead(owner: str | None) -> bool:
+def owner_is_dead(owner: str | None) -> bool:
     """True when the owner ran on this host and its process no longer exists."""
     if not owner or ":" not in owner:
         return False
@@ -309,12 +309,12 @@ def claim_for_processing(
         Case.status.in_((CaseStatus.RECEIVED, CaseStatus.QUEUED)),
         and_(Case.status == CaseStatus.PROCESSING, Case.started_at < stale),
     )
-    if case.status == CaseStatus.PROCESSING and _owner_is_dead(case.processing_owner):
+    if case.status == CaseStatus.PROCESSING and owner_is_dead(case.processing_owner):
         # The worker that held it died on this host (e.g. SIGKILL); take it over now.
         reclaimable = or_(reclaimable, Case.processing_owner == case.processing_owner)
     if case.attempts >= max_attempts:
         if case.status == CaseStatus.PROCESSING and not (
-            _owner_is_dead(case.processing_owner) or (case.started_at and case.started_at < stale)
+            owner_is_dead(case.processing_owner) or (case.started_at and case.started_at < stale)
         ):
             return ClaimResult(Claim.BUSY, case)
         # Fail it only while the dead or stale holder still has it: it may finish the case meanwhile.

@@ -2,6 +2,9 @@
 
 SkinTriageError
  +-- ConfigurationError   settings that cannot work (placeholder secret outside the demo, bad URL)
+ |    +-- AlreadyRunning  a second bot or beat for the same database; only one may run
+ +-- InfrastructureError  this worker cannot run the models (load error, out of memory, library crash);
+ |                        the case waits for a healthy worker and keeps its attempts
  +-- StorageError         the image store failed to read or write
  |    +-- ImageNotFound   no object under that key (deleted by retention or by the patient)
  |    +-- InvalidKey      a key that is not one of ours (path traversal, odd characters)
@@ -20,6 +23,14 @@ class SkinTriageError(Exception):
 
 class ConfigurationError(SkinTriageError):
     """Settings that cannot work; the message says which variable to change."""
+
+
+class AlreadyRunning(ConfigurationError):
+    """Another process holds this role's lease (one bot and one beat per deployment)."""
+
+
+class InfrastructureError(SkinTriageError):
+    """The worker's models, memory or libraries failed; not the photo's fault, so not the case's."""
 
 
 class StorageError(SkinTriageError):

@@ -292,3 +292,14 @@ class ProcessedUpdate(Base):
     chat_id: Mapped[int | None] = mapped_column(BigInteger)
     message_id: Mapped[int | None] = mapped_column(BigInteger)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class ServiceLease(Base):
+    """Who runs a role that must run once per deployment ("bot", "beat"), renewed while it runs (skintriage.leases)."""
+
+    __tablename__ = "service_leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))  # host:pid of the process
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(20 * 1024 * 1024, validation_alias="MAX_FILE_BYTES")
     max_image_pixels: int = Field(40_000_000, validation_alias="MAX_IMAGE_PIXELS")
 
+    # Worker health (worker.health). Infrastructure failures (the models failing on this worker, not the photo)
+    # in a row before the worker stops taking triage jobs; 0 never stops.
+    worker_max_infra_failures: int = Field(3, ge=0, validation_alias="WORKER_MAX_INFRA_FAILURES")
+    # A triage job running longer than this is hung: the worker turns unhealthy and the case goes to another
+    # worker. Keep it well above the slowest photo's analysis and below STUCK_AFTER_S; 0 turns the watchdog off.
+    job_deadline_s: int = Field(180, ge=0, validation_alias="JOB_DEADLINE_S")
+    # One bot and one beat per database: each holds a lease renewed every third of this; a second one refuses to
+    # start, and takes over at most this long after the first one died without releasing it.
+    lease_ttl_s: int = Field(30, ge=3, validation_alias="LEASE_TTL_S")
+
     # Tier policy: a melanoma probability within this margin of the operating threshold is UNCERTAIN.
     uncertain_margin: float = Field(0.05, validation_alias="UNCERTAIN_MARGIN")
     min_confidence: float = Field(0.5, validation_alias="MIN_CONFIDENCE")

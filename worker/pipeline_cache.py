@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from skintriage.exceptions import InfrastructureError
 from skintriage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,11 @@ def policy_from_settings(settings: Settings) -> Any:
 
 
 def get_pipeline(settings: Settings) -> Any:
-    """The loaded pipeline; raises ml.errors.ModelUnavailableError when MODEL_DIR has no trusted model."""
+    """The loaded pipeline.
+
+    Raises ml.errors.ModelUnavailableError when MODEL_DIR has no trusted model, and InfrastructureError when
+    trusted models fail to load on this worker (unreadable file, out of memory, a crash in torch or TensorFlow).
+    """
     global _pipeline, _pipeline_key, last_error
     key = (str(settings.model_dir.resolve()), settings.allow_demo_models)
     with _lock:
@@ -55,6 +60,12 @@ def get_pipeline(settings: Settings) -> Any:
         except ModelUnavailableError as exc:
             last_error = str(exc)
             raise
+        except Exception as exc:
+            last_error = f"load failed: {type(exc).__name__}: {exc}"
+            raise InfrastructureError(
+                f"the models in {settings.model_dir} failed to load on this worker ({type(exc).__name__}: {exc}); "
+                "check the worker's memory, GPU and libraries, or restart it"
+            ) from exc
         _pipeline, _pipeline_key, last_error = pipeline, key, None
         log.info(
             "pipeline loaded from %s in %.1f s: %s",

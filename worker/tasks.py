@@ -6,7 +6,9 @@ so a redelivered or duplicated job (acks_late) does nothing twice:
   - a case that is already finished only gets its delivery (re)enqueued, and delivery is claimed.
 Retries are narrowed to transient errors (database, image store, Telegram network); a bad photo is
 a RETAKE result, never a retry; the attempt cap in cases.claim_for_processing ends a job that keeps
-killing its worker, and the patient is told.
+killing its worker, and the patient is told. worker.failures.classify decides what a failed triage job
+means: an infrastructure failure (the models failing on this worker) hands the case back without using
+an attempt and counts towards this worker turning unhealthy (worker.health), which stops it taking jobs.
 """
 
 from __future__ import annotations
@@ -19,19 +21,20 @@ from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 
 from skintriage import cases
 from skintriage.db import session_factory
-from skintriage.exceptions import ImageNotFound, InvalidKey, StorageError
+from skintriage.exceptions import ImageNotFound, StorageError
 from skintriage.models import Case, CaseStatus
 from skintriage.observability import CASES, DELIVERIES, INFERENCE, QUEUE_WAIT
 from skintriage.settings import Settings, get_settings
 from skintriage.storage import ImageStore, make_store
-from worker import enqueue, pipeline_cache, retention, sweeper
+from worker import enqueue, health, pipeline_cache, retention, sweeper
 from worker.celery_app import DELIVER_TASK, OUTBOX_TASK, PURGE_TASK, SWEEP_TASK, TRIAGE_TASK
+from worker.failures import Failure, classify
 from worker.telegram_session import run_with_bot
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 TRANSIENT_DB_ERRORS = (OperationalError,)
 MAX_TRANSIENT_RETRIES = 8  # about 20 minutes of backoff; then the sweeper takes over
 MAX_MODEL_RETRIES = 6  # while MODEL_DIR has no trusted model; then the sweeper takes over
+MAX_INFRA_RETRIES = 8  # while the models fail on the workers that run it; then the sweeper takes over
+UNHEALTHY_HAND_BACK_S = 2.0  # an unhealthy worker hands a job back this soon, for a healthy worker
 MAX_DELIVERY_RETRIES = 6
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
@@ -66,15 +71,6 @@ def _store(settings: Settings) -> ImageStore:
         return _stores[key]
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, ImageNotFound | InvalidKey):
-        return False
-    if isinstance(exc, StorageError | OperationalError):
-        return True
-    # A dropped connection surfaces as DBAPIError with connection_invalidated.
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
 # --- triage ---------------------------------------------------------------------------------
 
 
@@ -82,12 +78,17 @@ def _is_transient(exc: BaseException) -> bool:
 def triage_case(self: Any, case_id: int) -> str:
     """Analyse one case and enqueue its answer; safe to run any number of times for the same case."""
     settings = get_settings()
-    from ml.errors import ModelUnavailableError
-
+    if not health.state.healthy:
+        return _hand_back_unhealthy(self, case_id)
     try:
         pipeline = pipeline_cache.get_pipeline(settings)
-    except ModelUnavailableError as exc:
-        return _models_unavailable(self, case_id, settings, exc)
+    except Exception as exc:
+        failure = classify(exc)
+        if failure is Failure.MODEL_MISSING:
+            return _models_unavailable(self, case_id, settings, exc)
+        if failure is Failure.INFRASTRUCTURE:
+            return _infrastructure_failed(self, case_id, settings, exc)
+        raise
 
     try:
         with _sessions(settings) as session:
@@ -99,11 +100,15 @@ def triage_case(self: Any, case_id: int) -> str:
             )
             outcome = claim.outcome
             if outcome == cases.Claim.CLAIMED:
-                return _process(claim.case, session=session, settings=settings, pipeline=pipeline)
+                with health.state.job(case_id):
+                    return _process(claim.case, session=session, settings=settings, pipeline=pipeline)
     except Exception as exc:
-        if not _is_transient(exc):
-            raise
-        return _retry_transient(self, case_id, settings, exc)
+        failure = classify(exc)
+        if failure is Failure.TRANSIENT:
+            return _retry_transient(self, case_id, settings, exc)
+        if failure is Failure.INFRASTRUCTURE:
+            return _infrastructure_failed(self, case_id, settings, exc)
+        raise
 
     if outcome == cases.Claim.MISSING:
         log.info("case %d no longer exists; nothing to do", case_id)
@@ -142,13 +147,16 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
         started = time.monotonic()
         try:
             result = pipeline.run(image)
-        except Exception:
-            # Not a bad photo (those come back as RETAKE): a bug or a broken model. Do not guess.
+        except Exception as exc:
+            if classify(exc) is not Failure.BAD_INPUT:
+                raise  # the worker's fault, not the photo's: the case is handed back below
+            # Not a photo the pipeline could refuse (those come back as RETAKE): a bug this photo triggers.
             log.exception("pipeline failed on case %d; the case fails and the patient is told", case_id)
             session.rollback()
             return _fail(session, case_id, "pipeline_error", owner=owner)
         elapsed = time.monotonic() - started
         INFERENCE.observe(elapsed)
+        health.state.record_success()
 
         fields = _result_fields(result, store=store, total_ms=elapsed * 1000)
         fields["tier_reason"] = tier_reason(result, settings=settings)
@@ -157,7 +165,7 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
         session.commit()
     except Exception as exc:
         session.rollback()
-        if _is_transient(exc):
+        if classify(exc) in (Failure.TRANSIENT, Failure.INFRASTRUCTURE):
             _release(session, case_id)
         raise
     if saved:
@@ -250,7 +258,7 @@ def tier_reason(result: Any, *, settings: Settings) -> str | None:
 
 
 def _release(session: Session, case_id: int) -> None:
-    """Give the case back after a transient error without using up one of its attempts."""
+    """Give the case back after a transient or infrastructure error without using up one of its attempts."""
     try:
         cases.release_for_retry(session=session, case_id=case_id, refund_attempt=True)
         session.commit()
@@ -269,6 +277,52 @@ def _retry_transient(task: Any, case_id: int, settings: Settings, exc: BaseExcep
         "case %d: transient %s, retry %d in %.0f s", case_id, type(exc).__name__, retries + 1, countdown
     )
     raise task.retry(countdown=countdown, exc=exc)
+
+
+def _infrastructure_failed(task: Any, case_id: int, settings: Settings, exc: BaseException) -> str:
+    """The models failed on this worker: the case (released by _process) waits for a healthy worker."""
+    log.error(
+        "case %d: the models failed on this worker (%s: %s); the case goes back to the queue, its attempts untouched",
+        case_id,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
+    health.state.record_infrastructure_failure(exc)
+    try:
+        with _sessions(settings) as session:
+            cases.mark_queued(session=session, case_id=case_id)  # a fresh queued_at: no sweeper duplicate meanwhile
+            session.commit()
+    except OperationalError:
+        pass
+    if not health.state.healthy:
+        return _hand_back_unhealthy(task, case_id)
+    retries = task.request.retries
+    if retries >= MAX_INFRA_RETRIES:
+        log.error("case %d: giving up retrying for now; the sweeper re-enqueues it later", case_id)
+        return "infrastructure_error"
+    raise task.retry(countdown=backoff_s(retries), exc=exc)
+
+
+def _hand_back_unhealthy(task: Any, case_id: int) -> str:
+    """Put the job back on the queue for a healthy worker (this one has stopped consuming it)."""
+    log.warning("case %d: this worker is unhealthy (%s); job handed back", case_id, health.state.unhealthy_reason)
+    raise task.retry(countdown=UNHEALTHY_HAND_BACK_S, max_retries=None)
+
+
+def hand_back_hung(case_id: int, *, settings: Settings) -> None:
+    """The watchdog's action on a job past JOB_DEADLINE_S: release its case and enqueue it for another worker.
+
+    The attempt stays counted (a photo that hangs every worker is ended by the attempt cap); if the hung job
+    ever finishes, its result is refused because the case is no longer its own (cases.save_result).
+    """
+    with _sessions(settings) as session:
+        cases.release_for_retry(session=session, case_id=case_id)
+        session.commit()
+    if enqueue.enqueue_triage(case_id):
+        log.error("case %d: its job hung on this worker; handed to another worker", case_id)
+    else:
+        log.error("case %d: its job hung on this worker; released for the sweeper (broker unreachable)", case_id)
 
 
 def _models_unavailable(task: Any, case_id: int, settings: Settings, exc: BaseException) -> str:

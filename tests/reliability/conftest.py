@@ -53,6 +53,8 @@ __all__ = ["demo_model_dir"]
 TOKEN = "7012345678:AAH-reliability_Secret-Token-0123456789"
 # A sleep before each photo's analysis, honoured by tests/reliability/slow_worker.py only.
 SLOW_ENV = "RELIABILITY_SLOW_PIPELINE_S"
+# Where the models fail ("load" or "run"), honoured by tests/reliability/broken_worker.py only.
+FAULT_ENV = "RELIABILITY_MODEL_FAULT"
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -253,12 +255,17 @@ class Service:
         name: str = "worker",
         *,
         slow_s: float | None = None,
+        fault: str | None = None,
         beat: bool = False,
         wait: bool = True,
         expect_models: bool = True,
         **env: str,
     ) -> subprocess.Popen:
-        """`skintriage worker` (both queues, solo pool); slow_s makes each analysis sleep first (slow_worker.py)."""
+        """`skintriage worker` (both queues, solo pool).
+
+        slow_s makes each analysis sleep first (slow_worker.py); fault ("load" or "run") makes its models fail
+        with torch's out-of-memory error (broken_worker.py).
+        """
         port = free_port()
         argv = ["worker", "--queues", "triage,replies", "--pool", "solo", "--hostname", f"{name}@%h"]
         if beat:
@@ -268,6 +275,9 @@ class Service:
         if slow_s is not None:
             full[SLOW_ENV] = str(slow_s)
             module = "tests.reliability.slow_worker"
+        if fault is not None:
+            full[FAULT_ENV] = fault
+            module = "tests.reliability.broken_worker"
         proc = spawn(name, argv, full, log_dir=self.log_dir, module=module)
         proc.health_port = port  # type: ignore[attr-defined]
         self.procs[name] = proc

@@ -9,7 +9,9 @@ from sqlalchemy import create_engine, inspect
 from skintriage import migrate
 from skintriage.models import Base
 
-TABLES = {"users", "cases", "reviews", "operators", "audit_events", "outbox_messages", "processed_updates"}
+TABLES = {
+    "users", "cases", "reviews", "operators", "audit_events", "outbox_messages", "processed_updates", "service_leases",
+}
 
 
 def _tables(url: str) -> set[str]:
