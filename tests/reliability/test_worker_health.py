@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
 import time
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from skintriage.models import CaseStatus
 from tests.reliability.conftest import Service, wait
 from tests.reliability.test_faults import ANSWER_TIMEOUT_S, _held_jobs, _photo_case, _slow_analysis_started
-from tests.stack import healthz, spawn
+from tests.stack import healthz, spawn, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
@@ -105,10 +106,11 @@ def _refused(svc: Service, name: str, argv: list[str], **env: str) -> str:
     proc = spawn(name, argv, {**svc.env, **env}, log_dir=svc.log_dir)
     svc.procs[name] = proc
     try:
-        returncode = proc.wait(120)
-    finally:
-        svc.procs.pop(name, None)
-    assert returncode != 0, f"{name} started next to the running one:\n{svc.log(name)[-2000:]}"
+        returncode = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{name} started next to the running one and is still running:\n{svc.log(name)[-2000:]}")
+    svc.procs.pop(name, None)
+    assert returncode != 0, f"{name} exited with 0:\n{svc.log(name)[-2000:]}"
     return svc.log(name)
 
 
@@ -125,16 +127,17 @@ def test_a_second_bot_and_a_second_beat_refuse_to_start(make_service, request, d
     db_url = request.getfixturevalue("pg_url" if database == "postgres" else "sqlite_url")
     svc = make_service(db_url=db_url)
     first = svc.start_bot("bot")
-    assert _lease_holder(svc, "bot").endswith(f":{first.pid}")
 
     log = _refused(svc, "bot-2", ["bot"])
     assert "another bot is already running" in log and f":{first.pid})" in log
     assert "only one bot may run per database" in log
+    assert _lease_holder(svc, "bot").endswith(f":{first.pid}")
 
     beat = spawn("beat", ["beat"], svc.env, log_dir=svc.log_dir)
     svc.procs["beat"] = beat
-    wait(lambda: (_lease_holder(svc, "beat") or "").endswith(f":{beat.pid}"), timeout=60, what="the beat's lease")
+    wait_for(lambda: "beat: Starting" in svc.log("beat"), timeout=60, what="the beat running", proc=beat)
     assert "another beat is already running" in _refused(svc, "beat-2", ["beat"])
+    assert _lease_holder(svc, "beat").endswith(f":{beat.pid}")
     embedded = _refused(svc, "worker-beat", ["worker", "--queues", "replies", "--beat"], HEALTH_PORT="0")
     assert "another beat is already running" in embedded
     svc.assert_alive()
