@@ -83,7 +83,7 @@ def _watch_health(settings: Settings) -> None:
     def stop_consuming(consumer: Any, reason: str) -> None:
         # What Celery's `cancel_consumer` control command does, without a broadcast through the broker.
         consumer.call_soon(consumer.cancel_task_queue, TRIAGE_QUEUE)
-        log.error("stopped consuming the %s queue: %s", TRIAGE_QUEUE, reason)
+        log.error("stops consuming the %s queue: %s", TRIAGE_QUEUE, reason)
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         health.state.on_unhealthy(lambda reason: stop_consuming(sender, reason))
