@@ -148,7 +148,7 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
         try:
             result = pipeline.run(image)
         except Exception as exc:
-            if classify(exc) is not Failure.BAD_INPUT:
+            if classify(exc) in (Failure.TRANSIENT, Failure.INFRASTRUCTURE):
                 raise  # the worker's fault, not the photo's: the case is handed back below
             # Not a photo the pipeline could refuse (those come back as RETAKE): a bug this photo triggers.
             log.exception("pipeline failed on case %d; the case fails and the patient is told", case_id)
