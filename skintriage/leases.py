@@ -142,3 +142,8 @@ def hold_or_exit(name: str, *, database_url: str, ttl_s: float) -> Singleton:
     except AlreadyRunning as exc:
         log.error("refusing to start: %s", exc)
         raise SystemExit(f"skintriage {name}: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise SystemExit(
+            f"skintriage {name}: cannot take the {name} lease ({type(exc).__name__}); check DATABASE_URL, and run "
+            "`skintriage db upgrade` if the database is not at the latest schema"
+        ) from exc
