@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from telegram import Bot
-from telegram.constants import ParseMode
+from telegram.constants import MessageLimit, ParseMode
 from telegram.error import BadRequest
 from telegram.request import HTTPXRequest
 
@@ -29,8 +29,8 @@ from skintriage.storage import ImageStore
 
 log = logging.getLogger(__name__)
 
-CAPTION_LIMIT = 1024
-TEXT_LIMIT = 4096
+CAPTION_LIMIT = MessageLimit.CAPTION_LENGTH
+TEXT_LIMIT = MessageLimit.MAX_TEXT_LENGTH
 _TAG = re.compile(r"<[^>]+>")
 
 
