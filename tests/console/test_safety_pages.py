@@ -3,6 +3,8 @@ case page (the earlier review hidden, the read stored as blinded, refused to a r
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 
 from sqlalchemy import select
@@ -115,6 +117,10 @@ def test_blinded_second_read_hides_the_first_review_and_is_stored_as_blinded(rev
     assert 'id="second-read"' not in again.text and "Rita thinks" in again.text
     assert "already reviewed" in reviewer.get(f"/cases/{case_id}", params={"read": "second"}).text
     assert case_ids(admin_client.get("/cases", params={"view": "second"}).text) == []
+    # The CSV's last review is the reviewers' verdict, not the blinded read (which still counts as a review).
+    export = admin_client.get("/cases/export.csv", params={"tier": "HIGH"})
+    row = next(r for r in csv.DictReader(io.StringIO(export.text)) if int(r["case_id"]) == case_id)
+    assert (row["reviews"], row["last_review_verdict"], row["last_review_label"]) == ("2", "agree", "MEL")
     # The safety page pairs the two reads.
     safety = admin_client.get("/safety", params={"days": 30}).text
     assert '<td id="second-pairs">1</td>' in safety
