@@ -133,6 +133,8 @@ class CaseFilter:
     queue: bool = False
     retake_lane: bool = False  # view=retake: unreviewed failed and retake cases, longest-waiting first
     second_read: bool = False  # view=second: reviewed cases waiting for a blinded second read
+    # Set by the route, never from the query: with view=second, leave out the cases this operator reviewed.
+    second_reader: int | None = None
     disagreement: str | None = None  # one of DISAGREEMENTS
     page: int = 1
     per_page: int = PER_PAGE_DEFAULT
@@ -194,6 +196,9 @@ class CaseFilter:
             clauses.extend([Case.status.in_(RETAKE_LANE_STATUSES), ~reviewed_clause()])
         if self.second_read:
             clauses.append(second_read_wanted_clause())
+            if self.second_reader is not None:
+                own = select(Review.id).where(Review.case_id == Case.id, Review.operator_id == self.second_reader)
+                clauses.append(~exists(own))
         if self.disagreement:
             clauses.append(disagreement_clause(self.disagreement))
         return clauses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from babel import Locale, UnknownLocaleError
@@ -88,6 +89,8 @@ def case_list(
         filters = CaseFilter.from_query(request.query_params)
     except FilterError as exc:
         return render(request, "error.html", {"title": "Bad filter", "message": str(exc)}, status_code=400, db=db)
+    if filters.second_read:
+        filters = replace(filters, second_reader=operator.id)  # their own reviewed cases they cannot read blind
     page = list_cases(session=db, filters=filters)
     return render(
         request,

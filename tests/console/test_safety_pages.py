@@ -83,6 +83,8 @@ def test_blinded_second_read_hides_the_first_review_and_is_stored_as_blinded(rev
     lane = admin_client.get("/cases", params={"view": "second"})
     assert f'<a href="/cases/{case_id}?read=second" class="case-link">' in lane.text
     assert case_ids(lane.text) == [case_id]
+    # The first reader's own lane leaves out the case they reviewed.
+    assert case_ids(reviewer.get("/cases", params={"view": "second"}).text) == []
 
     blind = admin_client.get(f"/cases/{case_id}", params={"read": "second"})
     assert blind.status_code == 200
