@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ml.labels import LABELS
 from skintriage.cases import audit
-from skintriage.models import REVIEW_VERDICTS, Case, Operator, OutboxMessage, Review
+from skintriage.models import REVIEW_VERDICTS, AuditEvent, Case, Operator, OutboxMessage, Review
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ URGENCIES: dict[str, str] = {
 }
 NOTE_MAX = 4000
 MESSAGE_MAX = 2000  # Telegram allows 4096; leave room for the bot's header and disclaimer
+# ReviewInput.read for a blinded second read (the case page was shown without the earlier reviews).
+SECOND_READ = "second"
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ReviewInput:
     urgency: str = ""
     note: str = ""
     message: str = ""
+    read: str = ""  # "" for an ordinary review, SECOND_READ for a blinded second read
 
 
 def validate_review(form: ReviewInput, *, case: Case) -> list[str]:
@@ -57,7 +61,34 @@ def validate_review(form: ReviewInput, *, case: Case) -> list[str]:
     if len(form.note) > NOTE_MAX:
         errors.append(f"The note is longer than {NOTE_MAX} characters.")
     errors.extend(validate_message(form.message, required=False))
+    if form.read not in ("", SECOND_READ):
+        errors.append(f"read must be empty or {SECOND_READ}.")
     return errors
+
+
+def second_read_problem(*, session: Session, case: Case, operator: Operator) -> str | None:
+    """Why this operator cannot give this case a blinded second read, or None when they can.
+
+    A second read needs a first (unblinded) review by someone else, and a reader who has not reviewed the case
+    and has not opened its ordinary page, which shows the reviews, since the first review was saved (audit log).
+    """
+    reviews = session.scalars(select(Review).where(Review.case_id == case.id).order_by(Review.created_at)).all()
+    first = [r for r in reviews if not r.blinded]
+    if not first:
+        return "This case has no review yet, so there is nothing to read a second time: review it normally."
+    if any(r.operator_id == operator.id for r in reviews):
+        return "You have already reviewed this case, so your second read would not be blind."
+    views = session.scalars(
+        select(AuditEvent.detail).where(
+            AuditEvent.action == "case.viewed",
+            AuditEvent.case_id == case.id,
+            AuditEvent.operator_id == operator.id,
+            AuditEvent.at >= first[0].created_at,
+        )
+    ).all()
+    if any((detail or {}).get("read") != SECOND_READ for detail in views):
+        return "You have seen this case's reviews, so your second read would not be blind."
+    return None
 
 
 def validate_message(text: str, *, required: bool = True) -> list[str]:
@@ -79,6 +110,7 @@ def record_review(*, session: Session, case: Case, operator: Operator, form: Rev
         corrected_label=form.corrected_label or (case.label if form.verdict == "agree" else None),
         urgency=form.urgency or None,
         note=form.note.strip() or None,
+        blinded=form.read == SECOND_READ,
     )
     session.add(review)
     session.flush()
@@ -95,6 +127,7 @@ def record_review(*, session: Session, case: Case, operator: Operator, form: Rev
             "model_label": case.label,
             "corrected_label": review.corrected_label,
             "urgency": review.urgency,
+            "blinded": review.blinded,
         },
     )
     return review

@@ -223,6 +223,9 @@ class Review(Base):
     corrected_label: Mapped[str | None] = mapped_column(String(16))
     urgency: Mapped[str | None] = mapped_column(String(32))
     note: Mapped[str | None] = mapped_column(Text)
+    # A blinded second read: given by a reviewer who was not shown the case's earlier reviews (console/safety.py
+    # compares it with the first read); it is never the reference verdict the model is measured against.
+    blinded: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     case: Mapped[Case] = relationship(back_populates="reviews")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from babel import Locale, UnknownLocaleError
@@ -27,12 +28,14 @@ from console.filters import (
 from console.pending import SESSION_KEY as PENDING_SESSION_KEY
 from console.pending import keep_review
 from console.reviews import (
+    SECOND_READ,
     URGENCIES,
     VERDICT_WORDS,
     ReviewInput,
     create_followup,
     enqueue_followup,
     record_review,
+    second_read_problem,
     validate_message,
     validate_review,
 )
@@ -86,6 +89,8 @@ def case_list(
         filters = CaseFilter.from_query(request.query_params)
     except FilterError as exc:
         return render(request, "error.html", {"title": "Bad filter", "message": str(exc)}, status_code=400, db=db)
+    if filters.second_read:
+        filters = replace(filters, second_reader=operator.id)  # their own reviewed cases they cannot read blind
     page = list_cases(session=db, filters=filters)
     return render(
         request,
@@ -138,8 +143,12 @@ def _case_page(
     form: ReviewInput | None = None,
     notice: str | None = None,
     claim: Claim | None = None,
+    second_read: bool = False,
+    blind_problem: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
+    """Render the case page; with second_read, blinded: without the reviews and messages, which may tell the
+    first reader's verdict, and with a form that saves a blinded second read."""
     earlier = list(
         db.scalars(
             select(Case)
@@ -151,10 +160,13 @@ def _case_page(
     later_count = len(
         db.scalars(select(Case.id).where(Case.user_id == case.user_id, Case.received_at > case.received_at)).all()
     )
-    messages = db.scalars(
-        select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(OutboxMessage.created_at)
-    ).all()
-    reviews = db.scalars(select(Review).where(Review.case_id == case.id).order_by(Review.created_at)).all()
+    messages: list[OutboxMessage] = []
+    reviews: list[Review] = []
+    if not second_read:
+        messages = list(db.scalars(
+            select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(OutboxMessage.created_at)
+        ).all())
+        reviews = list(db.scalars(select(Review).where(Review.case_id == case.id).order_by(Review.created_at)).all())
     settings = request.app.state.settings
     return render(
         request,
@@ -174,6 +186,8 @@ def _case_page(
             "form": form or ReviewInput(verdict=""),
             "notice": notice,
             "claim": claim if claim is not None else live_claim(case),
+            "second_read": second_read,
+            "blind_problem": blind_problem,
         },
         status_code=status_code,
         db=db,
@@ -216,19 +230,27 @@ def case_detail(
     notice: str | None = None,
     saved: str | None = None,
     queue: str | None = None,
+    read: str | None = None,
     operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),
 ) -> HTMLResponse:
-    """Everything about one case; the view is audited."""
+    """Everything about one case; the view is audited. With read=second, blinded for a second read (unless this
+    operator has seen the reviews already: then the ordinary page, saying why)."""
     case = _load_case(db, case_id)
-    audit(session=db, actor="operator", action="case.viewed", case_id=case.id, operator_id=operator.id)
+    problem = second_read_problem(session=db, case=case, operator=operator) if read == SECOND_READ else None
+    blinded = read == SECOND_READ and problem is None
+    detail = {"read": SECOND_READ} if blinded else {}
+    audit(session=db, actor="operator", action="case.viewed", case_id=case.id, operator_id=operator.id, detail=detail)
     claim = None
     if case.status in REVIEWABLE_STATUSES and not case.reviews:
         # Opening an unreviewed case is starting to review it: hold it so colleagues pass it by.
         seconds = request.app.state.settings.console_review_claim_s
         claim = claim_case(session=db, case=case, operator=operator, seconds=seconds)
     db.commit()
-    return _case_page(request, db, case, notice=_notice(notice, saved, queue_empty=queue == "empty"), claim=claim)
+    return _case_page(
+        request, db, case, notice=_notice(notice, saved, queue_empty=queue == "empty"), claim=claim,
+        second_read=blinded, blind_problem=problem,
+    )
 
 
 @router.post("/cases/{case_id}/reviews", dependencies=[Depends(require_csrf)])
@@ -241,12 +263,13 @@ def submit_review(
     note: str = Form(""),
     message: str = Form(""),
     then: str = Form(""),
+    read: str = Form(""),
     db: Session = Depends(get_db),
 ) -> Response:
     """Save a review (and queue the optional follow-up message to the patient); with then=next, open the
     case the review queue lists after this one ("Save and next"). A review that arrives after the session
     ended is kept and saved when the same operator logs in again."""
-    form = ReviewInput(verdict, corrected_label, urgency, note, message)
+    form = ReviewInput(verdict, corrected_label, urgency, note, message, read)
     expired_operator_id = request.session.get("op")  # read before the session check may clear it
     try:
         operator = current_operator(request, db)
@@ -267,8 +290,14 @@ def save_review(
 ) -> Response:
     """Validate and store a review, release the operator's claim, queue the message, and say where to go next."""
     errors = validate_review(form, case=case)
+    problem = None
+    if form.read == SECOND_READ:
+        problem = second_read_problem(session=db, case=case, operator=operator)
+        errors.extend([problem] if problem else [])
+        then = ""  # a second read goes back to its case, which then shows both reads
     if errors:
-        return _case_page(request, db, case, errors=errors, form=form, status_code=400)
+        blinded = form.read == SECOND_READ and problem is None
+        return _case_page(request, db, case, errors=errors, form=form, second_read=blinded, status_code=400)
     following = None
     if then == "next":
         following = next_in_queue(session=db, after=case.id, lane=lane_of(case), operator_id=operator.id)
