@@ -526,3 +526,28 @@ def test_claim_length_is_a_setting(monkeypatch, settings_env, console_db_url, st
         assert login(client, *REVIEWER).status_code == 303
         client.get(f"/cases/{seeded.cases['a_low']}")
     assert _claim_of(console_db_url, seeded.cases["a_low"])[1] <= utcnow() + timedelta(seconds=60)
+
+
+def test_the_case_page_shows_the_booking_answer_and_each_message_as_the_patient_read_it(
+    reviewer, seeded, console_db_url
+):
+    from skintriage.models import Case, utcnow
+
+    case_id = seeded.cases["a_high"]
+    assert 'id="booking"' not in reviewer.get(f"/cases/{case_id}").text  # not asked yet
+    with session_scope(console_db_url) as s:
+        case = s.get(Case, case_id)
+        case.booking_asked_at = utcnow()
+        s.add(OutboxMessage(user_id=case.user_id, case_id=case_id, chat_id=1001, kind="booking", text=""))
+    page = reviewer.get(f"/cases/{case_id}").text
+    assert "whether they booked a dermatologist:\n    no answer yet." in page
+    assert "Booking question" in page and "Composed in English when sent" in page
+    with session_scope(console_db_url) as s:
+        case = s.get(Case, case_id)
+        case.booking_answer, case.booking_answered_at = "declined", utcnow()
+        message = s.scalars(select(OutboxMessage)).one()
+        message.sent_at, message.sent_text = utcnow(), "Case #3: Have you booked an appointment with a dermatologist?"
+    page = reviewer.get(f"/cases/{case_id}").text
+    assert "<strong>does not want to book</strong>" in page
+    assert "Case #3: Have you booked an appointment with a dermatologist?</pre>" in page
+    assert "Composed in English when sent" not in page
