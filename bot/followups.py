@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
+from bot.delivery import NEAR_LINE_REASONS
 from bot.i18n import DEFAULT_LANGUAGE, Html, Texts
 from ml.labels import Tier
 from skintriage.models import BOOKING_ANSWERS, Case, OutboxMessage, Review
@@ -46,8 +47,6 @@ def language_of(message: OutboxMessage) -> str:
 
 def answer_guidance(case: Case, *, texts: Texts, lang: str) -> Html:
     """The guidance the patient's answer gave for this case (a near-line UNCERTAIN answer takes HIGH's)."""
-    from bot.delivery import NEAR_LINE_REASONS
-
     if case.tier not in {t.value for t in Tier}:
         return texts.guidance(lang, Tier.UNCERTAIN if case.tier else Tier.RETAKE)
     if case.tier == Tier.UNCERTAIN and case.tier_reason in NEAR_LINE_REASONS:

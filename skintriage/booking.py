@@ -3,7 +3,8 @@
 Asked once per case (once per album: photos sent together are one spot), through the outbox, so it is durable
 and retried like any message; queuing it is a conditional UPDATE of `booking_asked_at`, so two periodic runs
 never ask twice. A patient's /delete removes their cases and unsent messages, so nothing is asked after it.
-Not asked when a clinician's latest review said no earlier appointment is needed.
+Not asked when a clinician's latest review said no earlier appointment is needed, nor about answers more than
+ASK_WITHIN past due.
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ def _still_advised(review: Review | None) -> bool:
     return review.verdict != "disagree" or review.corrected_label == "MEL"
 
 
+# A question is asked only this long after it became due: after an outage of the periodic job, or when the
+# feature is first deployed, patients are not asked about answers they had weeks ago.
+ASK_WITHIN = timedelta(days=7)
+
+
 def due_cases(*, session: Session, after: timedelta, now: datetime | None = None) -> list[int]:
-    """HIGH answers delivered at least `after` ago whose booking question was not asked yet, oldest first."""
+    """HIGH answers delivered `after` ago (up to ASK_WITHIN more) whose booking question was not asked, oldest first."""
     now = now or utcnow()
     rows = session.scalars(
         select(Case)
@@ -42,6 +48,7 @@ def due_cases(*, session: Session, after: timedelta, now: datetime | None = None
             Case.booking_asked_at.is_(None),
             Case.reply_text.is_not(None),  # the answer reached the patient (not undeliverable)
             Case.delivered_at <= now - after,
+            Case.delivered_at > now - after - ASK_WITHIN,
         )
         .order_by(Case.delivered_at, Case.id)
     ).all()

@@ -266,6 +266,7 @@ def test_delete_stops_the_booking_question_and_a_routine_review_does_not_ask(db_
         deleted = _high_case_answered_days_ago(session, telegram_user_id=802, days=4)
         routine = _high_case_answered_days_ago(session, telegram_user_id=803, days=4)
         recent = _high_case_answered_days_ago(session, telegram_user_id=804, days=1)
+        long_ago = _high_case_answered_days_ago(session, telegram_user_id=805, days=30)  # e.g. before deployment
         session.add(Review(case_id=routine, agrees=True, verdict="agree", corrected_label="MEL", urgency="routine"))
         session.commit()
         after = timedelta(days=3)
@@ -279,3 +280,4 @@ def test_delete_stops_the_booking_question_and_a_routine_review_does_not_ask(db_
         assert booking.due_cases(session=session, after=after) == [asked]
         assert session.scalars(select(OutboxMessage)).all() == []  # the queued question went with the patient
         assert recent not in booking.due_cases(session=session, after=after)
+        assert long_ago not in booking.due_cases(session=session, after=after)
