@@ -29,7 +29,7 @@ def test_no_question_when_booking_question_days_is_zero(settings_env, sqlite_url
     with session_factory(sqlite_url)() as session:
         user = cases.get_or_create_user(session=session, telegram_user_id=901, chat_id=901, language="en")
         session.flush()
-        at = utcnow() - timedelta(days=10)
+        at = utcnow() - timedelta(days=5)
         session.add(Case(
             user_id=user.id, status=CaseStatus.DONE, tier="HIGH", language="en", image_sha256="0" * 64,
             received_at=at, delivered_at=at, reply_text="Case #1", quality_flags=[], model_versions={}, timings_ms={},
