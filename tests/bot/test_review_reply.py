@@ -86,6 +86,42 @@ def test_a_disagreeing_review_reaches_a_korean_patient_in_korean_through_the_rep
     assert len(h.patient.messages(701, since=since)) == 1
 
 
+def test_a_review_saved_in_the_console_reaches_the_patient_through_the_reply_queue(start_bot) -> None:
+    """The whole way: the console's review form, the outbox, the worker's send_outbox, the patient's chat."""
+    from fastapi.testclient import TestClient
+
+    from console.app import create_app
+    from tests.console.session_helpers import csrf_of, login
+
+    h = start_bot()
+    case_id = answered_case(h, 708, tier="HIGH")
+    with h.session() as session:
+        create_operator(session=session, username="rita", password="reviewer-password-1")
+        session.commit()
+    app = create_app(settings=h.settings, database_url=h.settings.resolved_database_url, store=h.services.store)
+    with TestClient(app, follow_redirects=False) as console:
+        assert login(console, "rita", "reviewer-password-1").status_code == 303
+        token = csrf_of(console.get(f"/cases/{case_id}").text)
+        response = console.post(f"/cases/{case_id}/reviews", data={"csrf_token": token, "verdict": "cannot_assess"})
+        assert response.headers["location"] == f"/cases/{case_id}?notice=reviewed#reviews"
+        with h.session() as session:
+            (message,) = session.scalars(select(OutboxMessage)).all()
+            assert (message.kind, message.text, message.sent_text) == ("review", "", None)
+        since = h.patient.last_seq()
+
+        assert send_outbox(message.id) == "sent"
+
+        text = h.patient.wait_for(708, lambda e: e["method"] == "sendMessage", since=since)["text"]
+        assert text.split("\n\n") == [
+            f"Case #{case_id}: a clinician of the service has looked at your photo but could not assess the spot "
+            "from it.",
+            h.expect("en", "review.cannot_assess_advice"),
+            h.expect("en", "result.disclaimer"),
+        ]
+        page = console.get(f"/cases/{case_id}").text
+        assert "Review told to the patient" in page and "could not assess the spot" in page
+
+
 def test_the_review_is_composed_in_the_language_the_patient_has_when_it_is_sent(start_bot) -> None:
     h = start_bot()
     case_id = answered_case(h, 702, tier="HIGH", lang="en")
