@@ -23,6 +23,17 @@ URGENCIES: dict[str, str] = {
     "urgent": "Urgent: within a week",
     "same_day": "Same day",
 }
+# The outbox's kinds of message (skintriage.models.OUTBOX_KINDS) and the patient's booking answers, as shown.
+MESSAGE_KINDS: dict[str, str] = {
+    "followup": "Clinician's message",
+    "review": "Review told to the patient",
+    "booking": "Booking question",
+}
+BOOKING_WORDS: dict[str, str] = {
+    "booked": "booked an appointment",
+    "not_yet": "not booked yet",
+    "declined": "does not want to book",
+}
 NOTE_MAX = 4000
 MESSAGE_MAX = 2000  # Telegram allows 4096; leave room for the bot's header and disclaimer
 # ReviewInput.read for a blinded second read (the case page was shown without the earlier reviews).
@@ -133,15 +144,38 @@ def record_review(*, session: Session, case: Case, operator: Operator, form: Rev
     return review
 
 
+def create_review_message(
+    *, session: Session, case: Case, operator: Operator, review: Review, words: str = ""
+) -> OutboxMessage:
+    """Queue the review's message to the patient (with the reviewer's optional words), audited; the caller commits,
+    then enqueues it.
+
+    Every verdict reaches the patient: an agreement confirms the advice, a disagreement gives the new advice, a
+    "cannot assess" says so and what to do. The text is composed in the patient's language when it is sent
+    (bot.followups), from the review as it is then.
+    """
+    return _queue(session=session, case=case, operator=operator, kind="review", text=words, review=review)
+
+
 def create_followup(*, session: Session, case: Case, operator: Operator, text: str) -> OutboxMessage:
-    """Store a follow-up message for the case's patient, audited; the caller commits, then enqueues it."""
+    """Queue a clinician's own words for the case's patient, audited; the caller commits, then enqueues it.
+
+    The patient reads them with the case number, "a clinician of the service" and the disclaimer (bot.followups).
+    """
+    return _queue(session=session, case=case, operator=operator, kind="followup", text=text)
+
+
+def _queue(
+    *, session: Session, case: Case, operator: Operator, kind: str, text: str, review: Review | None = None
+) -> OutboxMessage:
     user = case.user
     message = OutboxMessage(
         user_id=user.id,
         case_id=case.id,
         operator_id=operator.id,
+        review_id=review.id if review is not None else None,
         chat_id=user.chat_id,
-        kind="followup",
+        kind=kind,
         text=text.strip(),
     )
     session.add(message)
@@ -153,7 +187,7 @@ def create_followup(*, session: Session, case: Case, operator: Operator, text: s
         action="message.queued",
         case_id=case.id,
         operator_id=operator.id,
-        detail={"message_id": message.id, "language": user.language, "chars": len(message.text)},
+        detail={"message_id": message.id, "kind": kind, "language": user.language, "chars": len(message.text)},
     )
     return message
 

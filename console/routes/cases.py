@@ -28,11 +28,14 @@ from console.filters import (
 from console.pending import SESSION_KEY as PENDING_SESSION_KEY
 from console.pending import keep_review
 from console.reviews import (
+    BOOKING_WORDS,
+    MESSAGE_KINDS,
     SECOND_READ,
     URGENCIES,
     VERDICT_WORDS,
     ReviewInput,
     create_followup,
+    create_review_message,
     enqueue_followup,
     record_review,
     second_read_problem,
@@ -180,6 +183,8 @@ def _case_page(
             "labels": LABELS,
             "urgencies": URGENCIES,
             "verdict_words": VERDICT_WORDS,
+            "booking_words": BOOKING_WORDS,
+            "message_kinds": MESSAGE_KINDS,
             "language_name": _language_name(case.user.language),
             "mel_band": _uncertain_band(case, PolicyConfig.from_settings(settings)),
             "errors": errors or [],
@@ -195,15 +200,17 @@ def _case_page(
 
 
 NOTICES = {
-    "reviewed": "Review saved.",
-    "resumed": "Your review, sent after your session had ended, was kept and is saved now.",
+    "reviewed": "Review saved. The patient will be told in their language.",
+    "resumed": "Your review, sent after your session had ended, was kept and is saved now. The patient will be told.",
     "sent": "Message queued for the patient.",
-    "deferred": "Message saved; the reply queue is unreachable, it will be sent when it is back.",
+    "deferred": "Saved; the reply queue is unreachable, the patient's message will be sent when it is back.",
 }
 # After "Save and next" the page shows another case: say which case the review and message were for.
 NOTICES_FOR_PREVIOUS = {
+    "reviewed": "Its patient will be told in their language.",
+    "resumed": "Its patient will be told in their language.",
     "sent": "Message queued for that case's patient.",
-    "deferred": "Message for that case's patient saved; it will be sent when the reply queue is back.",
+    "deferred": "The message for that case's patient will be sent when the reply queue is back.",
 }
 
 
@@ -301,15 +308,17 @@ def save_review(
     following = None
     if then == "next":
         following = next_in_queue(session=db, after=case.id, lane=lane_of(case), operator_id=operator.id)
-    record_review(session=db, case=case, operator=operator, form=form)
+    review = record_review(session=db, case=case, operator=operator, form=form)
     release_claim(session=db, case=case, operator=operator)
+    # The patient hears of every first review, with the reviewer's words when there are any (bot.followups).
+    # A blinded second read measures agreement between reviewers; it stays in the console.
     outbox = None
-    if form.message.strip():
-        outbox = create_followup(session=db, case=case, operator=operator, text=form.message)
+    if form.read != SECOND_READ:
+        outbox = create_review_message(session=db, case=case, operator=operator, review=review, words=form.message)
     db.commit()
-    notice = "resumed" if resumed else "reviewed"
-    if outbox is not None:
-        notice = "sent" if enqueue_followup(outbox.id) else "deferred"
+    notice = "sent" if form.message.strip() and outbox else "resumed" if resumed else "reviewed"
+    if outbox is not None and not enqueue_followup(outbox.id):
+        notice = "deferred"
     if then != "next":
         return RedirectResponse(f"/cases/{case.id}?notice={notice}#reviews", status_code=303)
     if following is None:

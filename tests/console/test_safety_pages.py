@@ -10,7 +10,7 @@ import re
 from sqlalchemy import select
 
 from skintriage.db import session_scope
-from skintriage.models import AuditEvent, Review
+from skintriage.models import AuditEvent, OutboxMessage, Review
 from tests.console.session_helpers import csrf_of
 from tests.console.test_safety import add_reviews, textbook_wilson
 
@@ -110,6 +110,11 @@ def test_blinded_second_read_hides_the_first_review_and_is_stored_as_blinded(rev
         ).order_by(AuditEvent.id)).all()
     assert details[0] == {"read": "second"}
     assert details[1]["blinded"] is True and details[1]["verdict"] == "disagree"
+    with session_scope(admin_client.app.state.database_url) as s:
+        # The first review told the patient; the blinded read stays in the console.
+        queued = s.scalars(select(OutboxMessage.review_id).where(OutboxMessage.case_id == case_id)).all()
+    assert queued == [rows[0].id]
+    assert 'id="review-message"' not in blind.text and 'id="second-read-private"' in blind.text
 
     # Afterwards both reads show, the second marked; a blinded read twice, or by the first reader, is refused.
     after = admin_client.get(f"/cases/{case_id}")
