@@ -11,7 +11,7 @@ from bot.delivery import queue_answers_followup, visible
 from bot.local_api import buttons
 from skintriage import cases
 from skintriage.models import Case, CaseStatus, OutboxMessage
-from tests.bot.test_conversation import send_photo_and_wait_ack
+from tests.bot.test_conversation import eventually, send_photo_and_wait_ack
 from tests.bot.test_one_voice import deliver, finish
 from tests.factories import lesion_photo
 
@@ -236,3 +236,40 @@ def test_the_korean_question_and_answer_texts_use_the_plain_words() -> None:
     for key, text in own.items():
         assert "사례" not in text and "병변" not in text, key
         assert text.count("피부과") == text.count("피부과 전문의"), key
+
+
+def test_an_answer_tapped_while_the_reply_is_on_its_way_gets_its_follow_up_from_the_reply_queue(start_bot) -> None:
+    """The bot sees no sent answer yet, the answer went out without the tap: the reply queue finds the raise."""
+    import threading
+
+    import worker.celery_app  # noqa: F401 - registers the tasks' app
+    from worker.tasks import send_outbox
+
+    h = start_bot()
+    h.consent(708)
+    since = h.patient.last_seq()
+    send_photo_and_wait_ack(h, 708, lesion_photo(seed=78))
+    (case,) = h.cases(708)
+    first = question_message(h, 708, since)
+    finish(h, case.id, tier="LOW", reason="most_likely")
+    h.patient.set_faults("sendPhoto", ["delay:3"])
+    calls = h.patient.status()["calls"].get("sendPhoto", 0)
+    result: list[str] = []
+    sending = threading.Thread(target=lambda: result.append(deliver(case.id)))
+    sending.start()
+    eventually(lambda: h.patient.status()["calls"].get("sendPhoto", 0) > calls)  # the answer's photo is on its way
+    tap(h, 708, first, f"q:{case.id}:site:nail")
+    assert h.cases(708)[0].delivered_at is None  # the bot found nothing sent: no follow-up from it
+    sending.join(timeout=30)
+    assert result == ["sent"]
+    (case,) = h.cases(708)
+    assert case.told_tier == "UNCERTAIN"  # raised by the reply queue's follow-up
+    with h.session() as session:
+        (message,) = session.scalars(select(OutboxMessage)).all()
+    assert message.kind == "answers" and message.sent_at is None
+    since = h.patient.last_seq()
+    assert send_outbox.apply(args=[message.id]).result == "sent"
+    follow = h.patient.wait_for(708, lambda e: e["method"] == "sendMessage", since=since)
+    assert follow["text"].startswith(f"Case #{case.id}: your answers change my advice.")
+    assert "“Nail”. " + h.expect("en", "answers.scope.nail") in follow["text"]
+    assert follow["text"].endswith(h.expect("en", "result.disclaimer"))
