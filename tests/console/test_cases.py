@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 
 import pytest
@@ -159,6 +160,11 @@ def test_case_page_shows_the_patients_answers_their_checklist_score_and_the_tier
     assert "<strong>HIGH</strong>, raised from LOW by change:size, symptoms:bleeds (<code>checklist</code>)" in tier
     assert "acral" in tier and "Told the patient: <strong>HIGH</strong>" in tier
     assert "The patient has not answered the questions." in reviewer.get(f"/cases/{seeded.cases['a_medium']}").text
+    # The export carries them for research: the answers as JSON and the tier the patient was told.
+    rows = {int(r["case_id"]): r for r in csv.DictReader(io.StringIO(reviewer.get("/cases/export.csv").text))}
+    exported = rows[seeded.cases["a_low"]]
+    assert json.loads(exported["patient_answers"])["site"] == "palm_sole" and exported["told_tier"] == "HIGH"
+    assert rows[seeded.cases["a_medium"]]["patient_answers"] == ""
 
 
 def test_case_page_escapes_what_the_patient_was_told(reviewer, seeded, console_db_url):
