@@ -22,11 +22,12 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, TelegramError
 
 from bot.delivery import queue_answers_followup, send_outbox_message
-from bot.i18n import Html, Texts
-from bot.patients import Patient, ensure_user, transaction
+from bot.i18n import Html, Texts, language_for
+from bot.patients import Patient, transaction
 from ml.red_flags import QUESTIONS, SKIP
 from skintriage import cases
 from skintriage.exceptions import CaseNotFound
+from skintriage.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ def screen_after(
         return texts.get(lang, f"question.{following}"), _keyboard(texts, lang, case_id, following)
     given = [texts.get(lang, "answers.quoted", option=texts.get(lang, f"option.{q}.{answers[q]}"))
              for q in ORDER if answers.get(q) in QUESTIONS[q]]  # fmt: skip
-    named = Html(", ".join(given)) if given else texts.get(lang, "option.skip")
-    return texts.get(lang, "questions.done", case_id=case_id, answers=named), None
+    if not given:
+        return texts.get(lang, "questions.done_none", case_id=case_id), None
+    return texts.get(lang, "questions.done", case_id=case_id, answers=Html(", ".join(given))), None
 
 
 async def show(query: CallbackQuery, text: str, markup: InlineKeyboardMarkup | None) -> None:
@@ -97,7 +99,9 @@ def record(
 ) -> Tapped:
     """Store a tap on the patient's own case (and its album) and queue a follow-up if it raises the urgency."""
     with transaction(sessions) as session:
-        user = ensure_user(session, patient)
+        user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
+        if user is None:  # a button of a patient who deleted everything, or a forged one
+            return Tapped(language_for(patient.language_code), None)
         try:
             case = cases.get_user_case(session=session, user=user, case_id=case_id)
             cases.record_answer(session=session, case=case, question=question, option=option)
@@ -108,7 +112,7 @@ def record(
         return Tapped(user.language, dict(case.patient_answers or {}), followup)
 
 
-def _claim(sessions: sessionmaker[Session], message_id: int):  # noqa: ANN202 - OutboxMessage | None
+def _claim(sessions: sessionmaker[Session], message_id: int) -> OutboxMessage | None:
     with transaction(sessions) as session:
         return cases.claim_outbox(session=session, message_id=message_id)
 

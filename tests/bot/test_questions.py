@@ -232,7 +232,7 @@ def test_the_korean_question_and_answer_texts_use_the_plain_words() -> None:
     texts = Texts.load()
     prefixes = {"question", "questions", "option", "answers"}
     own = {k: v for k, v in texts.catalogues["ko"].items() if k.split(".")[0] in prefixes}
-    assert len(own) == 37 and set(own) == {k for k in texts.catalogues["en"] if k.split(".")[0] in prefixes}
+    assert len(own) == 38 and set(own) == {k for k in texts.catalogues["en"] if k.split(".")[0] in prefixes}
     for key, text in own.items():
         assert "사례" not in text and "병변" not in text, key
         assert text.count("피부과") == text.count("피부과 전문의"), key
@@ -273,3 +273,23 @@ def test_an_answer_tapped_while_the_reply_is_on_its_way_gets_its_follow_up_from_
     assert follow["text"].startswith(f"Case #{case.id}: your answers change my advice.")
     assert "“Nail”. " + h.expect("en", "answers.scope.nail") in follow["text"]
     assert follow["text"].endswith(h.expect("en", "result.disclaimer"))
+
+
+def test_every_question_can_be_skipped_and_the_answer_then_relies_on_the_photo(start_bot) -> None:
+    h = start_bot()
+    h.consent(709, "ko")
+    since = h.patient.last_seq()
+    send_photo_and_wait_ack(h, 709, lesion_photo(seed=79), lang="ko")
+    (case,) = h.cases(709)
+    first = question_message(h, 709, since)
+    for question in ("site", "change", "symptoms", "age"):
+        last = tap(h, 709, first, f"q:{case.id}:{question}:skip", "ko")
+    assert last["text"] == h.expect("ko", "questions.done_none", case_id=case.id) and not last["reply_markup"]
+    finish(h, case.id, tier="LOW", reason="most_likely")
+    since = h.patient.last_seq()
+    assert deliver(case.id) == "sent"
+    caption = h.patient.wait_for(709, lambda e: e["method"] == "sendPhoto", since=since)["caption"]
+    assert caption.split("\n\n")[:2] == [f"사례 #{case.id}: 일반 점으로 보임", "위험 수준: 낮음."]
+    (case,) = h.cases(709)
+    assert case.patient_answers == dict.fromkeys(("site", "change", "symptoms", "age"), "skip")
+    assert case.told_tier == "LOW"
