@@ -388,6 +388,10 @@ def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], 
             session=session, case_ids=[c.id for c in album if c.delivered_at is None], answer=answer
         )
         session.commit()
+        # A retried job whose first run sent the answer but failed before checking the patient's answers.
+        followup = _answers_followup(session, get_settings(), answer)
+        if followup is not None:
+            enqueue.enqueue_outbox(followup)
         return "skipped"
     previous = cases.previous_case(session=session, case=album[0])
     refused = sum(c.status == CaseStatus.REJECTED for c in album)

@@ -293,3 +293,22 @@ def test_every_question_can_be_skipped_and_the_answer_then_relies_on_the_photo(s
     (case,) = h.cases(709)
     assert case.patient_answers == dict.fromkeys(("site", "change", "symptoms", "age"), "skip")
     assert case.told_tier == "LOW"
+
+
+def test_a_repeated_delivery_job_still_finds_a_raise_the_first_run_missed(start_bot) -> None:
+    """The first run sent the answer and failed before looking at the answers; its retry queues the follow-up."""
+    h = start_bot()
+    h.consent(710)
+    send_photo_and_wait_ack(h, 710, lesion_photo(seed=80))
+    (case,) = h.cases(710)
+    finish(h, case.id, tier="MEDIUM", probs=(0.1, 0.2, 0.7), reason="most_likely")
+    assert deliver(case.id) == "sent"
+    with h.session() as session:  # stored as the bot stores a tap, no follow-up looked for
+        cases.record_answer(session=session, case=session.get(Case, case.id), question="site", option="mouth_genitals")
+        session.commit()
+    assert deliver(case.id) == "skipped"
+    assert deliver(case.id) == "skipped"
+    with h.session() as session:
+        (message,) = session.scalars(select(OutboxMessage)).all()
+        assert message.kind == "answers" and "“Mouth or genitals”" in message.text
+        assert session.get(Case, case.id).told_tier == "UNCERTAIN"
