@@ -312,3 +312,21 @@ def test_a_repeated_delivery_job_still_finds_a_raise_the_first_run_missed(start_
         (message,) = session.scalars(select(OutboxMessage)).all()
         assert message.kind == "answers" and "“Mouth or genitals”" in message.text
         assert session.get(Case, case.id).told_tier == "UNCERTAIN"
+
+
+def test_answers_and_a_follow_up_on_postgres(start_bot, pg_url: str) -> None:
+    h = start_bot(database_url=pg_url)
+    h.consent(711)
+    since = h.patient.last_seq()
+    send_photo_and_wait_ack(h, 711, lesion_photo(seed=81))
+    (case,) = h.cases(711)
+    first = question_message(h, 711, since)
+    finish(h, case.id, tier="LOW", reason="most_likely")
+    assert deliver(case.id) == "sent"
+    tap(h, 711, first, f"q:{case.id}:site:other")
+    since = h.patient.last_seq()
+    tap(h, 711, first, f"q:{case.id}:change:several")
+    follow = h.patient.wait_for(711, lambda e: e["method"] == "sendMessage", since=since)
+    assert "“Two or more of these”. " + h.expect("en", "answers.why.checklist", points=4) in follow["text"]
+    (case,) = h.cases(711)
+    assert case.patient_answers == {"site": "other", "change": "several"} and case.told_tier == "HIGH"
