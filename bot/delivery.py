@@ -91,9 +91,9 @@ URGENCY: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
 
 def answered(case: Case) -> AnsweredTier:
     """The case's tier with the patient's answers applied (ml.red_flags); RETAKE for a refused photo, None failed."""
-    photo_tier = {CaseStatus.DONE: case.tier, CaseStatus.REJECTED: Tier.RETAKE}.get(case.status)
+    photo_tier = {CaseStatus.DONE: case.tier or Tier.UNCERTAIN, CaseStatus.REJECTED: Tier.RETAKE}.get(case.status)
     if photo_tier is not None and photo_tier not in URGENCY and photo_tier != Tier.RETAKE:
-        photo_tier = Tier.UNCERTAIN  # an unknown stored tier is answered as UNCERTAIN (compose)
+        photo_tier = Tier.UNCERTAIN  # a missing or unknown stored tier is answered as UNCERTAIN (compose)
     return answered_tier(str(photo_tier) if photo_tier else None, case.patient_answers)
 
 
