@@ -26,6 +26,7 @@ from ml.classification_metrics import (  # noqa: E402
     threshold_for_sensitivity,
 )
 from ml.data import read_split_csv  # noqa: E402
+from ml.frameworks import load_torch_first  # noqa: E402
 from ml.labels import LABELS, MEL_INDEX  # noqa: E402
 
 SENSITIVITIES = (0.90, 0.94, 0.98)
@@ -66,7 +67,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     samples = read_split_csv(args.split_csv, args.data)[args.split]
-    # Both classifiers load before TensorFlow: torch initialising after TensorFlow can crash the process.
+    # Both classifiers load before TensorFlow (ml/frameworks.py).
+    load_torch_first()
     models = {"a": Classifier.from_card(args.a), "b": Classifier.from_card(args.b)}
     segmenter = None
     if any(m.input_variant == "crop" for m in models.values()):

@@ -17,7 +17,7 @@ from telegram import BotCommand, Update
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor, ExtBot
 from telegram.request import HTTPXRequest
 
-from bot import handlers
+from bot import booking, handlers
 from bot.delivery import make_request
 from bot.i18n import LANGUAGES, load_texts
 from skintriage.db import session_factory
@@ -126,5 +126,6 @@ def build_application(
         .build()
     )
     application.bot_data["services"] = services
+    booking.register(application)  # before handlers' catch-all for buttons
     handlers.register(application)
     return application

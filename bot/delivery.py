@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 from telegram import Bot
-from telegram.constants import ParseMode
+from telegram.constants import MessageLimit, ParseMode
 from telegram.error import BadRequest
 from telegram.request import HTTPXRequest
 
@@ -32,8 +32,8 @@ from skintriage.storage import ImageStore
 
 log = logging.getLogger(__name__)
 
-CAPTION_LIMIT = 1024
-TEXT_LIMIT = 4096
+CAPTION_LIMIT = MessageLimit.CAPTION_LENGTH
+TEXT_LIMIT = MessageLimit.MAX_TEXT_LENGTH
 _TAG = re.compile(r"<[^>]+>")
 
 
@@ -85,6 +85,8 @@ UNCERTAIN_WHY = {
 PHOTO_KIND = {"dermoscopic": "result.kind_dermoscopic", "clinical": "result.kind_clinical"}
 # Near the melanoma line an UNCERTAIN answer takes HIGH's guidance: the same timeframe, in the same words.
 NEAR_LINE_REASONS = frozenset({"near_threshold", "mel_most_likely"})
+# Answers after which the deployment may promise a clinician's look (REVIEW_PROMISE_HOURS).
+PROMISE_TIERS = frozenset({Tier.HIGH, Tier.UNCERTAIN})
 # The most urgent first: a spot sent as several photos is answered with the first of these among them.
 URGENCY: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
 
@@ -150,13 +152,21 @@ def _risk(texts: Texts, lang: str, tier: str, reason: str | None) -> Html:
     return texts.get(lang, "risk.UNCERTAIN", why=texts.get(lang, UNCERTAIN_WHY.get(reason or "", "uncertain.unknown")))
 
 
-def compose(case: Case, *, texts: Texts, refused_before: bool = False, album: Sequence[int] = ()) -> Reply:
+def compose(
+    case: Case,
+    *,
+    texts: Texts,
+    refused_before: bool = False,
+    album: Sequence[int] = (),
+    review_promise_hours: int | None = None,
+) -> Reply:
     """The answer for a finished case (done, rejected or failed), in the case's language.
 
     Patients read the risk level in words, never the model's percentages (those come from dermoscopy data
     with another prevalence, and the console keeps them). `refused_before`: the patient's previous photo was
     refused too, so the answer sends them to a doctor instead of asking for a third photo. `album`: the case
-    numbers of photos sent together with this one, whose most urgent answer this is.
+    numbers of photos sent together with this one, whose most urgent answer this is. `review_promise_hours`
+    (REVIEW_PROMISE_HOURS): HIGH and UNCERTAIN answers say a clinician looks within that time; None says nothing.
     """
     lang = case.language
     demo = [texts.get(lang, "result.demo_warning")] if case.demo_model else []
@@ -198,7 +208,10 @@ def compose(case: Case, *, texts: Texts, refused_before: bool = False, album: Se
         *kind,
     ]
     near_line = tier == Tier.UNCERTAIN and not result.raised and case.tier_reason in NEAR_LINE_REASONS
-    tail = [*_scope_notes(texts, lang, result), texts.guidance(lang, Tier.HIGH if near_line else tier), *album_note]
+    tail = [*_scope_notes(texts, lang, result), texts.guidance(lang, Tier.HIGH if near_line else tier)]
+    if review_promise_hours and tier in PROMISE_TIERS:
+        tail.append(texts.get(lang, "result.review_promise", hours=review_promise_hours))
+    tail.extend(album_note)
     image_key = case.overlay_key or case.image_key
     if case.overlay_key:
         tail.append(texts.get(lang, "result.outline_note"))
@@ -266,8 +279,12 @@ async def deliver_case(
     An undelivered case with a reply_message_id but no reply_text had its photo sent by an earlier attempt
     (cases.mark_reply_started): only the rest goes out. `refused_before` and `album`: see compose.
     """
-    texts = texts or load_texts(get_settings().guidance_file)
-    reply = compose(case, texts=texts, refused_before=refused_before, album=album)
+    settings = get_settings()
+    texts = texts or load_texts(settings.guidance_file)
+    reply = compose(
+        case, texts=texts, refused_before=refused_before, album=album,
+        review_promise_hours=settings.review_promise_hours,
+    )  # fmt: skip
     chat_id = chat_id or case.user.chat_id
     started = [case.reply_message_id] if case.delivered_at is None and case.reply_text is None else []
     started = [m for m in started if m is not None]
@@ -347,10 +364,24 @@ def queue_answers_followup(*, session: Session, case: Case, texts: Texts) -> int
     return cases.queue_patient_message(session=session, case=answer, kind="answers", text=text).id
 
 
-async def send_outbox_message(bot: Bot, *, message: OutboxMessage) -> int | None:
-    """Send an operator's follow-up message as plain text (never parsed as markup); returns its message id."""
-    sent = await bot.send_message(message.chat_id, message.text[:TEXT_LIMIT])
-    return sent.message_id
+async def send_outbox_message(bot: Bot, *, message: OutboxMessage, texts: Texts | None = None) -> tuple[int, str]:
+    """Compose an outbox message in the patient's language (bot.followups) and send it; returns (id, text read).
+
+    The message's user, case and review must be loadable (attached to a session) or set. When Telegram refuses
+    the formatting (BadRequest), the same words go out as plain text; when that fails too, the error goes up.
+    """
+    from bot.followups import compose as compose_followup
+
+    outgoing = compose_followup(message, texts=texts or load_texts(get_settings().guidance_file))
+    try:
+        sent = await bot.send_message(
+            message.chat_id, outgoing.html, parse_mode=ParseMode.HTML, reply_markup=outgoing.markup
+        )
+    except BadRequest as exc:
+        log.warning("outbox message %s: Telegram refused it (%s); sending it as plain text", message.id, exc.message)
+        plain = visible(outgoing.html)[:TEXT_LIMIT]
+        sent = await bot.send_message(message.chat_id, plain, reply_markup=outgoing.markup)
+    return sent.message_id, visible(outgoing.html)
 
 
 def make_request(*, pool_size: int = 16) -> HTTPXRequest:

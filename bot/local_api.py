@@ -32,12 +32,13 @@ from typing import Any
 
 import httpx
 from aiohttp import web
+from telegram.constants import InlineKeyboardButtonLimit, MessageLimit
 
 log = logging.getLogger(__name__)
 
-CAPTION_LIMIT = 1024
-TEXT_LIMIT = 4096
-CALLBACK_DATA_LIMIT = 64
+CAPTION_LIMIT = MessageLimit.CAPTION_LENGTH
+TEXT_LIMIT = MessageLimit.MAX_TEXT_LENGTH
+CALLBACK_DATA_LIMIT = InlineKeyboardButtonLimit.MAX_CALLBACK_DATA
 PHOTO_SIDES = (90, 320, 800, 1280)  # Telegram's s/m/x/y photo sizes
 HTML_TAGS = {
     "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre",

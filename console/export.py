@@ -65,7 +65,8 @@ def case_rows(*, session: Session, cases: Iterable[Case]) -> Iterable[list[str]]
         ):
             reviews.setdefault(review.case_id, []).append(review)
     for c in cases:
-        last = reviews.get(c.id, [None])[-1]
+        # The reviewers' verdict, as the dashboard and the safety page take it: blinded second reads are not it.
+        last = next((r for r in reversed(reviews.get(c.id, [])) if not r.blinded), None)
         seconds = (c.delivered_at - c.received_at).total_seconds() if c.delivered_at else None
         yield [
             safe_cell(v)

@@ -1,6 +1,6 @@
 """The case list's filters, ordering, paging and counts, built as bound SQLAlchemy expressions.
 
-Every filter value is either checked against a closed set (tier, status, reviewed) or parsed
+Every filter value is either checked against a closed set (tier, status, reviewed, disagreement) or parsed
 (dates, numbers) or bound as a parameter (model version), so no user text is ever spliced into SQL.
 """
 
@@ -12,9 +12,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Select, Text, case, cast, exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, Text, and_, case, cast, exists, func, select
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import ScalarSelect
 from starlette.datastructures import QueryParams
 
 from console.claims import free_for
@@ -25,7 +26,14 @@ from skintriage.models import Case, CaseStatus, Review, utcnow
 QUEUE_TIERS: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
 # Cases with no triage to review (the photo was refused, or processing gave up) wait in a lane of their own.
 RETAKE_LANE_STATUSES: tuple[str, ...] = (CaseStatus.REJECTED, CaseStatus.FAILED)
-VIEWS: tuple[str, ...] = ("all", "review", "retake")
+# Tiers that tell the patient nothing urgent: a melanoma the reviewer sees in one of these was missed by the model.
+MISSED_TIERS: tuple[str, ...] = (Tier.LOW, Tier.MEDIUM)
+MELANOMA = "MEL"
+# view=second: reviewed cases waiting for a blinded second read (console/safety.py compares the two reads).
+VIEWS: tuple[str, ...] = ("all", "review", "retake", "second")
+# disagreement=any: the reviewers' verdict (the latest unblinded review) disagrees with the model;
+# disagreement=missed_mel: the model said LOW or MEDIUM and the reviewers' label is melanoma.
+DISAGREEMENTS: tuple[str, ...] = ("any", "missed_mel")
 ALL_TIERS: tuple[str, ...] = tuple(t.value for t in Tier)
 ALL_STATUSES: tuple[str, ...] = tuple(s.value for s in CaseStatus)
 PER_PAGE_DEFAULT = 50
@@ -68,6 +76,44 @@ def reviewed_clause() -> ColumnElement[bool]:
     return exists(select(Review.id).where(Review.case_id == Case.id))
 
 
+def reference_review_id() -> ScalarSelect[int]:
+    """Per case, the id of the review that stands for the reviewers' verdict: the latest unblinded one
+    (the SQL twin of console.stats.reference_reviews)."""
+    return (
+        select(Review.id)
+        .where(Review.case_id == Case.id, Review.blinded.is_(False))
+        .order_by(Review.created_at.desc(), Review.id.desc())
+        .limit(1)
+        .correlate(Case)
+        .scalar_subquery()
+    )
+
+
+def disagreement_clause(kind: str) -> ColumnElement[bool]:
+    """True for cases whose reviewers' verdict disagrees with the model (`kind` from DISAGREEMENTS)."""
+    if kind not in DISAGREEMENTS:
+        raise FilterError(f"unknown disagreement {kind!r}; use one of {', '.join(DISAGREEMENTS)}")
+    ref = aliased(Review)
+    conditions: list[ColumnElement[bool]] = [ref.id == reference_review_id()]
+    if kind == "any":
+        conditions.append(ref.verdict == "disagree")
+    else:
+        # As console.stats.reviewer_label: the model's label when the reviewer agrees, the correction otherwise.
+        label = case((ref.verdict == "agree", Case.label), else_=ref.corrected_label)
+        conditions.extend([
+            ref.verdict != "cannot_assess", label == MELANOMA, Case.status == CaseStatus.DONE,
+            Case.tier.in_(MISSED_TIERS),
+        ])
+    return exists(select(ref.id).where(*conditions))
+
+
+def second_read_wanted_clause() -> ColumnElement[bool]:
+    """True for triaged cases with an unblinded review and no blinded second read yet."""
+    first = exists(select(Review.id).where(Review.case_id == Case.id, Review.blinded.is_(False)))
+    second = exists(select(Review.id).where(Review.case_id == Case.id, Review.blinded.is_(True)))
+    return and_(Case.status == CaseStatus.DONE, Case.tier.in_(QUEUE_TIERS), first, ~second)
+
+
 def model_version_clause(version: str) -> ColumnElement[bool]:
     """Cases whose model_versions JSON holds exactly this version string as a value."""
     # The JSON text holds each value as a JSON string literal, so match the quoted form.
@@ -86,6 +132,10 @@ class CaseFilter:
     model_version: str | None = None
     queue: bool = False
     retake_lane: bool = False  # view=retake: unreviewed failed and retake cases, longest-waiting first
+    second_read: bool = False  # view=second: reviewed cases waiting for a blinded second read
+    # Set by the route, never from the query: with view=second, leave out the cases this operator reviewed.
+    second_reader: int | None = None
+    disagreement: str | None = None  # one of DISAGREEMENTS
     page: int = 1
     per_page: int = PER_PAGE_DEFAULT
 
@@ -98,6 +148,9 @@ class CaseFilter:
         view = params.get("view", "")
         if view not in ("", *VIEWS):
             raise FilterError(f"view must be one of {', '.join(VIEWS)}")
+        disagreement = params.get("disagreement") or None
+        if disagreement is not None and disagreement not in DISAGREEMENTS:
+            raise FilterError(f"disagreement must be one of {', '.join(DISAGREEMENTS)} or empty")
         version = params.get("model_version") or None
         if version is not None and len(version) > MODEL_VERSION_MAX:
             raise FilterError(f"model_version is longer than {MODEL_VERSION_MAX} characters")
@@ -114,6 +167,8 @@ class CaseFilter:
             model_version=version,
             queue=view == "review",
             retake_lane=view == "retake",
+            second_read=view == "second",
+            disagreement=disagreement,
             page=_positive_int(params.get("page"), "page", 1),
             per_page=_positive_int(params.get("per_page"), "per_page", PER_PAGE_DEFAULT, PER_PAGE_MAX),
         )
@@ -139,6 +194,13 @@ class CaseFilter:
             clauses.extend([Case.status == CaseStatus.DONE, Case.tier.in_(QUEUE_TIERS), ~reviewed_clause()])
         if self.retake_lane:
             clauses.extend([Case.status.in_(RETAKE_LANE_STATUSES), ~reviewed_clause()])
+        if self.second_read:
+            clauses.append(second_read_wanted_clause())
+            if self.second_reader is not None:
+                own = select(Review.id).where(Review.case_id == Case.id, Review.operator_id == self.second_reader)
+                clauses.append(~exists(own))
+        if self.disagreement:
+            clauses.append(disagreement_clause(self.disagreement))
         return clauses
 
     def statement(self) -> Select[tuple[Case]]:
@@ -168,6 +230,10 @@ class CaseFilter:
             pairs.append(("view", "review"))
         if f.retake_lane:
             pairs.append(("view", "retake"))
+        if f.second_read:
+            pairs.append(("view", "second"))
+        if f.disagreement:
+            pairs.append(("disagreement", f.disagreement))
         if f.page != 1:
             pairs.append(("page", str(f.page)))
         if f.per_page != PER_PAGE_DEFAULT:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import timedelta
 
 from sqlalchemy import delete, select
@@ -29,10 +29,10 @@ def _digest(token: str) -> str:
 def keep_review(*, session: Session, operator_id: int, case_id: int, form: ReviewInput, then: str) -> str:
     """Store a review form for later; returns the token for the browser's session (the caller commits)."""
     token = secrets.token_urlsafe(32)
-    fields = {key: str(value) for key, value in asdict(form).items()}
+    values = {key: str(value) for key, value in asdict(form).items()}
     session.add(
         PendingReview(token_sha256=_digest(token), operator_id=operator_id, case_id=case_id,
-                      form={**fields, "then": then})
+                      form={**values, "then": then})
     )
     return token
 
@@ -53,5 +53,5 @@ def take_review(
     session.delete(row)
     if row.operator_id != operator_id:
         return None
-    fields = {key: str(row.form.get(key, "")) for key in ("verdict", "corrected_label", "urgency", "note", "message")}
-    return row.case_id, ReviewInput(**fields), str(row.form.get("then", ""))
+    kept = {f.name: str(row.form.get(f.name, "")) for f in fields(ReviewInput)}
+    return row.case_id, ReviewInput(**kept), str(row.form.get("then", ""))

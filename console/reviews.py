@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ml.labels import LABELS
 from skintriage.cases import audit
-from skintriage.models import REVIEW_VERDICTS, Case, Operator, OutboxMessage, Review
+from skintriage.models import REVIEW_VERDICTS, AuditEvent, Case, Operator, OutboxMessage, Review
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,22 @@ URGENCIES: dict[str, str] = {
     "urgent": "Urgent: within a week",
     "same_day": "Same day",
 }
+# The outbox's kinds of message (skintriage.models.OUTBOX_KINDS) and the patient's booking answers, as shown.
+MESSAGE_KINDS: dict[str, str] = {
+    "followup": "Clinician's message",
+    "review": "Review told to the patient",
+    "booking": "Booking question",
+    "answers": "The patient's answers raised the urgency",
+}
+BOOKING_WORDS: dict[str, str] = {
+    "booked": "booked an appointment",
+    "not_yet": "not booked yet",
+    "declined": "does not want to book",
+}
 NOTE_MAX = 4000
 MESSAGE_MAX = 2000  # Telegram allows 4096; leave room for the bot's header and disclaimer
+# ReviewInput.read for a blinded second read (the case page was shown without the earlier reviews).
+SECOND_READ = "second"
 
 
 @dataclass
@@ -35,6 +50,7 @@ class ReviewInput:
     urgency: str = ""
     note: str = ""
     message: str = ""
+    read: str = ""  # "" for an ordinary review, SECOND_READ for a blinded second read
 
 
 def validate_review(form: ReviewInput, *, case: Case) -> list[str]:
@@ -57,7 +73,34 @@ def validate_review(form: ReviewInput, *, case: Case) -> list[str]:
     if len(form.note) > NOTE_MAX:
         errors.append(f"The note is longer than {NOTE_MAX} characters.")
     errors.extend(validate_message(form.message, required=False))
+    if form.read not in ("", SECOND_READ):
+        errors.append(f"read must be empty or {SECOND_READ}.")
     return errors
+
+
+def second_read_problem(*, session: Session, case: Case, operator: Operator) -> str | None:
+    """Why this operator cannot give this case a blinded second read, or None when they can.
+
+    A second read needs a first (unblinded) review by someone else, and a reader who has not reviewed the case
+    and has not opened its ordinary page, which shows the reviews, since the first review was saved (audit log).
+    """
+    reviews = session.scalars(select(Review).where(Review.case_id == case.id).order_by(Review.created_at)).all()
+    first = [r for r in reviews if not r.blinded]
+    if not first:
+        return "This case has no review yet, so there is nothing to read a second time: review it normally."
+    if any(r.operator_id == operator.id for r in reviews):
+        return "You have already reviewed this case, so your second read would not be blind."
+    views = session.scalars(
+        select(AuditEvent.detail).where(
+            AuditEvent.action == "case.viewed",
+            AuditEvent.case_id == case.id,
+            AuditEvent.operator_id == operator.id,
+            AuditEvent.at >= first[0].created_at,
+        )
+    ).all()
+    if any((detail or {}).get("read") != SECOND_READ for detail in views):
+        return "You have seen this case's reviews, so your second read would not be blind."
+    return None
 
 
 def validate_message(text: str, *, required: bool = True) -> list[str]:
@@ -79,6 +122,7 @@ def record_review(*, session: Session, case: Case, operator: Operator, form: Rev
         corrected_label=form.corrected_label or (case.label if form.verdict == "agree" else None),
         urgency=form.urgency or None,
         note=form.note.strip() or None,
+        blinded=form.read == SECOND_READ,
     )
     session.add(review)
     session.flush()
@@ -95,20 +139,44 @@ def record_review(*, session: Session, case: Case, operator: Operator, form: Rev
             "model_label": case.label,
             "corrected_label": review.corrected_label,
             "urgency": review.urgency,
+            "blinded": review.blinded,
         },
     )
     return review
 
 
+def create_review_message(
+    *, session: Session, case: Case, operator: Operator, review: Review, words: str = ""
+) -> OutboxMessage:
+    """Queue the review's message to the patient (with the reviewer's optional words), audited; the caller commits,
+    then enqueues it.
+
+    Every verdict reaches the patient: an agreement confirms the advice, a disagreement gives the new advice, a
+    "cannot assess" says so and what to do. The text is composed in the patient's language when it is sent
+    (bot.followups), from the review as it is then.
+    """
+    return _queue(session=session, case=case, operator=operator, kind="review", text=words, review=review)
+
+
 def create_followup(*, session: Session, case: Case, operator: Operator, text: str) -> OutboxMessage:
-    """Store a follow-up message for the case's patient, audited; the caller commits, then enqueues it."""
+    """Queue a clinician's own words for the case's patient, audited; the caller commits, then enqueues it.
+
+    The patient reads them with the case number, "a clinician of the service" and the disclaimer (bot.followups).
+    """
+    return _queue(session=session, case=case, operator=operator, kind="followup", text=text)
+
+
+def _queue(
+    *, session: Session, case: Case, operator: Operator, kind: str, text: str, review: Review | None = None
+) -> OutboxMessage:
     user = case.user
     message = OutboxMessage(
         user_id=user.id,
         case_id=case.id,
         operator_id=operator.id,
+        review_id=review.id if review is not None else None,
         chat_id=user.chat_id,
-        kind="followup",
+        kind=kind,
         text=text.strip(),
     )
     session.add(message)
@@ -120,7 +188,7 @@ def create_followup(*, session: Session, case: Case, operator: Operator, text: s
         action="message.queued",
         case_id=case.id,
         operator_id=operator.id,
-        detail={"message_id": message.id, "language": user.language, "chars": len(message.text)},
+        detail={"message_id": message.id, "kind": kind, "language": user.language, "chars": len(message.text)},
     )
     return message
 

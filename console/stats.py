@@ -68,15 +68,42 @@ class DashboardStats:
         return statistics.quantiles(self.reply_seconds, n=10, method="inclusive")[-1]
 
 
-def compute_stats(*, session: Session, days: int = 30, today: date | None = None) -> DashboardStats:
-    """Collect the dashboard's numbers for the last `days` days (UTC), today included."""
+def period_bounds(*, days: int, today: date | None = None) -> tuple[list[date], datetime, datetime]:
+    """The last `days` UTC days (today included) and the [since, until) instants that hold them."""
     if not 1 <= days <= DAYS_MAX:
         raise ValueError(f"days must be between 1 and {DAYS_MAX}")
     today = today or utcnow().date()
     first = today - timedelta(days=days - 1)
-    since = datetime.combine(first, time.min, UTC)
-    until = datetime.combine(today + timedelta(days=1), time.min, UTC)
     day_list = [first + timedelta(days=i) for i in range(days)]
+    return day_list, datetime.combine(first, time.min, UTC), datetime.combine(today + timedelta(days=1), time.min, UTC)
+
+
+def reference_reviews(*, session: Session, since: datetime, until: datetime) -> dict[int, Review]:
+    """Case id -> the review that stands for the reviewers' verdict on that case (cases received in [since, until)).
+
+    The latest review counts (an operator may revise their verdict). Blinded second reads do not: they
+    measure how well reviewers agree with each other (console/safety.py), not the model.
+    """
+    reviews = session.scalars(
+        select(Review)
+        .join(Case, Case.id == Review.case_id)
+        .where(Case.received_at >= since, Case.received_at < until, Review.blinded.is_(False))
+        .order_by(Review.created_at, Review.id)
+    ).all()
+    return {review.case_id: review for review in reviews}
+
+
+def reviewer_label(review: Review, model_label: str | None) -> str | None:
+    """The label a review gives the lesion: the model's when it agrees, its correction otherwise; None for
+    "cannot assess" (and for a disagreement that named no label)."""
+    if review.verdict == "cannot_assess":
+        return None
+    return model_label if review.verdict == "agree" else review.corrected_label
+
+
+def compute_stats(*, session: Session, days: int = 30, today: date | None = None) -> DashboardStats:
+    """Collect the dashboard's numbers for the last `days` days (UTC), today included."""
+    day_list, since, until = period_bounds(days=days, today=today)
     index = {d: i for i, d in enumerate(day_list)}
 
     rows = session.execute(
@@ -99,18 +126,8 @@ def compute_stats(*, session: Session, days: int = 30, today: date | None = None
         if status == CaseStatus.DONE and tier in QUEUE_TIERS:
             reviewable_ids[case_id] = label
 
-    # The latest review of each case counts (an operator may revise their verdict).
-    latest: dict[int, Review] = {}
-    if reviewable_ids:
-        reviews = session.scalars(
-            select(Review)
-            .join(Case, Case.id == Review.case_id)
-            .where(Case.received_at >= since, Case.received_at < until)
-            .order_by(Review.created_at, Review.id)
-        ).all()
-        for review in reviews:
-            if review.case_id in reviewable_ids:
-                latest[review.case_id] = review
+    references = reference_reviews(session=session, since=since, until=until) if reviewable_ids else {}
+    latest = {case_id: review for case_id, review in references.items() if case_id in reviewable_ids}
     agreement = {label: Agreement() for label in LABELS}
     confusion: dict[tuple[str, str], int] = {}
     cannot_assess = 0
@@ -124,7 +141,7 @@ def compute_stats(*, session: Session, days: int = 30, today: date | None = None
             continue
         agreement[model_label].reviewed += 1
         agreement[model_label].agreed += int(review.agrees)
-        operator_label = model_label if review.agrees else (review.corrected_label or "?")
+        operator_label = reviewer_label(review, model_label) or "?"
         confusion[(model_label, operator_label)] = confusion.get((model_label, operator_label), 0) + 1
 
     return DashboardStats(

@@ -10,6 +10,9 @@ from ml.labels import LABELS, MEL_INDEX
 
 # Class prevalence of the full HAM10000 dataset (the sample over-represents MEL and OTHER);
 # accuracy reweighted to it is comparable with the reference study's accuracy.
+# Melanoma sensitivity every operating point and report is measured against.
+SENSITIVITY_TARGET = 0.9
+
 FULL_HAM10000_PREVALENCE: dict[str, float] = {"MEL": 0.111, "NV": 0.670, "OTHER": 0.219}
 
 
@@ -24,57 +27,53 @@ def _labels_array(y_true: np.ndarray | list[int], n_classes: int) -> np.ndarray:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = len(LABELS)) -> np.ndarray:
-    """Counts with rows = true class and columns = predicted class."""
+    """Counts with rows = true class and columns = predicted class (every class, even an absent one)."""
+    from sklearn import metrics
+
     t = _labels_array(y_true, n_classes)
     p = _labels_array(y_pred, n_classes)
     if t.shape != p.shape:
         raise ValueError(f"y_true has {t.size} labels but y_pred has {p.size}")
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (t, p), 1)
-    return cm
+    return metrics.confusion_matrix(t, p, labels=np.arange(n_classes)).astype(np.int64)
+
+
+def _expand(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (true, predicted) label pairs a confusion matrix counts, for sklearn's label-based metrics."""
+    n = cm.shape[0]
+    pairs = np.repeat(np.arange(n * n), cm.ravel())
+    return pairs // n, pairs % n
 
 
 def per_class_prf(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
-    tp = np.diag(cm).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    support = cm.sum(axis=1).astype(np.float64)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    from sklearn.metrics import precision_recall_fscore_support
+
+    t, p = _expand(cm)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        t, p, labels=np.arange(cm.shape[0]), zero_division=0
+    )
+    return {"precision": precision.astype(np.float64), "recall": recall.astype(np.float64),
+            "f1": f1.astype(np.float64), "support": support.astype(np.float64)}
 
 
 def balanced_accuracy(cm: np.ndarray) -> float:
     """Mean recall over the classes that occur."""
-    support = cm.sum(axis=1)
-    present = support > 0
-    if not present.any():
+    from sklearn.metrics import balanced_accuracy_score
+
+    if not cm.sum():
         raise ValueError("confusion matrix is empty; balanced accuracy needs at least one sample")
-    return float(np.mean(np.diag(cm)[present] / support[present]))
+    t, p = _expand(cm)
+    return float(balanced_accuracy_score(t, p))
 
 
 def binary_roc_auc(y_binary: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC as the probability that a positive outscores a negative (ties count one half)."""
+    """ROC AUC (ties count one half); NaN where only one class occurs (sklearn would raise)."""
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(y_binary).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    # Mann-Whitney U from average ranks handles ties exactly.
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
 def roc_points(y_binary: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -221,6 +220,12 @@ def summarize(probs: np.ndarray, y_true: np.ndarray, *, mel_threshold: float | N
         "ece": expected_calibration_error(p, y),
         "nll": float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)))),
     }
+    if is_mel.any() and (~is_mel).any():
+        # The issue's target metric: the best specificity among thresholds that keep sensitivity >= 0.90.
+        at = threshold_for_sensitivity(is_mel, p[:, MEL_INDEX], SENSITIVITY_TARGET)
+        sens_at, spec_at = sensitivity_specificity(is_mel, p[:, MEL_INDEX], at)
+        out["mel_spec_at_sens"] = {"target": SENSITIVITY_TARGET, "threshold": at,
+                                   "sensitivity": sens_at, "specificity": spec_at}
     if mel_threshold is not None:
         sens, spec = sensitivity_specificity(is_mel, p[:, MEL_INDEX], mel_threshold)
         out["operating_point"] = {"mel_threshold": float(mel_threshold), "sensitivity": sens, "specificity": spec}

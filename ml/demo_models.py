@@ -262,7 +262,9 @@ def train_demo_classifier(out_dir: Path, *, quick: bool, seed: int = 0) -> Model
 
 def ensure_demo_models(model_dir: Path, *, quick: bool = False) -> None:
     """Train and save demo models into model_dir unless their cards are already there (then do nothing)."""
-    import torchvision  # noqa: F401 - before TensorFlow: triton (loaded by torchvision.ops) segfaults after it
+    from ml.frameworks import load_torch_first
+
+    load_torch_first()
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -312,6 +312,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| macro ROC AUC | {m['macro_auc']:.4f} |",
         f"| MEL sensitivity at the operating point | {op['sensitivity']:.4f} |",
         f"| MEL specificity at the operating point | {op['specificity']:.4f} |",
+    ]
+    at = m.get("mel_spec_at_sens")
+    if at is not None:
+        lines.append(f"| MEL specificity at sensitivity {at['target']:.2f} on this split (threshold "
+                     f"{at['threshold']:.4f}, sensitivity {at['sensitivity']:.4f}) | {at['specificity']:.4f} |")
+    lines += [
         f"| ECE before / after temperature scaling | {report['ece_uncalibrated']:.4f} / "
         f"{report['ece_calibrated']:.4f} |",
         "",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import numpy as np
 
 from ml.decode import decode_image
 from ml.errors import InvalidImageError, ModelUnavailableError
+from ml.frameworks import load_torch_first
 from ml.labels import LABELS, RetakeReason, Tier
 from ml.measurements import LesionMeasurements, measure_lesion
 from ml.modality import MODALITY_CARD, Modality, ModalityModel, ModalityVerdict
@@ -58,17 +58,8 @@ class TriageDetails:
 
 def configure_runtime(device: str, *, threads: int | None = None) -> None:
     """Thread counts on CPU and TensorFlow GPU memory growth, before any model is loaded."""
+    load_torch_first()
     import torch
-
-    # Importing torch._dynamo (which loads triton) after TensorFlow segfaults in this stack (LLVM
-    # symbol clash); loading a torch model imports it, so import it first while no TF is loaded.
-    if "torch._dynamo" not in sys.modules and "tensorflow" in sys.modules:
-        raise ModelUnavailableError(
-            "TensorFlow was imported before torch._dynamo, and loading the classifier would then crash the "
-            "process; build the pipeline before importing keras/tensorflow, or run with KERAS_BACKEND=torch"
-        )
-    import torch._dynamo  # noqa: F401
-    import torchvision  # noqa: F401 - before TensorFlow: triton (loaded by torchvision.ops) segfaults after it
 
     if device == "cpu":
         # Intra-op threads = usable cores: the stages run one after the other, never side by side.

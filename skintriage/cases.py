@@ -598,7 +598,7 @@ def mark_delay_notice(*, session: Session, case_id: int) -> None:
     session.execute(update(Case).where(Case.id == case_id).values(delay_notice_at=utcnow()))
 
 
-# --- outbox (operator follow-ups) -------------------------------------------------------------
+# --- outbox (clinicians' reviews and words, the booking question) ---------------------------------------
 
 
 def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> OutboxMessage | None:
@@ -637,12 +637,12 @@ def release_outbox(
     )
 
 
-def mark_outbox_sent(*, session: Session, message_id: int) -> None:
-    """Record that the message reached Telegram."""
+def mark_outbox_sent(*, session: Session, message_id: int, text: str | None = None) -> None:
+    """Record that the message reached Telegram and, when given, exactly what the patient read."""
     session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id == message_id)
-        .values(sent_at=utcnow(), error=None)
+        .values(sent_at=utcnow(), error=None, sent_text=text)
         .execution_options(synchronize_session=False)
     )
     audit(session=session, actor="system", action="outbox.sent", detail={"message_id": message_id})

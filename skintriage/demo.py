@@ -216,9 +216,9 @@ def ensure_models(settings: Settings, *, quick: bool, out: Transcript) -> bool:
 def train_demo_models(model_dir: Path, *, quick: bool, log_path: Path) -> None:
     """Run ml.demo_models.ensure_demo_models in a child process, so this one never loads TensorFlow or torch."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    # torch and torchvision before TensorFlow: importing torchvision after it segfaults with these builds.
     code = (
-        "import sys, logging, torch, torchvision; logging.basicConfig(level=logging.INFO); "
+        "import sys, logging; from ml.frameworks import load_torch_first; load_torch_first(); "
+        "logging.basicConfig(level=logging.INFO); "
         "from pathlib import Path; from ml.demo_models import ensure_demo_models; "
         "ensure_demo_models(Path(sys.argv[1]), quick=sys.argv[2] == 'quick')"
     )

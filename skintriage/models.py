@@ -177,6 +177,12 @@ class Case(Base):
     claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    # After a HIGH answer the bot asks whether the patient booked a dermatologist (skintriage.booking): when it
+    # queued the question, and the button the patient tapped (BOOKING_ANSWERS) and when.
+    booking_asked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    booking_answer: Mapped[str | None] = mapped_column(String(16))
+    booking_answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
     user: Mapped[User] = relationship(back_populates="cases")
     claimed_by: Mapped[Operator | None] = relationship(foreign_keys=[claimed_by_id])
     reviews: Mapped[list[Review]] = relationship(
@@ -230,10 +236,18 @@ class Review(Base):
     corrected_label: Mapped[str | None] = mapped_column(String(16))
     urgency: Mapped[str | None] = mapped_column(String(32))
     note: Mapped[str | None] = mapped_column(Text)
+    # A blinded second read: given by a reviewer who was not shown the case's earlier reviews (console/safety.py
+    # compares it with the first read); it is never the reference verdict the model is measured against.
+    blinded: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     case: Mapped[Case] = relationship(back_populates="reviews")
     operator: Mapped[Operator | None] = relationship()
+
+
+OUTBOX_KINDS: tuple[str, ...] = ("followup", "review", "booking")
+# The patient's answers to "Have you booked an appointment with a dermatologist?" (skintriage.booking).
+BOOKING_ANSWERS: tuple[str, ...] = ("booked", "not_yet", "declined")
 
 
 class PendingReview(Base):
@@ -251,7 +265,13 @@ class PendingReview(Base):
 
 
 class OutboxMessage(Base):
-    """A message to a patient that is not a case result (e.g. an operator's follow-up), sent by the reply queue."""
+    """A message to a patient that is not a case result, sent by the reply queue.
+
+    Kinds (OUTBOX_KINDS): "followup" (an operator's own words in `text`), "review" (what a review changes for
+    the patient; `text` holds the reviewer's optional words) and "booking" (the question whether the patient
+    booked a dermatologist). The patient's text is composed in their language when it is sent
+    (bot.followups) and kept in `sent_text`.
+    """
 
     __tablename__ = "outbox_messages"
 
@@ -260,14 +280,20 @@ class OutboxMessage(Base):
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
     operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
     chat_id: Mapped[int] = mapped_column(BigInteger)
+    review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(32), default="followup")
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)  # the operator's own words ("" when none)
+    sent_text: Mapped[str | None] = mapped_column(Text)  # what the patient read, exactly (set once sent)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())  # flood control: no send before this
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(String(255))
+
+    user: Mapped[User | None] = relationship()
+    case: Mapped[Case | None] = relationship()
+    review: Mapped[Review | None] = relationship()
 
 
 class AuditEvent(Base):

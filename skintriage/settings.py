@@ -100,11 +100,23 @@ class Settings(BaseSettings):
     # Opening a case to review it claims it for this long, so two reviewers do not review the same case.
     console_review_claim_s: int = Field(600, ge=1, validation_alias="CONSOLE_REVIEW_CLAIM_S")
 
+    # Clinicians' follow-up. REVIEW_PROMISE_HOURS: HIGH and UNCERTAIN answers promise that a clinician of the
+    # service looks at the photo within this many hours; unset (the default) promises nothing, for a
+    # deployment without clinicians on duty. BOOKING_QUESTION_DAYS after a HIGH answer the bot asks whether the
+    # patient booked a dermatologist (0 = never ask).
+    review_promise_hours: int | None = Field(None, ge=1, validation_alias="REVIEW_PROMISE_HOURS")
+    booking_question_days: float = Field(3.0, ge=0, validation_alias="BOOKING_QUESTION_DAYS")
+
     # Observability.
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
     log_json: bool = Field(True, validation_alias="LOG_JSON")
     metrics_port: int = Field(0, validation_alias="METRICS_PORT")  # 0 = off
     health_port: int = Field(0, validation_alias="HEALTH_PORT")  # 0 = off
+
+    @field_validator("review_promise_hours", mode="before")
+    @classmethod
+    def _empty_is_no_promise(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("console_trusted_proxies")
     @classmethod

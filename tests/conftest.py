@@ -19,10 +19,10 @@ os.environ.setdefault("LOG_JSON", "false")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# torch._dynamo loads triton, which segfaults when TensorFlow was imported first (LLVM symbol clash;
-# see ml/pipeline.configure_runtime). Tests import both in one process in any order, so load it first.
-import torch._dynamo  # noqa: E402, F401
-import torchvision  # noqa: E402, F401
+# Tests import torch and TensorFlow in one process in any order, so load torch first (ml/frameworks.py).
+from ml.frameworks import load_torch_first  # noqa: E402
+
+load_torch_first()
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")

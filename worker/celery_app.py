@@ -26,6 +26,7 @@ DELIVER_TASK = "worker.tasks.deliver_case"
 OUTBOX_TASK = "worker.tasks.send_outbox"
 SWEEP_TASK = "worker.tasks.sweep"
 PURGE_TASK = "worker.tasks.purge_images"
+BOOKING_TASK = "worker.tasks.ask_booking"
 
 ROUTES = {
     TRIAGE_TASK: {"queue": TRIAGE_QUEUE},
@@ -33,7 +34,10 @@ ROUTES = {
     OUTBOX_TASK: {"queue": REPLIES_QUEUE},
     SWEEP_TASK: {"queue": REPLIES_QUEUE},
     PURGE_TASK: {"queue": REPLIES_QUEUE},
+    BOOKING_TASK: {"queue": REPLIES_QUEUE},
 }
+# How often beat looks for HIGH answers whose booking question is due (it is asked days later; minutes do not matter).
+BOOKING_CHECK_S = 1800.0
 
 # Publishing must give up fast when the broker is down: the bot keeps the case and the sweeper
 # enqueues it later, so a patient never waits on a dead Redis.
@@ -79,12 +83,17 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Periodic jobs: the sweeper every SWEEP_INTERVAL_S and image retention once a day."""
+    """Periodic jobs: the sweeper every SWEEP_INTERVAL_S, the booking question's check, image retention daily."""
     return {
         "sweep-stuck-cases": {
             "task": SWEEP_TASK,
             "schedule": float(settings.sweep_interval_s),
             "options": {"queue": REPLIES_QUEUE, "expires": float(settings.sweep_interval_s)},
+        },
+        "ask-booking-questions": {
+            "task": BOOKING_TASK,
+            "schedule": BOOKING_CHECK_S,
+            "options": {"queue": REPLIES_QUEUE, "expires": BOOKING_CHECK_S},
         },
         "purge-expired-images": {
             "task": PURGE_TASK,

@@ -36,15 +36,14 @@ def get_pipeline(settings: Settings) -> Any:
     with _lock:
         if _pipeline is not None and _pipeline_key == key:
             return _pipeline
-        # torchvision must be imported before TensorFlow: the other order segfaults with the pinned builds.
-        import torch  # noqa: F401
-        import torchvision  # noqa: F401
-
         from ml.errors import ModelUnavailableError
-        from ml.pipeline import Pipeline
+        from ml.frameworks import load_torch_first
 
         started = time.monotonic()
         try:
+            load_torch_first()  # before ml.pipeline brings Keras in
+            from ml.pipeline import Pipeline
+
             pipeline = Pipeline.from_model_dir(
                 settings.model_dir,
                 allow_demo=settings.allow_demo_models,

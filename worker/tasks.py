@@ -30,8 +30,8 @@ from skintriage.models import Case, CaseStatus
 from skintriage.observability import CASES, DELIVERIES, INFERENCE, QUEUE_WAIT
 from skintriage.settings import Settings, get_settings
 from skintriage.storage import ImageStore, make_store
-from worker import enqueue, pipeline_cache, retention, sweeper
-from worker.celery_app import DELIVER_TASK, OUTBOX_TASK, PURGE_TASK, SWEEP_TASK, TRIAGE_TASK
+from worker import booking, enqueue, pipeline_cache, retention, sweeper
+from worker.celery_app import BOOKING_TASK, DELIVER_TASK, OUTBOX_TASK, PURGE_TASK, SWEEP_TASK, TRIAGE_TASK
 from worker.telegram_session import run_with_bot
 
 log = logging.getLogger(__name__)
@@ -442,7 +442,7 @@ def _retry_delivery(task: Any, case_id: int, exc: BaseException, *, countdown: f
 
 @shared_task(name=OUTBOX_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
 def send_outbox(self: Any, message_id: int) -> str:
-    """Send an operator's follow-up message to a patient, at most once."""
+    """Send an outbox message (a clinician's review or words, the booking question) to a patient, at most once."""
     settings = get_settings()
     from bot.delivery import send_outbox_message
 
@@ -451,7 +451,7 @@ def send_outbox(self: Any, message_id: int) -> str:
         if message is None:
             return "skipped"
         try:
-            run_with_bot(settings, lambda bot: send_outbox_message(bot, message=message))
+            _, text = run_with_bot(settings, lambda bot: send_outbox_message(bot, message=message))
         except (Forbidden, BadRequest) as exc:
             cases.mark_outbox_failed(session=session, message_id=message_id, error=f"{type(exc).__name__}: {exc}")
             session.commit()
@@ -467,7 +467,7 @@ def send_outbox(self: Any, message_id: int) -> str:
             cases.release_outbox(session=session, message_id=message_id, error=type(exc).__name__)
             session.commit()
             return _retry_delivery(self, message_id, exc, countdown=backoff_s(self.request.retries, base=2.0))
-        cases.mark_outbox_sent(session=session, message_id=message_id)
+        cases.mark_outbox_sent(session=session, message_id=message_id, text=text)
         session.commit()
     DELIVERIES.labels(outcome="outbox_sent").inc()
     return "sent"
@@ -480,6 +480,12 @@ def send_outbox(self: Any, message_id: int) -> str:
 def sweep() -> dict[str, int]:
     """Re-enqueue cases and messages lost between steps (see worker.sweeper)."""
     return sweeper.sweep_once(settings=get_settings()).as_dict()
+
+
+@shared_task(name=BOOKING_TASK, ignore_result=True)
+def ask_booking() -> int:
+    """Queue the booking question for HIGH answers old enough (see worker.booking); returns questions queued."""
+    return booking.ask_once(settings=get_settings())
 
 
 @shared_task(name=PURGE_TASK, ignore_result=True)

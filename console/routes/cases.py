@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from babel import Locale, UnknownLocaleError
@@ -27,12 +28,17 @@ from console.filters import (
 from console.pending import SESSION_KEY as PENDING_SESSION_KEY
 from console.pending import keep_review
 from console.reviews import (
+    BOOKING_WORDS,
+    MESSAGE_KINDS,
+    SECOND_READ,
     URGENCIES,
     VERDICT_WORDS,
     ReviewInput,
     create_followup,
+    create_review_message,
     enqueue_followup,
     record_review,
+    second_read_problem,
     validate_message,
     validate_review,
 )
@@ -106,6 +112,8 @@ def case_list(
         filters = CaseFilter.from_query(request.query_params)
     except FilterError as exc:
         return render(request, "error.html", {"title": "Bad filter", "message": str(exc)}, status_code=400, db=db)
+    if filters.second_read:
+        filters = replace(filters, second_reader=operator.id)  # their own reviewed cases they cannot read blind
     page = list_cases(session=db, filters=filters)
     return render(
         request,
@@ -158,8 +166,12 @@ def _case_page(
     form: ReviewInput | None = None,
     notice: str | None = None,
     claim: Claim | None = None,
+    second_read: bool = False,
+    blind_problem: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
+    """Render the case page; with second_read, blinded: without the reviews and messages, which may tell the
+    first reader's verdict, and with a form that saves a blinded second read."""
     earlier = list(
         db.scalars(
             select(Case)
@@ -171,10 +183,13 @@ def _case_page(
     later_count = len(
         db.scalars(select(Case.id).where(Case.user_id == case.user_id, Case.received_at > case.received_at)).all()
     )
-    messages = db.scalars(
-        select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(OutboxMessage.created_at)
-    ).all()
-    reviews = db.scalars(select(Review).where(Review.case_id == case.id).order_by(Review.created_at)).all()
+    messages: list[OutboxMessage] = []
+    reviews: list[Review] = []
+    if not second_read:
+        messages = list(db.scalars(
+            select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(OutboxMessage.created_at)
+        ).all())
+        reviews = list(db.scalars(select(Review).where(Review.case_id == case.id).order_by(Review.created_at)).all())
     settings = request.app.state.settings
     return render(
         request,
@@ -188,6 +203,8 @@ def _case_page(
             "labels": LABELS,
             "urgencies": URGENCIES,
             "verdict_words": VERDICT_WORDS,
+            "booking_words": BOOKING_WORDS,
+            "message_kinds": MESSAGE_KINDS,
             "language_name": _language_name(case.user.language),
             "mel_band": _uncertain_band(case, PolicyConfig.from_settings(settings)),
             "patient_answers": _patient_answers(case),
@@ -196,6 +213,8 @@ def _case_page(
             "form": form or ReviewInput(verdict=""),
             "notice": notice,
             "claim": claim if claim is not None else live_claim(case),
+            "second_read": second_read,
+            "blind_problem": blind_problem,
         },
         status_code=status_code,
         db=db,
@@ -203,15 +222,17 @@ def _case_page(
 
 
 NOTICES = {
-    "reviewed": "Review saved.",
-    "resumed": "Your review, sent after your session had ended, was kept and is saved now.",
+    "reviewed": "Review saved. The patient will be told in their language.",
+    "resumed": "Your review, sent after your session had ended, was kept and is saved now. The patient will be told.",
     "sent": "Message queued for the patient.",
-    "deferred": "Message saved; the reply queue is unreachable, it will be sent when it is back.",
+    "deferred": "Saved; the reply queue is unreachable, the patient's message will be sent when it is back.",
 }
 # After "Save and next" the page shows another case: say which case the review and message were for.
 NOTICES_FOR_PREVIOUS = {
+    "reviewed": "Its patient will be told in their language.",
+    "resumed": "Its patient will be told in their language.",
     "sent": "Message queued for that case's patient.",
-    "deferred": "Message for that case's patient saved; it will be sent when the reply queue is back.",
+    "deferred": "The message for that case's patient will be sent when the reply queue is back.",
 }
 
 
@@ -238,19 +259,27 @@ def case_detail(
     notice: str | None = None,
     saved: str | None = None,
     queue: str | None = None,
+    read: str | None = None,
     operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),
 ) -> HTMLResponse:
-    """Everything about one case; the view is audited."""
+    """Everything about one case; the view is audited. With read=second, blinded for a second read (unless this
+    operator has seen the reviews already: then the ordinary page, saying why)."""
     case = _load_case(db, case_id)
-    audit(session=db, actor="operator", action="case.viewed", case_id=case.id, operator_id=operator.id)
+    problem = second_read_problem(session=db, case=case, operator=operator) if read == SECOND_READ else None
+    blinded = read == SECOND_READ and problem is None
+    detail = {"read": SECOND_READ} if blinded else {}
+    audit(session=db, actor="operator", action="case.viewed", case_id=case.id, operator_id=operator.id, detail=detail)
     claim = None
     if case.status in REVIEWABLE_STATUSES and not case.reviews:
         # Opening an unreviewed case is starting to review it: hold it so colleagues pass it by.
         seconds = request.app.state.settings.console_review_claim_s
         claim = claim_case(session=db, case=case, operator=operator, seconds=seconds)
     db.commit()
-    return _case_page(request, db, case, notice=_notice(notice, saved, queue_empty=queue == "empty"), claim=claim)
+    return _case_page(
+        request, db, case, notice=_notice(notice, saved, queue_empty=queue == "empty"), claim=claim,
+        second_read=blinded, blind_problem=problem,
+    )
 
 
 @router.post("/cases/{case_id}/reviews", dependencies=[Depends(require_csrf)])
@@ -263,12 +292,13 @@ def submit_review(
     note: str = Form(""),
     message: str = Form(""),
     then: str = Form(""),
+    read: str = Form(""),
     db: Session = Depends(get_db),
 ) -> Response:
     """Save a review (and queue the optional follow-up message to the patient); with then=next, open the
     case the review queue lists after this one ("Save and next"). A review that arrives after the session
     ended is kept and saved when the same operator logs in again."""
-    form = ReviewInput(verdict, corrected_label, urgency, note, message)
+    form = ReviewInput(verdict, corrected_label, urgency, note, message, read)
     expired_operator_id = request.session.get("op")  # read before the session check may clear it
     try:
         operator = current_operator(request, db)
@@ -289,20 +319,28 @@ def save_review(
 ) -> Response:
     """Validate and store a review, release the operator's claim, queue the message, and say where to go next."""
     errors = validate_review(form, case=case)
+    problem = None
+    if form.read == SECOND_READ:
+        problem = second_read_problem(session=db, case=case, operator=operator)
+        errors.extend([problem] if problem else [])
+        then = ""  # a second read goes back to its case, which then shows both reads
     if errors:
-        return _case_page(request, db, case, errors=errors, form=form, status_code=400)
+        blinded = form.read == SECOND_READ and problem is None
+        return _case_page(request, db, case, errors=errors, form=form, second_read=blinded, status_code=400)
     following = None
     if then == "next":
         following = next_in_queue(session=db, after=case.id, lane=lane_of(case), operator_id=operator.id)
-    record_review(session=db, case=case, operator=operator, form=form)
+    review = record_review(session=db, case=case, operator=operator, form=form)
     release_claim(session=db, case=case, operator=operator)
+    # The patient hears of every first review, with the reviewer's words when there are any (bot.followups).
+    # A blinded second read measures agreement between reviewers; it stays in the console.
     outbox = None
-    if form.message.strip():
-        outbox = create_followup(session=db, case=case, operator=operator, text=form.message)
+    if form.read != SECOND_READ:
+        outbox = create_review_message(session=db, case=case, operator=operator, review=review, words=form.message)
     db.commit()
-    notice = "resumed" if resumed else "reviewed"
-    if outbox is not None:
-        notice = "sent" if enqueue_followup(outbox.id) else "deferred"
+    notice = "sent" if form.message.strip() and outbox else "resumed" if resumed else "reviewed"
+    if outbox is not None and not enqueue_followup(outbox.id):
+        notice = "deferred"
     if then != "next":
         return RedirectResponse(f"/cases/{case.id}?notice={notice}#reviews", status_code=303)
     if following is None:

@@ -2,7 +2,7 @@
 patient was told with them taken into account
 
 Revision ID: 0008
-Revises: 0007
+Revises: 0009
 Create Date: 2026-12-02 14:15:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -341,13 +341,45 @@ def test_plain_text_is_split_between_paragraphs_keeping_the_disclaimer_whole() -
     assert parts[-1].endswith(disclaimer)
 
 
-def test_outbox_message_is_sent_as_plain_text(local_api, patient) -> None:
+@pytest.mark.parametrize(
+    ("lang", "title", "disclaimer_start"),
+    [
+        ("en", "Case #77: a message from a clinician of the service", "This is not a diagnosis"),
+        ("ko", "접수 번호 #77: 서비스 의료진이 보낸 메시지", "이 결과는 진단이 아니며"),
+    ],
+)
+def test_a_clinicians_words_arrive_with_the_case_number_who_writes_and_the_disclaimer(
+    local_api, patient, lang, title, disclaimer_start
+) -> None:
+    from skintriage.models import User
+
     patient.send_text(303, "hi")
+    message = OutboxMessage(chat_id=303, case_id=77, kind="followup", text="  Dr. Kim: <please> call us & book  ")
+    message.user = User(language=lang)
 
     async def go():
         async with make_bot(_settings(local_api)) as bot:
-            return await send_outbox_message(bot, message=OutboxMessage(chat_id=303, text="Dr. Kim: <please> call us"))
+            return await send_outbox_message(bot, message=message, texts=TEXTS)
 
-    message_id = asyncio.run(go())
+    message_id, text = asyncio.run(go())
     (sent,) = patient.messages(303)
-    assert sent["text"] == "Dr. Kim: <please> call us" and sent["message_id"] == message_id
+    assert sent["message_id"] == message_id and sent["parse_mode"] == "HTML"
+    # The words as written (markup-like characters shown, not parsed), between the header and the disclaimer.
+    disclaimer = visible(TEXTS.get(lang, "result.disclaimer"))
+    assert sent["text"].split("\n\n") == [title, "Dr. Kim: <please> call us & book", disclaimer]
+    assert sent["text"].split("\n\n")[-1].startswith(disclaimer_start)
+    assert text == sent["text"]
+
+
+def test_a_follow_up_without_a_case_still_says_who_writes_and_carries_the_disclaimer(local_api, patient) -> None:
+    patient.send_text(304, "hi")
+
+    async def go():
+        async with make_bot(_settings(local_api)) as bot:
+            message = OutboxMessage(chat_id=304, text="Please call us.")
+            return await send_outbox_message(bot, message=message, texts=TEXTS)
+
+    _, text = asyncio.run(go())
+    assert text == "\n\n".join(
+        ["A message from a clinician of the service", "Please call us.", visible(TEXTS.get("en", "result.disclaimer"))]
+    )

@@ -299,3 +299,44 @@ def test_review_beside_the_image_and_save_and_next_from_the_keyboard(browser, li
     assert remaining == queue[2:]
     assert errors == []
     context.close()
+
+
+def test_safety_page_and_a_blinded_second_read(browser, live_console):
+    """An admin opens the safety page from the nav, follows a missed melanoma, then gives a reviewed case a
+    blinded second read from the Second read lane: the earlier review is hidden until the read is saved."""
+    from tests.console.test_safety import add_reviews
+
+    base, seeded, url = live_console
+    c = seeded.cases
+    add_reviews(url, seeded)  # rita and adam's reviews: a_medium and a_low are missed melanomas
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    log_in(page, base, *ADMIN)
+
+    page.click("#nav-safety")
+    page.wait_for_url(f"{base}/safety")
+    assert page.inner_text("#safety-missed-count") == "2"
+    assert page.locator("#safety-missed tbody tr").count() == 2
+    page.locator("#safety-missed a.case-link").first.click()
+    page.wait_for_url(f"{base}/cases/{c['a_medium']}")
+
+    page.goto(f"{base}/cases?view=second")
+    page.click(f'#case-table a[href="/cases/{c["a_high"]}?read=second"]')
+    page.wait_for_url("**read=second")
+    assert page.is_visible("#second-read")
+    assert page.locator("#reviews article").count() == 0
+    page.check("#verdict-disagree")
+    page.select_option("#corrected-label", "NV")
+    page.click("#submit-review")
+    page.wait_for_url("**notice=reviewed**")
+    assert page.locator("#reviews article").count() == 2
+    assert "Blinded second read" in page.inner_text("#reviews")
+
+    page.goto(f"{base}/safety?days=30")
+    assert page.inner_text("#second-pairs") == "1"
+    assert failed == [] and errors == []
+    context.close()

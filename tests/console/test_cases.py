@@ -214,7 +214,7 @@ def test_inconsistent_review_is_refused(reviewer, seeded, console_db_url):
         assert s.scalars(select(Review)).all() == []
 
 
-def test_followup_message_goes_to_the_outbox_and_the_reply_queue(reviewer, seeded, console_db_url, settings_env):
+def test_review_with_words_goes_to_the_outbox_and_the_reply_queue(reviewer, seeded, console_db_url, settings_env):
     case_id = seeded.cases["b_uncertain"]
     token = csrf_of(reviewer.get(f"/cases/{case_id}").text)
     response = reviewer.post(
@@ -226,11 +226,14 @@ def test_followup_message_goes_to_the_outbox_and_the_reply_queue(reviewer, seede
     assert "notice=sent" in response.headers["location"]
     with session_scope(console_db_url) as s:
         message = s.scalars(select(OutboxMessage)).one()
-        assert message.chat_id == 1002 and message.case_id == case_id and message.kind == "followup"
-        assert message.operator_id == seeded.operators["rita"]
-        assert message.text.startswith("Пожалуйста")
+        review = s.scalars(select(Review)).one()
+        assert message.chat_id == 1002 and message.case_id == case_id and message.kind == "review"
+        assert message.review_id == review.id and message.operator_id == seeded.operators["rita"]
+        assert message.text.startswith("Пожалуйста") and message.sent_text is None
         event = s.scalars(select(AuditEvent).where(AuditEvent.action == "message.queued")).one()
-        assert event.detail == {"message_id": message.id, "language": "ru", "chars": len(message.text)}
+        assert event.detail == {
+            "message_id": message.id, "kind": "review", "language": "ru", "chars": len(message.text)
+        }
         assert "text" not in event.detail
     # The filesystem broker under DATA_DIR now holds the job for the reply sender.
     queued = list((settings_env / "data" / "broker" / "queue").iterdir())
@@ -361,7 +364,10 @@ def test_save_and_next_walks_the_review_queue_in_its_order(reviewer, seeded, con
     assert response.status_code == 303
     assert response.headers["location"] == f"/cases/{queue[1]}?notice=reviewed&saved={queue[0]}"
     page = reviewer.get(response.headers["location"]).text
-    assert f"Review of case #{queue[0]} saved. This is the next case in the review queue." in page
+    assert (
+        f"Review of case #{queue[0]} saved. Its patient will be told in their language. "
+        "This is the next case in the review queue."
+    ) in page
     # From the tail: round to the start of what is left (queue[0] is reviewed, so queue[1]).
     response = _save_and_next(reviewer, queue[-1])
     assert response.headers["location"].startswith(f"/cases/{queue[1]}?")
@@ -376,7 +382,8 @@ def test_save_and_next_walks_the_review_queue_in_its_order(reviewer, seeded, con
         assert _save_and_next(reviewer, case_id).status_code == 303
     response = _save_and_next(reviewer, left[-1])
     assert response.headers["location"] == f"/cases/{left[-1]}?notice=reviewed&queue=empty#reviews"
-    assert "Review saved. The review queue is empty." in reviewer.get(response.headers["location"]).text
+    page = reviewer.get(response.headers["location"]).text
+    assert "Review saved. The patient will be told in their language. The review queue is empty." in page
     assert case_ids(reviewer.get("/cases?view=review").text) == []
 
 
@@ -545,3 +552,28 @@ def test_claim_length_is_a_setting(monkeypatch, settings_env, console_db_url, st
         assert login(client, *REVIEWER).status_code == 303
         client.get(f"/cases/{seeded.cases['a_low']}")
     assert _claim_of(console_db_url, seeded.cases["a_low"])[1] <= utcnow() + timedelta(seconds=60)
+
+
+def test_the_case_page_shows_the_booking_answer_and_each_message_as_the_patient_read_it(
+    reviewer, seeded, console_db_url
+):
+    from skintriage.models import Case, utcnow
+
+    case_id = seeded.cases["a_high"]
+    assert 'id="booking"' not in reviewer.get(f"/cases/{case_id}").text  # not asked yet
+    with session_scope(console_db_url) as s:
+        case = s.get(Case, case_id)
+        case.booking_asked_at = utcnow()
+        s.add(OutboxMessage(user_id=case.user_id, case_id=case_id, chat_id=1001, kind="booking", text=""))
+    page = reviewer.get(f"/cases/{case_id}").text
+    assert "whether they booked a dermatologist:\n    no answer yet." in page
+    assert "Booking question" in page and "Composed in English when sent" in page
+    with session_scope(console_db_url) as s:
+        case = s.get(Case, case_id)
+        case.booking_answer, case.booking_answered_at = "declined", utcnow()
+        message = s.scalars(select(OutboxMessage)).one()
+        message.sent_at, message.sent_text = utcnow(), "Case #3: Have you booked an appointment with a dermatologist?"
+    page = reviewer.get(f"/cases/{case_id}").text
+    assert "<strong>does not want to book</strong>" in page
+    assert "Case #3: Have you booked an appointment with a dermatologist?</pre>" in page
+    assert "Composed in English when sent" not in page

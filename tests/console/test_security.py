@@ -75,7 +75,7 @@ def test_the_route_table_is_what_these_tests_cover(app):
         ("GET", "/"), ("GET", "/cases"), ("GET", "/cases/export.csv"), ("GET", "/cases/{case_id}"),
         ("POST", "/cases/{case_id}/reviews"), ("POST", "/cases/{case_id}/messages"),
         ("GET", "/cases/{case_id}/images/{key}"),
-        ("GET", "/dashboard"), ("GET", "/dashboard/charts/{name}.png"), ("GET", "/audit"),
+        ("GET", "/dashboard"), ("GET", "/dashboard/charts/{name}.png"), ("GET", "/safety"), ("GET", "/audit"),
         ("GET", "/admin/operators"), ("POST", "/admin/operators"), ("POST", "/admin/operators/{operator_id}/unlock"),
         ("POST", "/admin/operators/{operator_id}/active"),
     }
@@ -240,7 +240,9 @@ SQL_PAYLOADS = [
     "\\",
     "') UNION SELECT username, password_hash FROM operators --",
 ]
-CASE_FILTERS = ["tier", "status", "reviewed", "date_from", "date_to", "model_version", "view", "page", "per_page"]
+CASE_FILTERS = [
+    "tier", "status", "reviewed", "date_from", "date_to", "model_version", "view", "disagreement", "page", "per_page"
+]
 AUDIT_FILTERS = ["action", "case_id", "operator_id", "date_from", "date_to", "page"]
 
 
@@ -278,6 +280,7 @@ def test_sql_metacharacters_in_audit_and_dashboard_filters_are_inert(admin_clien
         assert "argon2" not in response.text
     assert admin_client.get("/dashboard", params={"days": payload}).status_code == 422
     assert admin_client.get("/dashboard/charts/cases_per_day.png", params={"days": payload}).status_code == 422
+    assert admin_client.get("/safety", params={"days": payload}).status_code == 422
     _intact(console_db_url)
 
 

@@ -154,3 +154,17 @@ def test_threshold_with_a_sensitivity_bound_keeps_a_margin() -> None:
     assert (scores[y] >= higher).mean() < 1.0
     with pytest.raises(ValueError, match="no positive"):
         threshold_for_sensitivity_bound(np.zeros(5, bool), np.zeros(5), np.arange(5))
+
+
+def test_summarize_reports_specificity_at_the_target_sensitivity():
+    # Ten melanomas scored 0.1..1.0 and ten others 0.05..0.95: keeping 9 of 10 melanomas needs threshold 0.2,
+    # which flags the eight others scored 0.25..0.95 as well.
+    mel = np.linspace(0.1, 1.0, 10)
+    other = np.linspace(0.05, 0.95, 10)
+    p_mel = np.r_[mel, other]
+    probs = np.c_[p_mel, (1 - p_mel) / 2, (1 - p_mel) / 2]
+    y = np.r_[np.zeros(10, int), np.ones(10, int)]
+    at = summarize(probs, y)["mel_spec_at_sens"]
+    assert at["threshold"] == pytest.approx(0.2)
+    assert at["sensitivity"] == pytest.approx(0.9)
+    assert at["specificity"] == pytest.approx(0.2)  # only 0.05 and 0.15 fall below 0.2

@@ -128,3 +128,33 @@ def test_bce_dice_loss_is_near_zero_for_a_perfect_prediction_and_dice_matches_ha
     # soft Dice: 2 * (8 * 0.5) / (8 + 8) = 0.5 with smoothing 0.
     assert float(soft_dice_loss(y, half, smooth=0.0)) == pytest.approx(0.5)
     assert float(BCEDiceLoss()(y, half)) > float(BCEDiceLoss()(y, perfect))
+
+
+def test_init_from_a_shipped_card_starts_from_its_weights_and_shape(synthetic_ham, tmp_path):
+    from ml.ship_models import ship
+    from ml.unet import Segmenter
+
+    train(_args(synthetic_ham, tmp_path / "first", "--epochs", "1"))
+    shipped = ship(tmp_path / "first" / "models" / SEGMENTATION_CARD, tmp_path / "shipped")
+    start = Segmenter.from_card(shipped).model.get_weights()
+
+    # Other shape flags are overridden by the card's; a learning rate of ~0 keeps the weights where they began.
+    args = _args(synthetic_ham, tmp_path / "second", "--epochs", "1", "--no-augment", "--lr", "1e-12",
+                 "--base-filters", "8", "--depth", "3", "--init-from", str(shipped))
+    card = train(args)
+    assert card["architecture"]["base_filters"] == 4 and card["architecture"]["depth"] == 2
+    after = keras.saving.load_model(tmp_path / "second" / "run" / "last.keras", compile=False).get_weights()
+    assert len(after) == len(start)
+    # float16 shipping rounds the weights; training at lr 1e-12 moves them by far less than that.
+    assert all(np.allclose(a, b, atol=2e-3) for a, b in zip(after, start, strict=True))
+
+
+def test_init_from_refuses_a_card_of_another_kind(synthetic_ham, tmp_path):
+    import hashlib
+
+    card = tmp_path / "classifier.json"
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    ModelCard(kind="classifier", name="c", labels=["MEL", "NV", "OTHER"], input_size=[8, 8],
+              weights_file="w.safetensors", weights_sha256=hashlib.sha256(b"x").hexdigest()).save(card)
+    with pytest.raises(ValueError, match="'classifier' card, not a segmentation card"):
+        train(_args(synthetic_ham, tmp_path, "--epochs", "1", "--init-from", str(card)))

@@ -71,8 +71,6 @@ def test_skintriage_triage_with_the_shipped_models_names_the_kind_of_photo(tmp_p
 
 
 def test_ship_models_writes_compact_weights_that_answer_as_the_originals(demo_model_dir: Path, tmp_path: Path) -> None:
-    import torch  # noqa: F401 - before TensorFlow (ml.pipeline.configure_runtime)
-
     from ml.classifier import Classifier
     from ml.data import read_image_rgb
     from ml.unet import Segmenter

@@ -73,10 +73,10 @@ def test_0006_gives_handled_updates_their_chat_and_message(db_url: str) -> None:
 
 
 def test_0008_adds_patient_answers_and_told_tier_and_reverts_keeping_the_cases(db_url: str) -> None:
-    """Cases written before 0008 have no answers; the answers round-trip as JSON; going back to 0007 keeps cases."""
+    """Cases written before 0008 have no answers; the answers round-trip as JSON; going back to 0009 keeps cases."""
     from sqlalchemy import text
 
-    migrate.downgrade(db_url, "0007")
+    migrate.downgrade(db_url, "0009")
     engine = create_engine(db_url)
     try:
         assert "patient_answers" not in {c["name"] for c in inspect(engine).get_columns("cases")}
@@ -104,9 +104,39 @@ def test_0008_adds_patient_answers_and_told_tier_and_reverts_keeping_the_cases(d
         with Session(engine) as session:
             case = session.get(Case, 1)
             assert case.patient_answers == {"site": "palm_sole", "change": "skip"} and case.told_tier == "UNCERTAIN"
-        migrate.downgrade(db_url, "0007")
+        migrate.downgrade(db_url, "0009")
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 1
+        migrate.upgrade(db_url)
+    finally:
+        engine.dispose()
+
+
+def test_0009_keeps_what_was_sent_before_messages_were_composed(db_url: str) -> None:
+    """Messages sent before 0009 went out as the operator's bare words: that is their sent_text."""
+    from sqlalchemy import text
+
+    migrate.downgrade(db_url, "0011")
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            for id_, sent, error in ((1, True, None), (2, False, None), (3, True, "Forbidden: blocked")):
+                conn.execute(
+                    text(
+                        "INSERT INTO outbox_messages (id, chat_id, kind, text, created_at, sent_at, attempts, error) "
+                        "VALUES (:id, 5, 'followup', :words, CURRENT_TIMESTAMP, "
+                        + ("CURRENT_TIMESTAMP" if sent else "NULL")
+                        + ", 1, :error)"
+                    ),
+                    {"id": id_, "words": f"words {id_}", "error": error},
+                )
+        migrate.upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, sent_text, review_id FROM outbox_messages ORDER BY id")).all()
+            booking = conn.execute(text("SELECT COUNT(*) FROM cases WHERE booking_answer IS NOT NULL")).scalar()
+        assert [tuple(r) for r in rows] == [(1, "words 1", None), (2, None, None), (3, None, None)]
+        assert booking == 0
+        migrate.downgrade(db_url, "0011")
         migrate.upgrade(db_url)
     finally:
         engine.dispose()
