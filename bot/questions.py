@@ -114,13 +114,19 @@ def record(
 
 def _claim(sessions: sessionmaker[Session], message_id: int) -> OutboxMessage | None:
     with transaction(sessions) as session:
-        return cases.claim_outbox(session=session, message_id=message_id)
+        message = cases.claim_outbox(session=session, message_id=message_id)
+        if message is not None:
+            # Composing it (bot.followups) reads these after the session closes: load them now.
+            _ = (message.user, message.case, message.review)
+        return message
 
 
-def _finish(sessions: sessionmaker[Session], message_id: int, error: str | None, *, final: bool) -> None:
+def _finish(
+    sessions: sessionmaker[Session], message_id: int, error: str | None, *, final: bool, text: str | None = None
+) -> None:
     with transaction(sessions) as session:
         if error is None:
-            cases.mark_outbox_sent(session=session, message_id=message_id)
+            cases.mark_outbox_sent(session=session, message_id=message_id, text=text)
         elif final:
             cases.mark_outbox_failed(session=session, message_id=message_id, error=error)
         else:
@@ -133,7 +139,7 @@ async def send_followup(bot: Bot, *, sessions: sessionmaker[Session], message_id
     if message is None:
         return
     try:
-        await send_outbox_message(bot, message=message)
+        _, text = await send_outbox_message(bot, message=message)
     except (Forbidden, BadRequest) as exc:  # the chat is gone: retrying cannot help
         await asyncio.to_thread(_finish, sessions, message_id, f"{type(exc).__name__}: {exc}", final=True)
         return
@@ -141,4 +147,4 @@ async def send_followup(bot: Bot, *, sessions: sessionmaker[Session], message_id
         log.warning("follow-up %d not sent (%s); the sweeper sends it", message_id, type(exc).__name__)
         await asyncio.to_thread(_finish, sessions, message_id, type(exc).__name__, final=False)
         return
-    await asyncio.to_thread(_finish, sessions, message_id, None, final=False)
+    await asyncio.to_thread(_finish, sessions, message_id, None, final=False, text=text)
