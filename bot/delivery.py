@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
 from telegram import Bot
 from telegram.constants import MessageLimit, ParseMode
 from telegram.error import BadRequest
@@ -22,6 +23,8 @@ from telegram.request import HTTPXRequest
 
 from bot.i18n import Html, Texts, load_texts
 from ml.labels import Tier
+from ml.red_flags import REASON_ACRAL, REASON_CHECKLIST, REASON_OUT_OF_SCOPE, AnsweredTier, answered_tier, urgency_index
+from skintriage import cases
 from skintriage.exceptions import ImageNotFound
 from skintriage.models import Case, CaseStatus, OutboxMessage
 from skintriage.settings import Settings, get_settings
@@ -88,14 +91,59 @@ PROMISE_TIERS = frozenset({Tier.HIGH, Tier.UNCERTAIN})
 URGENCY: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
 
 
+def answered(case: Case) -> AnsweredTier:
+    """The case's tier with the patient's answers applied (ml.red_flags); RETAKE for a refused photo, None failed."""
+    photo_tier = {CaseStatus.DONE: case.tier or Tier.UNCERTAIN, CaseStatus.REJECTED: Tier.RETAKE}.get(case.status)
+    if photo_tier is not None and photo_tier not in URGENCY and photo_tier != Tier.RETAKE:
+        photo_tier = Tier.UNCERTAIN  # a missing or unknown stored tier is answered as UNCERTAIN (compose)
+    return answered_tier(str(photo_tier) if photo_tier else None, case.patient_answers)
+
+
+def told_tier(case: Case) -> str | None:
+    """The tier the composed answer tells the patient (answers included): cases.told_tier when it is sent."""
+    tier = answered(case).tier
+    return str(tier) if tier is not None else None
+
+
 def urgency_rank(case: Case) -> tuple[int, int]:
-    """Sort key, most urgent first: by tier (a near-line UNCERTAIN ranks with HIGH), then refusals, then failures."""
+    """Sort key, most urgent first: by tier with the patient's answers (a near-line UNCERTAIN ranks with HIGH),
+    then refusals, then failures."""
     if case.status == CaseStatus.DONE and case.tier in URGENCY:
-        rank = URGENCY.index(case.tier)
-        if case.tier == Tier.UNCERTAIN and case.tier_reason in NEAR_LINE_REASONS:
+        result = answered(case)
+        rank = URGENCY.index(result.tier)
+        if result.tier == Tier.UNCERTAIN and not result.raised and case.tier_reason in NEAR_LINE_REASONS:
             rank = 0
-        return rank, 0 if case.tier == Tier.HIGH else 1
+        return rank, 0 if result.tier == Tier.HIGH else 1
     return (len(URGENCY), 0) if case.status == CaseStatus.REJECTED else (len(URGENCY) + 1, 0)
+
+
+def _option(texts: Texts, lang: str, answer: str) -> str:
+    """A "question:option" answer as the button the patient tapped, in quotes."""
+    question, _, option = answer.partition(":")
+    return texts.get(lang, "answers.quoted", option=texts.get(lang, f"option.{question}.{option}"))
+
+
+def answers_raised(texts: Texts, lang: str, result: AnsweredTier) -> Html:
+    """Which answers raised the urgency, and why (empty when they did not)."""
+    if not result.raised:
+        return Html("")
+    named = ", ".join(_option(texts, lang, a) for a in result.raised_by)
+    if result.reason == REASON_CHECKLIST:
+        why = texts.get(lang, "answers.why.checklist", points=result.checklist.points)
+    elif result.reason == REASON_OUT_OF_SCOPE:
+        why = Html(" ".join(texts.get(lang, f"answers.scope.{s}") for s in result.scope if s != "acral"))
+    else:
+        why = texts.get(lang, f"answers.why.{result.reason}")
+    return texts.get(lang, "answers.raised", answers=Html(named), why=why)
+
+
+def _scope_notes(texts: Texts, lang: str, result: AnsweredTier) -> list[Html]:
+    """Why the models may not fit this spot (a child, a nail, ...), when the raise did not already say so."""
+    if result.reason == REASON_OUT_OF_SCOPE:
+        said = {s for s in result.scope if s != "acral"}
+    else:
+        said = {"acral"} if result.reason == REASON_ACRAL else set()
+    return [texts.get(lang, f"answers.scope.{s}") for s in result.scope if s not in said]
 
 
 def _risk(texts: Texts, lang: str, tier: str, reason: str | None) -> Html:
@@ -128,8 +176,12 @@ def compose(
         if len(album) > 1
         else []
     )
+    result = answered(case)
+    # The patient's answers may send a spot to a doctor whatever the photo could show (ml.red_flags).
+    by_answers = [answers_raised(texts, lang, result), texts.guidance(lang, result.tier)] if result.raised else []
     if case.status == CaseStatus.FAILED:
-        return Reply(None, "\n\n".join([texts.get(lang, "result.failed", case_id=case.id), *album_note, disclaimer]))
+        failed = texts.get(lang, "result.failed", case_id=case.id)
+        return Reply(None, "\n\n".join([failed, *by_answers, *album_note, disclaimer]))
     if case.status == CaseStatus.REJECTED or case.tier == Tier.RETAKE:
         advice = texts.get(lang, "result.retake_again") if refused_before else texts.guidance(lang, Tier.RETAKE)
         body = [
@@ -137,20 +189,26 @@ def compose(
             texts.get(lang, "result.retake_title", case_id=case.id),
             texts.retake_reason(lang, case.retake_reason),
             advice,
+            *by_answers,
             *album_note,
             disclaimer,
         ]
         return Reply(None, "\n\n".join(body))
-    tier = case.tier if case.tier in {t.value for t in Tier} else Tier.UNCERTAIN
+    photo_tier = case.tier if case.tier in {t.value for t in Tier} else Tier.UNCERTAIN
+    tier = result.tier
     kind = [texts.get(lang, PHOTO_KIND[case.modality])] if case.modality in PHOTO_KIND else []
+    if result.raised:
+        why = [by_answers[0], texts.get(lang, "answers.photo_alone", tier=texts.get(lang, f"tier.{photo_tier}"))]
+    else:
+        why = [_risk(texts, lang, tier, case.tier_reason)]
     head = [
         *demo,
         texts.get(lang, "result.title", case_id=case.id, tier=texts.get(lang, f"tier.{tier}")),
-        _risk(texts, lang, tier, case.tier_reason),
+        *why,
         *kind,
     ]
-    near_line = tier == Tier.UNCERTAIN and case.tier_reason in NEAR_LINE_REASONS
-    tail = [texts.guidance(lang, Tier.HIGH if near_line else tier)]
+    near_line = tier == Tier.UNCERTAIN and not result.raised and case.tier_reason in NEAR_LINE_REASONS
+    tail = [*_scope_notes(texts, lang, result), texts.guidance(lang, Tier.HIGH if near_line else tier)]
     if review_promise_hours and tier in PROMISE_TIERS:
         tail.append(texts.get(lang, "result.review_promise", hours=review_promise_hours))
     tail.extend(album_note)
@@ -268,6 +326,42 @@ def plain_parts(text: str, limit: int = TEXT_LIMIT) -> list[str]:
         else:
             parts.append(paragraph)
     return [p for p in parts if p.strip()]
+
+
+def answers_followup(case: Case, *, texts: Texts) -> tuple[str, str] | None:
+    """(new tier, plain text) of a follow-up when the patient's answers make a sent answer more urgent; else None."""
+    result = answered(case)
+    if not result.raised or urgency_index(result.tier) >= urgency_index(case.told_tier):
+        return None
+    lang = case.language
+    body = [
+        texts.get(lang, "answers.followup", case_id=case.id),
+        answers_raised(texts, lang, result),
+        texts.get(lang, "answers.now", tier=texts.get(lang, f"tier.{result.tier}")),
+        texts.guidance(lang, result.tier),
+        texts.get(lang, "result.disclaimer"),
+    ]
+    return str(result.tier), visible("\n\n".join(body))
+
+
+def queue_answers_followup(*, session: Session, case: Case, texts: Texts) -> int | None:
+    """Queue one follow-up (an outbox message) when answers given after the answer was sent raise its urgency.
+
+    Returns the message id to send once the caller has committed, or None. Called by the bot after a tap and by
+    the reply queue after sending an answer (a tap may land while the answer is on its way); cases.raise_told_tier
+    lets only one of them queue it.
+    """
+    album = cases.album_of(session=session, case=case)
+    answer = min(album, key=lambda c: (urgency_rank(c), c.id))
+    if answer.delivered_at is None or answer.reply_text is None:
+        return None  # not sent yet (its answer will use the answers), or undeliverable
+    found = answers_followup(answer, texts=texts)
+    if found is None:
+        return None
+    tier, text = found
+    if not cases.raise_told_tier(session=session, case_ids=[c.id for c in album], was=answer.told_tier, tier=tier):
+        return None
+    return cases.queue_patient_message(session=session, case=answer, kind="answers", text=text).id
 
 
 async def send_outbox_message(bot: Bot, *, message: OutboxMessage, texts: Texts | None = None) -> tuple[int, str]:

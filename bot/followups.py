@@ -124,4 +124,7 @@ def compose(message: OutboxMessage, *, texts: Texts) -> Outgoing:
         return Outgoing(compose_review(message, texts=texts, lang=lang))
     if message.kind == "booking":
         return compose_booking(message, texts=texts, lang=lang)
+    if message.kind == "answers":
+        # Composed by the bot when it was queued (bot.delivery.answers_followup), disclaimer included; plain text.
+        return Outgoing(html.escape(message.text, quote=False))
     return Outgoing(compose_followup(message, texts=texts, lang=lang))

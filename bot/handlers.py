@@ -21,7 +21,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bot import intake, patients
+from bot import intake, patients, questions
 from bot.delivery import compose, send_reply
 from bot.i18n import LANGUAGE_NAMES, LANGUAGES, Texts, language_for
 from bot.intake import Decision, Outcome
@@ -233,6 +233,27 @@ async def on_delete_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     await query.edit_message_text(text, parse_mode=ParseMode.HTML)
 
 
+async def on_question_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A question's answer button: store it, show the next question, send a follow-up if it raised the urgency."""
+    svc = _services(context)
+    query = update.callback_query
+    case_id, question, option = int(context.match.group(1)), context.match.group(2), context.match.group(3)
+    tapped = await asyncio.to_thread(
+        questions.record, sessions=svc.sessions, texts=svc.texts, patient=_patient(update), case_id=case_id,
+        question=question, option=option,
+    )  # fmt: skip
+    if tapped.answers is None:
+        await query.answer(svc.texts.get(tapped.language, "other.stale_button"))
+        return
+    await query.answer()
+    text, markup = questions.screen_after(
+        svc.texts, tapped.language, case_id=case_id, question=question, answers=tapped.answers
+    )
+    await questions.show(query, text, markup)
+    if tapped.followup_id is not None:
+        await questions.send_followup(context.bot, sessions=svc.sessions, message_id=tapped.followup_id)
+
+
 async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Any other button data (old keyboards, forged data): say it no longer works."""
     svc = _services(context)
@@ -308,6 +329,8 @@ async def _receive_image(
     await asyncio.to_thread(
         intake.acknowledged, sessions=svc.sessions, case_id=decision.case_id, message_id=message_id, delayed=not queued
     )
+    if decision.first_of_album:  # a new spot: ask what a doctor would ask (the analysis does not wait)
+        await _say(update, *questions.first_screen(svc.texts, lang, case_id=decision.case_id))
     saved.pop(update.update_id, None)
 
 
@@ -496,5 +519,6 @@ def register(application: Application) -> None:
     application.add_handler(CallbackQueryHandler(on_language_button, pattern=LANGUAGE_PATTERN))
     application.add_handler(CallbackQueryHandler(on_case_button, pattern=CASE_PATTERN))
     application.add_handler(CallbackQueryHandler(on_delete_button, pattern=DELETE_PATTERN))
+    application.add_handler(CallbackQueryHandler(on_question_button, pattern=questions.QUESTION_PATTERN))
     application.add_handler(CallbackQueryHandler(on_stale_button))
     application.add_error_handler(on_error)

@@ -58,6 +58,7 @@ class Decision:
     case_id: int | None = None
     finished: bool = False
     retry_after_s: int = 0
+    first_of_album: bool = True  # a new spot: the questions are asked (once per album)
 
 
 def is_image_document(mime_type: str | None, file_name: str | None) -> bool:
@@ -164,7 +165,8 @@ def register(
             file_unique_id=file_unique_id,
             media_group_id=media_group_id,
         )
-        decision = Decision(Outcome.CREATED, user.language, case.id)
+        first = cases.is_first_of_album(session=session, case_id=case.id)
+        decision = Decision(Outcome.CREATED, user.language, case.id, first_of_album=first)
     PHOTOS_RECEIVED.inc()
     log.info("case %d received", decision.case_id)
     return decision

@@ -263,6 +263,9 @@ class LocalBotAPIServer:
 
     async def _apply_fault(self, fault: str) -> None:
         kind, _, arg = fault.partition(":")
+        if kind == "delay":  # a slow call that still succeeds: lets a test act while it is on its way
+            await asyncio.sleep(float(arg) if arg else self.timeout_fault_s)
+            return
         if kind == "429":
             retry = int(arg or 1)
             raise ApiError(429, f"Too Many Requests: retry after {retry}", {"retry_after": retry})
@@ -807,10 +810,10 @@ class LocalBotAPIServer:
         faults = list(body.get("faults") or [])
         for fault in faults:
             kind = fault.partition(":")[0]
-            if not (kind.isdigit() or kind in {"timeout", "timeout-after"}):
+            if not (kind.isdigit() or kind in {"timeout", "timeout-after", "delay"}):
                 return web.json_response(
                     {"error": f"unknown fault {fault!r}; use '429:SECONDS', an HTTP status like '500', "
-                     "'timeout[:SECONDS]' or 'timeout-after[:SECONDS]'"},
+                     "'timeout[:SECONDS]', 'timeout-after[:SECONDS]' or 'delay[:SECONDS]'"},
                     status=400,
                 )  # fmt: skip
         self.state.faults[str(body["method"]).lower()] = faults
@@ -1040,7 +1043,8 @@ class LocalBotAPIClient:
         self._post("/_sim/redeliver", {"update_id": update_id})
 
     def set_faults(self, method: str, faults: list[str]) -> None:
-        """Make the next calls of `method` fail in order: "429:3", "500", "timeout[:s]", "timeout-after[:s]"."""
+        """Make the next calls of `method` fail in order: "429:3", "500", "timeout[:s]", "timeout-after[:s]",
+        or succeed slowly: "delay[:s]"."""
         self._post("/_sim/faults", {"method": method, "faults": faults})
 
     def block(self, user_id: int, blocked: bool = True) -> None:

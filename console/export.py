@@ -34,6 +34,8 @@ COLUMNS = (
     "last_review_agrees",
     "last_review_label",
     "last_review_urgency",
+    "patient_answers",
+    "told_tier",
 )
 # A cell starting with one of these is run as a formula by spreadsheet programs.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -90,6 +92,8 @@ def case_rows(*, session: Session, cases: Iterable[Case]) -> Iterable[list[str]]
                 None if last is None else last.agrees,
                 None if last is None else last.corrected_label,
                 None if last is None else last.urgency,
+                None if c.patient_answers is None else json.dumps(c.patient_answers, sort_keys=True),
+                c.told_tier,
             )
         ]
 

@@ -28,6 +28,7 @@ MESSAGE_KINDS: dict[str, str] = {
     "followup": "Clinician's message",
     "review": "Review told to the patient",
     "booking": "Booking question",
+    "answers": "The patient's answers raised the urgency",
 }
 BOOKING_WORDS: dict[str, str] = {
     "booked": "booked an appointment",

@@ -9,6 +9,9 @@ Safety rules, in order:
 3. Otherwise the most likely class decides: OTHER -> MEDIUM, NV -> LOW, except that an ordinary
    (clinical, not dermoscopic) photo is never LOW: it is UNCERTAIN, and the answer says a doctor
    should look because the models are not validated on such photos.
+
+The patient's own answers (where, changed, symptoms, age) are applied to this tier when the answer is
+composed, never lowering it: ml/red_flags.py (NICE NG12's weighted 7-point checklist, out-of-scope sites).
 """
 
 from __future__ import annotations

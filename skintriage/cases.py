@@ -19,6 +19,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ml.red_flags import check_answer
 from skintriage.exceptions import CaseNotFound, RateLimited, TooManyInFlight
 from skintriage.models import AuditEvent, Case, CaseStatus, OutboxMessage, ProcessedUpdate, User, utcnow
 from skintriage.storage import ImageStore, StoredImage
@@ -258,6 +259,57 @@ def previous_case(*, session: Session, case: Case) -> Case | None:
     return session.scalar(query.order_by(Case.id.desc()).limit(1))
 
 
+# --- the patient's answers -------------------------------------------------------------------
+
+
+def record_answer(*, session: Session, case: Case, question: str, option: str) -> list[Case]:
+    """Store the patient's answer to one question (ml.red_flags.QUESTIONS) on every photo of the case's album.
+
+    Returns the album. Raises ValueError for a question or option the bot never offers (a forged button).
+    A later tap on the same question replaces the earlier one.
+    """
+    check_answer(question, option)
+    album = album_of(session=session, case=case)
+    for photo in album:
+        # A new dict, so SQLAlchemy sees the JSON change.
+        photo.patient_answers = {**(photo.patient_answers or {}), question: option}
+    audit(session=session, actor="patient", action="case.answered", case_id=case.id, detail={"question": question})
+    return album
+
+
+def is_first_of_album(*, session: Session, case_id: int) -> bool:
+    """Whether no earlier photo of the case's album exists (the questions are asked once per spot)."""
+    case = session.get(Case, case_id)
+    return case is not None and album_of(session=session, case=case)[0].id == case.id
+
+
+def raise_told_tier(*, session: Session, case_ids: list[int], was: str | None, tier: str) -> bool:
+    """Record that the patient is now told `tier` for these photos, only if they were told `was` (one winner).
+
+    The bot (a late answer) and the reply queue (an answer that arrived while the reply was being sent) may
+    both find a raise; the conditional UPDATE lets only one of them send the follow-up.
+    """
+    told = Case.told_tier.is_(None) if was is None else Case.told_tier == was
+    result = session.execute(
+        update(Case)
+        .where(Case.id.in_(case_ids), told)
+        .values(told_tier=tier)
+        .execution_options(synchronize_session=False)
+    )
+    return (result.rowcount or 0) > 0
+
+
+def queue_patient_message(*, session: Session, case: Case, kind: str, text: str) -> OutboxMessage:
+    """Store a system message to the case's patient for the reply queue (plain text); the caller commits, then sends."""
+    user = case.user
+    message = OutboxMessage(user_id=user.id, case_id=case.id, chat_id=user.chat_id, kind=kind, text=text)
+    session.add(message)
+    session.flush()
+    audit(session=session, actor="system", action="message.queued", case_id=case.id,
+          detail={"message_id": message.id, "kind": kind})  # fmt: skip
+    return message
+
+
 # --- queueing and processing ----------------------------------------------------------------
 
 
@@ -489,12 +541,14 @@ def mark_reply_started(*, session: Session, case_id: int, message_id: int) -> No
     )
 
 
-def mark_delivered(*, session: Session, case_id: int, message_id: int | None, text: str) -> None:
-    """Record that the answer reached Telegram and exactly what it said."""
+def mark_delivered(
+    *, session: Session, case_id: int, message_id: int | None, text: str, told_tier: str | None = None
+) -> None:
+    """Record that the answer reached Telegram, exactly what it said and its tier with the patient's answers."""
     session.execute(
         update(Case)
         .where(Case.id == case_id)
-        .values(delivered_at=utcnow(), reply_message_id=message_id, reply_text=text)
+        .values(delivered_at=utcnow(), reply_message_id=message_id, reply_text=text, told_tier=told_tier)
         .execution_options(synchronize_session=False)
     )
     audit(session=session, actor="system", action="case.delivered", case_id=case_id)
@@ -507,7 +561,12 @@ def mark_answered_with(*, session: Session, case_ids: list[int], answer: Case) -
     session.execute(
         update(Case)
         .where(Case.id.in_(case_ids), Case.delivered_at.is_(None))
-        .values(delivered_at=utcnow(), reply_message_id=answer.reply_message_id, reply_text=answer.reply_text)
+        .values(
+            delivered_at=utcnow(),
+            reply_message_id=answer.reply_message_id,
+            reply_text=answer.reply_text,
+            told_tier=answer.told_tier,
+        )
         .execution_options(synchronize_session=False)
     )
     for case_id in case_ids:

@@ -161,6 +161,13 @@ class Case(Base):
     demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(64))
 
+    # The patient's taps on the questions asked with a new spot (ml.red_flags.QUESTIONS): question -> option or
+    # "skip"; None before any answer. Photos of one album share them.
+    patient_answers: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # The tier the patient was told, their answers included (ml.red_flags.answered_tier), set when the answer
+    # is sent and raised when a later answer made it more urgent and a follow-up message said so.
+    told_tier: Mapped[str | None] = mapped_column(String(16))
+
     # What the patient was told, exactly, and the Telegram ids of those messages.
     ack_message_id: Mapped[int | None] = mapped_column(BigInteger)
     reply_message_id: Mapped[int | None] = mapped_column(BigInteger)

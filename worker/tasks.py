@@ -360,6 +360,7 @@ def deliver_case(self: Any, case_id: int) -> str:
     """Send a finished case's answer to the patient, at most once (an album of photos gets one answer)."""
     settings = get_settings()
     from bot.delivery import deliver_case as send_answer
+    from bot.delivery import told_tier
 
     try:
         with _sessions(settings) as session:
@@ -387,18 +388,35 @@ def deliver_case(self: Any, case_id: int) -> str:
                 message_id, text = run_with_bot(settings, send)
             except Exception as exc:
                 return _delivery_failed(self, session, answer_id, exc)
-            cases.mark_delivered(session=session, case_id=answer_id, message_id=message_id, text=text)
+            told = told_tier(case)  # the case as composed: the patient's answers as they were then
+            cases.mark_delivered(session=session, case_id=answer_id, message_id=message_id, text=text, told_tier=told)
             session.flush()
             session.refresh(case)
             cases.mark_answered_with(session=session, case_ids=[i for i in album if i != answer_id], answer=case)
             session.commit()
+            followup = _answers_followup(session, settings, case)
     except Exception as exc:
         if isinstance(exc, TRANSIENT_DB_ERRORS):
             return _retry_delivery(self, case_id, exc, countdown=backoff_s(self.request.retries))
         raise
     DELIVERIES.labels(outcome="sent").inc()
     log.info("case %d: answer sent", answer_id, extra={"case_id": answer_id})
+    if followup is not None:
+        enqueue.enqueue_outbox(followup)  # False: the sweeper sends it
     return "sent"
+
+
+def _answers_followup(session: Session, settings: Settings, case: Case) -> int | None:
+    """A follow-up for answers the patient tapped while the answer was being sent (see questions in bot/)."""
+    from bot.delivery import queue_answers_followup
+    from bot.i18n import load_texts
+
+    session.expire_all()  # read the answers as they are now, not as they were when the answer was composed
+    message_id = queue_answers_followup(session=session, case=case, texts=load_texts(settings.guidance_file))
+    session.commit()
+    if message_id is not None:
+        log.info("case %d: a later answer raised the urgency; follow-up %d queued", case.id, message_id)
+    return message_id
 
 
 def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], bool]:
@@ -424,6 +442,10 @@ def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], 
             session=session, case_ids=[c.id for c in album if c.delivered_at is None], answer=answer
         )
         session.commit()
+        # A retried job whose first run sent the answer but failed before checking the patient's answers.
+        followup = _answers_followup(session, get_settings(), answer)
+        if followup is not None:
+            enqueue.enqueue_outbox(followup)
         return "skipped"
     previous = cases.previous_case(session=session, case=album[0])
     refused = sum(c.status == CaseStatus.REJECTED for c in album)

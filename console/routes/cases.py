@@ -44,8 +44,9 @@ from console.reviews import (
 )
 from ml.labels import LABELS
 from ml.policy import PolicyConfig
+from ml.red_flags import QUESTIONS, UNMAPPED, AnsweredTier, answered_tier
 from skintriage.cases import audit
-from skintriage.models import Case, Operator, OutboxMessage, Review, utcnow
+from skintriage.models import Case, CaseStatus, Operator, OutboxMessage, Review, utcnow
 
 router = APIRouter()
 
@@ -68,6 +69,25 @@ def _uncertain_band(case: Case, policy: PolicyConfig) -> tuple[float, float] | N
     if case.mel_threshold is None:
         return None
     return max(case.mel_threshold - policy.uncertain_margin, 0.0), case.mel_threshold
+
+
+# The questions asked with a new spot (ml.red_flags.QUESTIONS), as the console names them.
+QUESTION_WORDS = {
+    "site": "Where on the body",
+    "change": "New or changed in the last months",
+    "symptoms": "Bleeds, itches, crusts or does not heal",
+    "age": "Age",
+}
+
+
+def _patient_answers(case: Case) -> tuple[list[tuple[str, str]], AnsweredTier] | None:
+    """The patient's answers as (question, answer) rows and the tier they give with the photo's; None unasked."""
+    if case.patient_answers is None:
+        return None
+    answers = case.patient_answers
+    rows = [(QUESTION_WORDS[q], answers.get(q, "not answered").replace("_", " ")) for q in QUESTIONS]
+    photo_tier = {CaseStatus.DONE: case.tier, CaseStatus.REJECTED: "RETAKE"}.get(case.status)
+    return rows, answered_tier(photo_tier, answers)
 
 
 def _load_case(db: Session, case_id: int) -> Case:
@@ -187,6 +207,8 @@ def _case_page(
             "message_kinds": MESSAGE_KINDS,
             "language_name": _language_name(case.user.language),
             "mel_band": _uncertain_band(case, PolicyConfig.from_settings(settings)),
+            "patient_answers": _patient_answers(case),
+            "unmapped_items": UNMAPPED,
             "errors": errors or [],
             "form": form or ReviewInput(verdict=""),
             "notice": notice,

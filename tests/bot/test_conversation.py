@@ -138,8 +138,10 @@ def test_photo_after_consent_is_stored_committed_queued_and_acknowledged(start_b
     ack = h.wait_startswith(110, "Received.", since=since)
     (case,) = h.cases(110)
     assert ack["text"] == h.expect("en", "intake.ack", case_id=case.id)
+    questions = h.wait_startswith(110, h.expect("en", "questions.intro", case_id=case.id), since=since)
     events = h.patient.sent(110, since=since)
-    assert [e["method"] for e in events] == ["sendChatAction", "sendMessage"]
+    assert [e["method"] for e in events] == ["sendChatAction", "sendMessage", "sendMessage"]  # ack, questions
+    assert events[2]["seq"] == questions["seq"]
     assert events[0]["action"] == "typing"
     assert case.status == CaseStatus.QUEUED and case.queued_at is not None
     assert case.source_update_id == update_id and case.language == "en"

@@ -192,6 +192,42 @@ def test_failed_case_apologises_and_says_to_see_a_doctor() -> None:
     assert reply.full_text.endswith(visible(TEXTS.get("en", "result.disclaimer")))
 
 
+# --- the patient's answers (ml.red_flags) ----------------------------------------------------
+
+
+def test_a_refused_or_failed_photo_with_red_flags_still_sends_the_patient_to_a_doctor_soon() -> None:
+    answers = {"change": "several"}
+    for lang in ("en", "ko"):
+        refused = Case(id=7, language=lang, status=CaseStatus.REJECTED, tier=Tier.RETAKE, retake_reason="blurry",
+                       patient_answers=answers)  # fmt: skip
+        failed = Case(id=8, language=lang, status=CaseStatus.FAILED, error_code="pipeline_error",
+                      patient_answers=answers)  # fmt: skip
+        for case in (refused, failed):
+            full = compose(case, texts=TEXTS).full_text
+            assert visible(TEXTS.get(lang, "answers.why.checklist", points=4)) in full
+            assert visible(TEXTS.guidance(lang, Tier.HIGH)) in full
+            assert full.endswith(visible(TEXTS.get(lang, "result.disclaimer")))
+    # Without red flags a refused photo only asks for a better one.
+    plain = Case(id=7, language="en", status=CaseStatus.REJECTED, tier=Tier.RETAKE, retake_reason="blurry",
+                 patient_answers={"site": "palm_sole", "change": "size"})  # fmt: skip
+    assert "raise the urgency" not in compose(plain, texts=TEXTS).full_text
+
+
+def test_a_high_photo_of_a_nail_stays_high_and_says_the_models_are_not_made_for_nails() -> None:
+    case = done_case("HIGH")
+    case.patient_answers = {"site": "nail"}
+    full = compose(case, texts=TEXTS).full_text
+    assert full.startswith("Case #42: High concern") and "Risk level: high." in full
+    assert visible(TEXTS.get("en", "answers.scope.nail")) in full and "raise the urgency" not in full
+    assert visible(TEXTS.guidance("en", Tier.HIGH)) in full
+
+
+def test_answers_rank_an_album_photo_by_the_tier_they_give() -> None:
+    low_child = Case(id=1, status=CaseStatus.DONE, tier="LOW", patient_answers={"age": "child"})
+    medium = Case(id=2, status=CaseStatus.DONE, tier="MEDIUM")
+    assert sorted([medium, low_child], key=urgency_rank) == [low_child, medium]  # UNCERTAIN before MEDIUM
+
+
 def _settings(local_api) -> Settings:
     return Settings(
         TELEGRAM_BOT_TOKEN=local_api.token,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 
 import pytest
 from PIL import Image
@@ -240,6 +241,22 @@ def test_timeout_after_applies_the_call_but_loses_the_answer(
 
     run(go())
     assert [e["text"] for e in patient.messages(15)] == ["result"]
+
+
+def test_delay_makes_a_call_slow_but_successful(local_api: LocalBotAPI, patient: LocalBotAPIClient) -> None:
+    patient.send_text(18, "hi")
+    patient.set_faults("sendMessage", ["delay:0.5"])
+
+    async def go():
+        async with make_bot(local_api) as bot:
+            started = time.monotonic()
+            await bot.send_message(18, "slow")
+            slow = time.monotonic() - started
+            await bot.send_message(18, "quick")
+            return slow
+
+    assert run(go()) >= 0.5
+    assert [e["text"] for e in patient.messages(18)] == ["slow", "quick"]
 
 
 def test_blocked_patient_gives_forbidden(local_api: LocalBotAPI, patient: LocalBotAPIClient) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 
 import pytest
@@ -139,6 +140,31 @@ def test_case_page_shows_the_kind_of_photo_and_why_the_tier(reviewer, seeded, co
     line = html[html.index('id="modality"'):html.index("</p>", html.index('id="modality"'))]
     assert "ordinary (clinical) photo" in line and "never told LOW" in line and "clinical_photo" in line
     assert "not recorded" in reviewer.get(f"/cases/{seeded.cases['a_low']}").text  # triaged before the check
+
+
+def test_case_page_shows_the_patients_answers_their_checklist_score_and_the_tier_they_gave(
+    reviewer, seeded, console_db_url
+):
+    from skintriage.models import Case
+
+    with session_scope(console_db_url) as s:
+        case = s.get(Case, seeded.cases["a_low"])
+        case.patient_answers = {"site": "palm_sole", "change": "size", "symptoms": "bleeds", "age": "skip"}
+        case.told_tier = "HIGH"
+    html = reviewer.get(f"/cases/{seeded.cases['a_low']}").text
+    table = html[html.index('id="patient-answers"'):html.index("</table>", html.index('id="patient-answers"'))]
+    assert "<th>Where on the body</th><td>palm sole</td>" in table and "<th>Age</th><td>skip</td>" in table
+    checklist = html[html.index('id="checklist"'):html.index("</p>", html.index('id="checklist"'))]
+    assert "<strong>3 points</strong> (oozing 1, size 2)" in checklist and "diameter 7mm, inflammation" in checklist
+    tier = html[html.index('id="answered-tier"'):html.index("</p>", html.index('id="answered-tier"'))]
+    assert "<strong>HIGH</strong>, raised from LOW by change:size, symptoms:bleeds (<code>checklist</code>)" in tier
+    assert "acral" in tier and "Told the patient: <strong>HIGH</strong>" in tier
+    assert "The patient has not answered the questions." in reviewer.get(f"/cases/{seeded.cases['a_medium']}").text
+    # The export carries them for research: the answers as JSON and the tier the patient was told.
+    rows = {int(r["case_id"]): r for r in csv.DictReader(io.StringIO(reviewer.get("/cases/export.csv").text))}
+    exported = rows[seeded.cases["a_low"]]
+    assert json.loads(exported["patient_answers"])["site"] == "palm_sole" and exported["told_tier"] == "HIGH"
+    assert rows[seeded.cases["a_medium"]]["patient_answers"] == ""
 
 
 def test_case_page_escapes_what_the_patient_was_told(reviewer, seeded, console_db_url):

@@ -35,13 +35,15 @@ ANSWER_TIMEOUT_S = 180.0
 
 
 def _photo_case(svc: Service, user_id: int, *, seed: int, since: int, ack_key: str = "intake.ack") -> tuple[Case, int]:
-    """Send a photo, wait for the given acknowledgement, return the new case and the ack's seq."""
+    """Send a photo, wait for the given acknowledgement and the questions that follow it; return the new case
+    and the seq of the intake's last message (the questions: anything after it is the answer)."""
     known = {c.id for c in svc.cases(user_id)}
     svc.client.send_photo(user_id, lesion_photo(seed=seed))
     ack = svc.wait_prefix(user_id, ack_key, since=since, timeout=60)
     (case,) = [c for c in svc.cases(user_id) if c.id not in known]
     assert ack["text"] == svc.expect(ack_key, case_id=case.id)
-    return case, ack["seq"]
+    asked = svc.wait_prefix(user_id, "questions.intro", since=ack["seq"], timeout=60)
+    return case, asked["seq"]
 
 
 def _held_jobs(svc: Service) -> set[bytes]:

@@ -74,6 +74,46 @@ def test_0006_gives_handled_updates_their_chat_and_message(db_url: str) -> None:
         engine.dispose()
 
 
+def test_0008_adds_patient_answers_and_told_tier_and_reverts_keeping_the_cases(db_url: str) -> None:
+    """Cases written before 0008 have no answers; the answers round-trip as JSON; going back to 0009 keeps cases."""
+    from sqlalchemy import text
+
+    migrate.downgrade(db_url, "0009")
+    engine = create_engine(db_url)
+    try:
+        assert "patient_answers" not in {c["name"] for c in inspect(engine).get_columns("cases")}
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
+                "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
+            ))
+            conn.execute(text(
+                "INSERT INTO cases (id, user_id, status, attempts, language, image_sha256, received_at, "
+                "quality_flags, model_versions, timings_ms, demo_model) "
+                "VALUES (1, 1, 'done', 1, 'en', 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
+            ))
+        migrate.upgrade(db_url)
+        from sqlalchemy.orm import Session
+
+        from skintriage.models import Case
+
+        with Session(engine) as session:
+            case = session.get(Case, 1)
+            assert case.patient_answers is None and case.told_tier is None
+            case.patient_answers = {"site": "palm_sole", "change": "skip"}
+            case.told_tier = "UNCERTAIN"
+            session.commit()
+        with Session(engine) as session:
+            case = session.get(Case, 1)
+            assert case.patient_answers == {"site": "palm_sole", "change": "skip"} and case.told_tier == "UNCERTAIN"
+        migrate.downgrade(db_url, "0009")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 1
+        migrate.upgrade(db_url)
+    finally:
+        engine.dispose()
+
+
 def test_0009_keeps_what_was_sent_before_messages_were_composed(db_url: str) -> None:
     """Messages sent before 0009 went out as the operator's bare words: that is their sent_text."""
     from sqlalchemy import text
