@@ -1,7 +1,7 @@
 """service leases: one bot and one beat per deployment hold a renewed lease row
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-02 14:30:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import skintriage.models
 
 revision = "0010"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
