@@ -110,6 +110,7 @@ function zoomGroup(root, controls, together) {
     }));
   }
   if (together) together.addEventListener("change", () => act(0, () => {}));
+  window.addEventListener("resize", () => act(null, () => {}));  // a narrower frame: keep the photo filling it
   render();
   return group;
 }
