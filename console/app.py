@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from console.auth import SESSION_COOKIE, CsrfError, Forbidden, NotAuthenticated, prepare_dummy_hash
 from console.deps import make_templates, render
-from console.routes import admin, cases, dashboard, images, login, safety
+from console.routes import admin, cases, dashboard, images, login, patients, safety
 from console.throttle import LoginLimiter, limiter_storage_url
 from skintriage.db import session_factory
 from skintriage.settings import Settings, get_settings
@@ -103,7 +103,7 @@ def create_app(
     )
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (login, cases, images, dashboard, safety, admin):
+    for module in (login, cases, images, patients, dashboard, safety, admin):
         app.include_router(module.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -141,6 +141,14 @@ def create_app(
         return render(
             request, "error.html",
             {"title": "No such case", "message": "No case with that number (the patient may have deleted it)."},
+            status_code=404,
+        )
+
+    @app.exception_handler(patients.PatientMissing)
+    async def patient_missing(request: Request, exc: patients.PatientMissing) -> HTMLResponse:
+        return render(
+            request, "error.html",
+            {"title": "No such patient", "message": "No patient with that number (they may have deleted their data)."},
             status_code=404,
         )
 

@@ -82,7 +82,8 @@ def second_read_problem(*, session: Session, case: Case, operator: Operator) -> 
     """Why this operator cannot give this case a blinded second read, or None when they can.
 
     A second read needs a first (unblinded) review by someone else, and a reader who has not reviewed the case
-    and has not opened its ordinary page, which shows the reviews, since the first review was saved (audit log).
+    and has not opened its ordinary page or its patient's page, which show the reviews, since the first review was
+    saved (audit log).
     """
     reviews = session.scalars(select(Review).where(Review.case_id == case.id).order_by(Review.created_at)).all()
     first = [r for r in reviews if not r.blinded]
@@ -100,6 +101,15 @@ def second_read_problem(*, session: Session, case: Case, operator: Operator) -> 
     ).all()
     if any((detail or {}).get("read") != SECOND_READ for detail in views):
         return "You have seen this case's reviews, so your second read would not be blind."
+    patient_views = session.scalars(
+        select(AuditEvent.detail).where(
+            AuditEvent.action == "patient.viewed",
+            AuditEvent.operator_id == operator.id,
+            AuditEvent.at >= first[0].created_at,
+        )
+    ).all()
+    if any(case.id in ((detail or {}).get("cases") or []) for detail in patient_views):
+        return "You have seen this case's reviews on its patient's page, so your second read would not be blind."
     return None
 
 

@@ -51,6 +51,9 @@ from skintriage.models import Case, CaseStatus, Operator, OutboxMessage, Review,
 router = APIRouter()
 
 EARLIER_CASES_SHOWN = 8
+# Earlier photos offered for the side-by-side comparison (newest first). Until cases are linked as photos of
+# the same spot, every earlier case of the patient that still has its photo is a candidate.
+COMPARE_CANDIDATES = 100
 
 
 class CaseMissing(Exception):
@@ -88,6 +91,35 @@ def _patient_answers(case: Case) -> tuple[list[tuple[str, str]], AnsweredTier] |
     rows = [(QUESTION_WORDS[q], answers.get(q, "not answered").replace("_", " ")) for q in QUESTIONS]
     photo_tier = {CaseStatus.DONE: case.tier, CaseStatus.REJECTED: "RETAKE"}.get(case.status)
     return rows, answered_tier(photo_tier, answers)
+
+
+def _compare_candidates(db: Session, case: Case) -> list[Case]:
+    """The patient's earlier cases that still have their photo, newest first: what the comparison offers."""
+    return list(
+        db.scalars(
+            select(Case)
+            .where(
+                Case.user_id == case.user_id,
+                Case.id != case.id,
+                Case.received_at <= case.received_at,
+                Case.image_key.is_not(None),
+            )
+            .order_by(Case.received_at.desc(), Case.id.desc())
+            .limit(COMPARE_CANDIDATES)
+        ).all()
+    )
+
+
+def _chosen(candidates: list[Case], compare: str | None) -> tuple[Case | None, str | None]:
+    """The earlier case named by ?compare= among the candidates, or why it cannot be compared."""
+    if not compare:
+        return None, None
+    if not compare.isdigit() or len(compare) > 10:
+        return None, "compare must be the number of one of this patient's earlier cases."
+    chosen = next((c for c in candidates if c.id == int(compare)), None)
+    if chosen is None:
+        return None, f"Case #{int(compare)} is not an earlier case of this patient with a photo; choose one below."
+    return chosen, None
 
 
 def _load_case(db: Session, case_id: int) -> Case:
@@ -168,10 +200,14 @@ def _case_page(
     claim: Claim | None = None,
     second_read: bool = False,
     blind_problem: str | None = None,
+    candidates: list[Case] | None = None,
+    compare: Case | None = None,
+    compare_problem: str | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
     """Render the case page; with second_read, blinded: without the reviews and messages, which may tell the
-    first reader's verdict, and with a form that saves a blinded second read."""
+    first reader's verdict, and with a form that saves a blinded second read; with compare, an earlier case's
+    photo beside this one."""
     earlier = list(
         db.scalars(
             select(Case)
@@ -198,6 +234,9 @@ def _case_page(
             "case": case,
             "earlier": earlier,
             "later_count": later_count,
+            "candidates": candidates if candidates is not None else _compare_candidates(db, case),
+            "compare": compare,
+            "compare_problem": compare_problem,
             "reviews": reviews,
             "messages": messages,
             "labels": LABELS,
@@ -260,15 +299,21 @@ def case_detail(
     saved: str | None = None,
     queue: str | None = None,
     read: str | None = None,
+    compare: str | None = None,
     operator: Operator = Depends(current_operator),
     db: Session = Depends(get_db),
 ) -> HTMLResponse:
     """Everything about one case; the view is audited. With read=second, blinded for a second read (unless this
-    operator has seen the reviews already: then the ordinary page, saying why)."""
+    operator has seen the reviews already: then the ordinary page, saying why). With compare=N, case N's photo
+    (an earlier case of the same patient) is shown beside this one."""
     case = _load_case(db, case_id)
     problem = second_read_problem(session=db, case=case, operator=operator) if read == SECOND_READ else None
     blinded = read == SECOND_READ and problem is None
-    detail = {"read": SECOND_READ} if blinded else {}
+    candidates = _compare_candidates(db, case)
+    chosen, compare_problem = _chosen(candidates, compare)
+    detail: dict[str, object] = {"read": SECOND_READ} if blinded else {}
+    if chosen is not None:
+        detail["compare"] = chosen.id
     audit(session=db, actor="operator", action="case.viewed", case_id=case.id, operator_id=operator.id, detail=detail)
     claim = None
     if case.status in REVIEWABLE_STATUSES and not case.reviews:
@@ -278,7 +323,8 @@ def case_detail(
     db.commit()
     return _case_page(
         request, db, case, notice=_notice(notice, saved, queue_empty=queue == "empty"), claim=claim,
-        second_read=blinded, blind_problem=problem,
+        second_read=blinded, blind_problem=problem, candidates=candidates, compare=chosen,
+        compare_problem=compare_problem,
     )
 
 

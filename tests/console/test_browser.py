@@ -340,3 +340,146 @@ def test_safety_page_and_a_blinded_second_read(browser, live_console):
     assert page.inner_text("#second-pairs") == "1"
     assert failed == [] and errors == []
     context.close()
+
+
+def layer_transform(page, pane: str) -> tuple[float, float, float]:  # noqa: ANN001
+    """(scale, x, y) of the layer inside a zoom frame, as the browser computed its CSS transform."""
+    matrix = page.eval_on_selector(f"{pane} .zoom-layer", "el => getComputedStyle(el).transform")
+    if matrix == "none":
+        return 1.0, 0.0, 0.0
+    a, _, _, _, e, f = (float(v) for v in matrix[matrix.index("(") + 1:-1].split(","))
+    return a, e, f
+
+
+def test_zoom_outline_comparison_and_patient_page(browser, live_console):
+    """Zoom the photo with the buttons, the keys, the wheel and a drag; switch the outline off and on; the review
+    keys still choose the verdict; compare with an earlier photo zoomed together; open the patient's page."""
+    from sqlalchemy import select
+
+    from skintriage.db import session_scope
+    from skintriage.models import AuditEvent
+
+    base, seeded, url = live_console
+    c = seeded.cases
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    log_in(page, base, *REVIEWER)
+    page.goto(f"{base}/cases/{c['a_high']}")
+    overlay = '#viewer figure[data-kind="overlay"] .zoom-pane'
+    assert wait_image(page, "#img-overlay") > 0
+    assert page.is_visible("#zoom-in") and page.is_visible("#viewer-keys")
+    assert layer_transform(page, overlay) == (1.0, 0.0, 0.0)
+    box = page.locator(overlay).bounding_box()
+    assert abs(box["width"] / box["height"] - 320 / 240) < 0.02  # the frame has the photo's shape
+
+    # Buttons and keys zoom about the centre; 0 fits the photo again.
+    page.click("#zoom-in")
+    scale, x, y = layer_transform(page, overlay)
+    assert scale == pytest.approx(1.25) and x < 0 and y < 0
+    assert page.get_attribute(overlay, "data-scale") == "1.250" and page.inner_text("#zoom-level") == "125%"
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("+")
+    assert layer_transform(page, overlay)[0] == pytest.approx(1.5625)
+    page.keyboard.press("-")
+    assert layer_transform(page, overlay)[0] == pytest.approx(1.25)
+    page.keyboard.press("0")
+    assert layer_transform(page, overlay) == (1.0, 0.0, 0.0)
+    page.click("#zoom-out")  # never below the fitted photo
+    assert layer_transform(page, overlay)[0] == 1.0
+
+    # The wheel zooms about the pointer; a drag moves the zoomed photo.
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.25)
+    page.mouse.wheel(0, -400)
+    page.wait_for_function("sel => document.querySelector(sel).dataset.scale !== '1.000'", arg=overlay)
+    scale, x, y = layer_transform(page, overlay)
+    assert scale > 1.5
+    # The point under the pointer stays put: x' = p - (p - 0) * s.
+    assert x == pytest.approx(box["width"] * 0.25 * (1 - scale), abs=1.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.25 + 30, box["y"] + box["height"] * 0.25 + 20, steps=5)
+    page.mouse.up()
+    _, x2, y2 = layer_transform(page, overlay)
+    assert (x2 - x, y2 - y) == (pytest.approx(30, abs=1), pytest.approx(20, abs=1))
+
+    # The outline switches off (the photo) and on with O and with the buttons; mask and photo keep the zoom.
+    page.keyboard.press("o")
+    assert page.is_visible("#img-photo") and not page.is_visible("#img-overlay")
+    photo = layer_transform(page, '#viewer figure[data-kind="photo"] .zoom-pane')
+    assert photo == (pytest.approx(scale), pytest.approx(x2), pytest.approx(y2))  # (hidden frames compute none)
+    page.keyboard.press("o")
+    assert page.is_visible("#img-overlay") and not page.is_visible("#img-photo")
+    page.click("#show-mask")
+    assert page.is_visible("#img-mask")
+    assert layer_transform(page, '#viewer figure[data-kind="mask"] .zoom-pane')[0] == pytest.approx(scale)
+    page.click("#show-photo")
+    assert page.get_attribute("#show-photo", "aria-pressed") == "true" and not page.is_visible("#img-overlay")
+    page.click("#show-overlay")
+    assert page.is_visible("#img-overlay")
+
+    # The review keys are untouched: A, D, C choose; + 0 and O typed into the note are text.
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("d")
+    assert page.is_checked("#verdict-disagree")
+    page.keyboard.press("a")
+    assert page.is_checked("#verdict-agree")
+    before = page.get_attribute(overlay, "data-scale")
+    page.focus("#note")
+    page.keyboard.type("+0o-")
+    assert page.input_value("#note") == "+0o-" and page.get_attribute(overlay, "data-scale") == before
+    assert page.is_visible("#img-overlay")
+
+    # Compare with the patient's oldest case: both raw photos at the same size, zoomed and moved together.
+    assert page.is_hidden("#compare") and "same spot" in page.inner_text("#compare-candidates-note")
+    page.select_option("#compare-with", str(c["a_low"]))
+    page.wait_for_url(f"**compare={c['a_low']}**")
+    assert page.is_visible("#compare")
+    assert wait_image(page, "#compare-current") > 0 and wait_image(page, "#compare-earlier") > 0
+    assert f"/cases/{c['a_low']}/images/" in page.get_attribute("#compare-earlier", "src")
+    assert f"#{c['a_low']}" in page.inner_text("#compare-caption")
+    left, right = page.locator("#compare .zoom-pane").all()
+    lbox, rbox = left.bounding_box(), right.bounding_box()
+    assert (lbox["width"], lbox["height"]) == (pytest.approx(rbox["width"]), pytest.approx(rbox["height"]))
+    assert rbox["x"] >= lbox["x"] + lbox["width"]  # side by side
+    page.click("#compare-zoom-in")
+    left_t, right_t = (layer_transform(page, f"#compare figure:nth-child({i}) .zoom-pane") for i in (1, 2))
+    assert left_t[0] == pytest.approx(1.25) and left_t == right_t
+    left.scroll_into_view_if_needed()
+    lbox, rbox = left.bounding_box(), right.bounding_box()  # where they are now the page has scrolled
+    page.mouse.move(lbox["x"] + lbox["width"] * 0.6, lbox["y"] + lbox["height"] * 0.6)
+    page.mouse.wheel(0, -300)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#compare .zoom-pane')[1].dataset.scale !== '1.250'")
+    left_t, right_t = (layer_transform(page, f"#compare figure:nth-child({i}) .zoom-pane") for i in (1, 2))
+    assert left_t[0] > 1.25 and left_t == right_t
+    page.keyboard.press("0")  # the keys now zoom the comparison, the last one used
+    assert layer_transform(page, "#compare figure:nth-child(2) .zoom-pane") == (1.0, 0.0, 0.0)
+    assert page.get_attribute(overlay, "data-scale") == before  # the main viewer keeps its zoom
+    page.uncheck("#compare-sync")
+    page.mouse.move(rbox["x"] + rbox["width"] / 2, rbox["y"] + rbox["height"] / 2)
+    page.mouse.wheel(0, -300)
+    page.wait_for_function("() => document.querySelectorAll('#compare .zoom-pane')[1].dataset.scale !== '1.000'")
+    assert layer_transform(page, "#compare figure:nth-child(1) .zoom-pane") == (1.0, 0.0, 0.0)
+    # A reload keeps the comparison (the URL says which case), served by the page itself.
+    page.reload()
+    assert page.is_visible("#compare") and wait_image(page, "#compare-earlier") > 0
+
+    # The patient's page lists their three cases with thumbnails and leads back to a case.
+    page.click("#patient-link")
+    page.wait_for_url(f"{base}/patients/{seeded.users['anna']}")
+    assert page.locator("#patient-cases tbody tr").count() == 3
+    assert wait_image(page, f'#patient-cases tr[data-case="{c["a_low"]}"] img') > 0
+    page.click(f'#patient-cases a.case-link[href="/cases/{c["a_medium"]}"]')
+    page.wait_for_url(f"{base}/cases/{c['a_medium']}")
+
+    with session_scope(url) as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action.in_(("patient.viewed", "case.image_viewed"))))
+        seen = {(e.action, e.case_id, (e.detail or {}).get("kind")) for e in events}
+    assert ("patient.viewed", None, None) in seen
+    assert ("case.image_viewed", c["a_low"], "photo") in seen
+    assert failed == [] and errors == []
+    context.close()

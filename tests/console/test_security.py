@@ -42,6 +42,7 @@ def concrete(path: str, seeded) -> str:  # noqa: ANN001
         key=seeded.keys["overlay_key"],
         name="cases_per_day",
         operator_id=seeded.operators["rita"],
+        user_id=seeded.users["anna"],
     )
 
 
@@ -74,7 +75,7 @@ def test_the_route_table_is_what_these_tests_cover(app):
         ("GET", "/login"), ("POST", "/login"), ("POST", "/logout"), ("GET", "/healthz"),
         ("GET", "/"), ("GET", "/cases"), ("GET", "/cases/export.csv"), ("GET", "/cases/{case_id}"),
         ("POST", "/cases/{case_id}/reviews"), ("POST", "/cases/{case_id}/messages"),
-        ("GET", "/cases/{case_id}/images/{key}"),
+        ("GET", "/cases/{case_id}/images/{key}"), ("GET", "/patients/{user_id}"),
         ("GET", "/dashboard"), ("GET", "/dashboard/charts/{name}.png"), ("GET", "/safety"), ("GET", "/audit"),
         ("GET", "/admin/operators"), ("POST", "/admin/operators"), ("POST", "/admin/operators/{operator_id}/unlock"),
         ("POST", "/admin/operators/{operator_id}/active"),
@@ -381,6 +382,7 @@ def test_ids_outside_the_row_range_are_not_found(reviewer, admin_client, seeded,
     assert reviewer.get(f"/cases/{number}").status_code == 404
     assert "Not found" in reviewer.get(f"/cases/{number}").text
     assert reviewer.get(f"/cases/{number}/images/{seeded.keys['overlay_key']}").status_code == 404
+    assert reviewer.get(f"/patients/{number}").status_code == 404
     token = csrf_of(reviewer.get("/cases").text)
     assert reviewer.post(f"/cases/{number}/reviews", data={"csrf_token": token, "verdict": "agree"}).status_code == 404
     assert reviewer.post(f"/cases/{number}/messages", data={"csrf_token": token, "message": "hi"}).status_code == 404
@@ -404,6 +406,9 @@ def test_ids_at_the_edge_of_the_row_range_on_sqlite_and_postgres(db_url, console
         assert largest.status_code == 404 and "No such case" in largest.text
         assert c.get("/cases/2147483648").status_code == 404
         assert c.get("/cases/2147483648/images/photos/x.jpg").status_code == 404
+        largest = c.get("/patients/2147483647")
+        assert largest.status_code == 404 and "No such patient" in largest.text
+        assert c.get("/patients/2147483648").status_code == 404
 
 
 def test_out_of_range_ids_in_audit_filters_are_refused(admin_client):
