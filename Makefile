@@ -26,7 +26,7 @@ env: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[cpu,test]'
+	$(BIN)/pip install -e '.[cpu,demo,test]'
 	@touch $(STAMP)
 
 # The console's browser tests drive Debian's Chromium through Playwright (no browser download).

@@ -7,7 +7,7 @@ held in memory, so disk reads are not timed. The Keras backend of the U-Net is f
 each backend runs in a child process of its own (`--backend NAME`, which also works by hand and then
 prints only that backend); the parent merges their JSON and prints one table.
 Photos default to the HAM10000 sample in ../shared/data/ham10000_sample when it exists, else the
-photos bundled in skintriage/demo_photos. Per-stage times are the pipeline's own timings_ms; in a batch
+photos bundled in devtools/demo_photos. Per-stage times are the pipeline's own timings_ms; in a batch
 the segment and classify stages are the batch's time divided by its photos.
 """
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from ml.pipeline import STAGES  # noqa: E402
 
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "ham10000_sample"
-DEMO_PHOTOS = ROOT / "skintriage" / "demo_photos"
+DEMO_PHOTOS = ROOT / "devtools" / "demo_photos"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif"}
 BACKENDS = ("tensorflow", "torch")
 

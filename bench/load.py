@@ -44,8 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bot.delivery import visible  # noqa: E402
 from bot.i18n import load_texts  # noqa: E402
-from bot.local_api import LocalBotAPI, LocalBotAPIClient  # noqa: E402
-from skintriage.demo import (  # noqa: E402
+from devtools.demo import (  # noqa: E402
     Child,
     bundled_photos,
     free_port,
@@ -55,6 +54,7 @@ from skintriage.demo import (  # noqa: E402
     train_demo_models,
     wait_until,
 )
+from devtools.local_api import LocalBotAPI, LocalBotAPIClient  # noqa: E402
 from skintriage.settings import DEMO_BOT_TOKEN  # noqa: E402
 
 DEFAULT_PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

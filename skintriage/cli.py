@@ -1,7 +1,9 @@
 """The `skintriage` command: one entry point, subcommands implemented in their own modules.
 
 Each module named below exposes `add_arguments(parser)` and `main(args) -> int` and is imported
-only when its subcommand runs, so `skintriage bot` never imports torch or TensorFlow.
+only when its subcommand runs, so `skintriage bot` never imports torch or TensorFlow. The `demo` and
+`local-bot-api` commands live in `devtools/`, which the service packages never import (tests/test_layers.py)
+and the service images leave out; they need the `demo` extra.
 """
 
 from __future__ import annotations
@@ -10,14 +12,18 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
+
+# What `demo` and `local-bot-api` say where devtools or its extra is missing (the service images leave both out).
+DEVTOOLS_HINT = "this command is a development tool: from a source checkout run `pip install -e '.[demo]'`"
 
 # (command path, module, help). A path with a space is a subcommand of a group.
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("bot", "bot.run", "run the Telegram bot (long polling)"),
     ("worker", "worker.run", "run a Celery worker (triage and/or reply queues)"),
     ("beat", "worker.beat", "run the periodic jobs (sweeper, retention)"),
-    ("demo", "skintriage.demo", "run the whole service on embedded defaults with a simulated patient"),
-    ("local-bot-api", "bot.local_api", "serve the local Telegram Bot API stand-in"),
+    ("demo", "devtools.demo", "run the whole service on embedded defaults with a simulated patient"),
+    ("local-bot-api", "devtools.local_api", "serve the local Telegram Bot API stand-in"),
     ("console", "console.run", "serve the operator console"),
     ("operator add", "console.operators", "create an operator (password prompted)"),
     ("db upgrade", "skintriage.dbcli", "apply migrations up to head"),
@@ -54,9 +60,18 @@ def build_parser(load_arguments: Sequence[str] | None = None) -> argparse.Argume
             sub = subs.add_parser(path, help=help_text)
         sub.set_defaults(_module=module, _path=path)
         if chosen == path:
-            mod = importlib.import_module(module)
-            mod.add_arguments(sub)
+            _load(module).add_arguments(sub)
     return parser
+
+
+def _load(module: str) -> ModuleType:
+    """Import a command's module; a missing development tool exits with how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if module.startswith("devtools.") and (exc.name or "").split(".")[0] in {"devtools", "aiohttp"}:
+            raise SystemExit(f"skintriage: {exc}; {DEVTOOLS_HINT}") from exc
+        raise
 
 
 def _command_path(argv: Sequence[str]) -> list[str]:
@@ -74,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_path(argv))
     args = parser.parse_args(argv)
-    module = importlib.import_module(args._module)
+    module = _load(args._module)
     return int(module.main(args) or 0)
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from skintriage.demo import free_port
-from skintriage.demo import health as healthz
+from devtools.demo import free_port
+from devtools.demo import health as healthz
 from skintriage.settings import DEMO_BOT_TOKEN, get_settings
 
 __all__ = ["free_port", "healthz"]  # the demo's process helpers, shared with the tests
@@ -199,7 +199,7 @@ _demo_models: dict[str, Path] = {}
 
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny real demo models (ml.demo_models, quick schedule), trained once per test session.
+    """Tiny real demo models (devtools.demo_models, quick schedule), trained once per test session.
 
     Import this fixture by name into a conftest or test module; the cache keeps it to one training
     even when several modules import it.
@@ -208,7 +208,7 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if cached:
         return Path(cached)
     if "dir" not in _demo_models:
-        from skintriage.demo import train_demo_models
+        from devtools.demo import train_demo_models
 
         folder = tmp_path_factory.mktemp("demo-models")
         # In a child process: this one then loads the models only if a test runs a worker in it.
@@ -228,7 +228,7 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str, str]:
 @pytest.fixture
 def local_api() -> Iterator[Any]:
     """The local Bot API server (Telegram's stand-in) on a free port."""
-    from bot.local_api import LocalBotAPI
+    from devtools.local_api import LocalBotAPI
 
     api = LocalBotAPI(DEMO_BOT_TOKEN).start()
     yield api

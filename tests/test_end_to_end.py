@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from bot.i18n import load_texts
-from bot.local_api import buttons
+from devtools.local_api import buttons
 from skintriage import cases
 from skintriage.db import session_factory
 from skintriage.models import CaseStatus
@@ -113,7 +113,7 @@ def test_photo_to_answer_through_the_real_bot_and_worker_processes(backend, tmp_
     assert second.delivered_at is not None and second.reply_message_id is not None
 
 
-DEMO_PHOTOS = sorted((ROOT / "skintriage" / "demo_photos").glob("*.jpg"))
+DEMO_PHOTOS = sorted((ROOT / "devtools" / "demo_photos").glob("*.jpg"))
 
 
 def _run_demo(tmp_path: Path, model_dir: Path | None) -> tuple[str, Path]:

@@ -25,7 +25,7 @@ from bot.background import BotThread
 from bot.delivery import visible
 from bot.handlers import Services
 from bot.i18n import Texts, language_for
-from bot.local_api import LocalBotAPI, LocalBotAPIClient
+from devtools.local_api import LocalBotAPI, LocalBotAPIClient
 from skintriage.models import Case, User
 from skintriage.settings import Settings, get_settings
 

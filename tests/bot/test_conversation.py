@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 from sqlalchemy import text as sql
 
-from bot.local_api import buttons
+from devtools.local_api import buttons
 from skintriage import cases
 from skintriage.models import CaseStatus
 from tests.factories import assert_no_metadata, lesion_photo, photo_with_gps
@@ -491,7 +491,7 @@ def test_delete_needs_confirmation_and_removes_images_cases_and_profile(start_bo
 
 def test_the_bot_process_never_imports_torch_or_tensorflow() -> None:
     code = (
-        "import sys, bot.app, bot.run, bot.handlers, bot.delivery, bot.intake, bot.local_api, worker.enqueue; "
+        "import sys, bot.app, bot.run, bot.handlers, bot.delivery, bot.intake, devtools.local_api, worker.enqueue; "
         "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'torchvision') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd())
@@ -501,7 +501,7 @@ def test_the_bot_process_never_imports_torch_or_tensorflow() -> None:
 @pytest.mark.parametrize("lang", ["en", "ko"])
 def test_every_reply_the_bot_can_send_is_accepted_by_telegram_html_rules(lang: str) -> None:
     from bot.i18n import Texts
-    from bot.local_api import plain_text
+    from devtools.local_api import plain_text
 
     texts = Texts.load()
     catalogue = texts.catalogues[lang]

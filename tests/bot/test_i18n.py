@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.i18n import LANGUAGES, Texts, language_for, placeholders
-from bot.local_api import plain_text
+from devtools.local_api import plain_text
 from ml.labels import RetakeReason, Tier
 from skintriage.exceptions import ConfigurationError
 

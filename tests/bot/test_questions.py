@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from bot.delivery import queue_answers_followup, visible
-from bot.local_api import buttons
+from devtools.local_api import buttons
 from skintriage import cases
 from skintriage.models import Case, CaseStatus, OutboxMessage
 from tests.bot.test_conversation import eventually, send_photo_and_wait_ack

@@ -14,9 +14,9 @@ from sqlalchemy import select
 from bot.delivery import compose, visible
 from bot.followups import compose as compose_outbox
 from bot.i18n import Texts
-from bot.local_api import buttons
 from console.operators import create_operator
 from console.reviews import ReviewInput, create_followup, create_review_message, record_review
+from devtools.local_api import buttons
 from skintriage import booking, cases
 from skintriage.models import Case, CaseStatus, OutboxMessage, Review, User, utcnow
 from tests.bot.test_conversation import send_photo_and_wait_ack

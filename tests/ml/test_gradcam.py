@@ -16,7 +16,7 @@ from tests.stack import ROOT, demo_model_dir
 
 __all__ = ["demo_model_dir"]
 
-MEL_PHOTO = next((ROOT / "skintriage" / "demo_photos").glob("1-mel-*.jpg"))
+MEL_PHOTO = next((ROOT / "devtools" / "demo_photos").glob("1-mel-*.jpg"))
 
 
 @pytest.fixture(scope="module")

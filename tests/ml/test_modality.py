@@ -125,7 +125,7 @@ def test_tampered_arrays_are_refused(tmp_path: Path, synthetic_ham: Path) -> Non
 @pytest.mark.skipif(not (SHIPPED / MODALITY_CARD).is_file(), reason="no shipped modality model")
 def test_shipped_check_on_real_photos() -> None:
     model = ModalityModel.from_card(SHIPPED / MODALITY_CARD)
-    photos = resources.files("skintriage") / "demo_photos"
+    photos = resources.files("devtools") / "demo_photos"
 
     def judge(name: str):
         data = np.frombuffer((photos / name).read_bytes(), np.uint8)

@@ -24,7 +24,7 @@ from tests.stack import ROOT, demo_model_dir
 
 __all__ = ["demo_model_dir"]
 
-PHOTOS = ROOT / "skintriage" / "demo_photos"
+PHOTOS = ROOT / "devtools" / "demo_photos"
 EXIF_ORIENTATION = 0x0112
 
 

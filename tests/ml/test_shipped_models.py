@@ -22,7 +22,7 @@ from tests.stack import ROOT, demo_model_dir
 
 __all__ = ["demo_model_dir"]
 
-PHOTOS = ROOT / "skintriage" / "demo_photos"
+PHOTOS = ROOT / "devtools" / "demo_photos"
 CARDS = (SEGMENTATION_CARD, CLASSIFIER_CARD, MODALITY_CARD)
 shipped = pytest.mark.skipif(
     not all((SHIPPED_DIR / c).is_file() for c in CARDS), reason="models/ does not hold all three shipped models"

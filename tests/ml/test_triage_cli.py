@@ -20,7 +20,7 @@ from tests.stack import ROOT, demo_model_dir
 
 __all__ = ["demo_model_dir"]
 
-PHOTO = ROOT / "skintriage" / "demo_photos" / "1-mel-ISIC_0025964.jpg"
+PHOTO = ROOT / "devtools" / "demo_photos" / "1-mel-ISIC_0025964.jpg"
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from bot.delivery import visible
 from bot.i18n import Texts, load_texts
-from bot.local_api import LocalBotAPI, LocalBotAPIClient
+from devtools.local_api import LocalBotAPI, LocalBotAPIClient
 from skintriage import migrate
 from skintriage.db import session_factory
 from skintriage.models import Case, User

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from celery.signals import task_postrun, task_received
 
-from bot.local_api import LocalBotAPI, LocalBotAPIClient
+from devtools.local_api import LocalBotAPI, LocalBotAPIClient
 from skintriage import cases
 from skintriage.db import session_factory
 from skintriage.settings import Settings, get_settings

@@ -3,7 +3,7 @@
 What runs is the real thing: migrations on SQLite under DATA_DIR, the real bot (`skintriage bot`)
 and a real Celery worker (`skintriage worker`, both queues, embedded beat) as child processes,
 kombu's filesystem transport as the broker and local folders for the images. Telegram is played by
-the project's local Bot API server (bot.local_api); the demo then talks to the bot as a patient:
+the project's local Bot API server (devtools.local_api); the demo then talks to the bot as a patient:
 /start, the consent button, the bundled sample photos (one unusable on purpose), /history.
 It prints the conversation and writes every image the bot sent back to a folder.
 
@@ -214,12 +214,12 @@ def ensure_models(settings: Settings, *, quick: bool, out: Transcript) -> bool:
 
 
 def train_demo_models(model_dir: Path, *, quick: bool, log_path: Path) -> None:
-    """Run ml.demo_models.ensure_demo_models in a child process, so this one never loads TensorFlow or torch."""
+    """Run devtools.demo_models.ensure_demo_models in a child process, so this one never loads TensorFlow or torch."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     code = (
         "import sys, logging; from ml.frameworks import load_torch_first; load_torch_first(); "
         "logging.basicConfig(level=logging.INFO); "
-        "from pathlib import Path; from ml.demo_models import ensure_demo_models; "
+        "from pathlib import Path; from devtools.demo_models import ensure_demo_models; "
         "ensure_demo_models(Path(sys.argv[1]), quick=sys.argv[2] == 'quick')"
     )
     with log_path.open("w") as log:
@@ -269,7 +269,7 @@ def real_token(settings: Settings) -> bool:
 
 def bundled_photos() -> list[tuple[str, bytes]]:
     """The sample photos shipped with the package, in order."""
-    folder = resources.files("skintriage") / "demo_photos"
+    folder = resources.files("devtools") / "demo_photos"
     items = sorted((p for p in folder.iterdir() if p.name.endswith(".jpg")), key=lambda p: p.name)
     return [(p.name, p.read_bytes()) for p in items]
 
@@ -321,7 +321,7 @@ class Patient:
 
     @staticmethod
     def _buttons(event: dict[str, Any]) -> str:
-        from bot.local_api import buttons
+        from devtools.local_api import buttons
 
         return "  ".join(f"[ {text} ]" for text, _ in buttons(event))
 
@@ -353,7 +353,7 @@ class Patient:
 
     def start_and_consent(self) -> None:
         """/start, then press the consent button under the introduction."""
-        from bot.local_api import buttons
+        from devtools.local_api import buttons
 
         self.out.say("patient", "/start")
         self.client.send_command(self.user_id, "/start")
@@ -439,7 +439,7 @@ def main(args: argparse.Namespace) -> int:
     api = None
     try:
         if mode == "local":
-            from bot.local_api import LocalBotAPI
+            from devtools.local_api import LocalBotAPI
 
             api = LocalBotAPI(DEMO_BOT_TOKEN).start()
             out.note(f"local Bot API server on {api.base_url} (stands in for Telegram)")

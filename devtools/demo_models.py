@@ -136,7 +136,7 @@ def train_demo_segmenter(out_dir: Path, *, quick: bool, seed: int = 0) -> ModelC
         preset=SegmentationPreset(UNET_SIZE),
         threshold=0.5,
         training={
-            "data": "synthetic lesions (ml.demo_models)",
+            "data": "synthetic lesions (devtools.demo_models)",
             "train_images": n_train,
             "val_images": n_val,
             "epochs_run": epochs,
@@ -243,7 +243,7 @@ def train_demo_classifier(out_dir: Path, *, quick: bool, seed: int = 0) -> Model
             "val_specificity": float(spec),
         },
         training={
-            "data": "synthetic lesions (ml.demo_models)",
+            "data": "synthetic lesions (devtools.demo_models)",
             "train_images": n_train,
             "val_images": n_val,
             "head_lbfgs_iterations": steps,

@@ -11,7 +11,7 @@ from PIL import Image
 from telegram import Bot, BotCommand, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
 
-from bot.local_api import LocalBotAPI, LocalBotAPIClient, buttons
+from devtools.local_api import LocalBotAPI, LocalBotAPIClient, buttons
 from tests.factories import lesion_photo
 
 

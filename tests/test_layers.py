@@ -1,0 +1,74 @@
+"""The service packages never import the development tools (devtools/) nor their dependency aiohttp.
+
+Walks every module of the service packages with `ast`, so an import hidden inside a function counts
+too. The CLI names the devtools commands' modules as strings and imports them only when the command
+runs; ALLOWED_NAMES lists those places, and nothing else may name a devtools module.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE_PACKAGES = ("bot", "worker", "ml", "console", "skintriage", "migrations")
+DEV_ONLY = {"devtools", "aiohttp"}
+DEVTOOLS_MODULE = re.compile(r"devtools(\.[A-Za-z_]\w*)+")
+# (module file, string naming a devtools module): the lazy, string-named imports allowed.
+ALLOWED_NAMES = {
+    ("skintriage/cli.py", "devtools.demo"),
+    ("skintriage/cli.py", "devtools.local_api"),
+}
+
+
+def service_modules() -> list[Path]:
+    """Every Python file of the service packages."""
+    files = [p for pkg in SERVICE_PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
+    assert len(files) > 50, "the walk found too few modules; did the layout change?"
+    return files
+
+
+def imported_roots(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, top-level package) of every import statement in the tree, nested ones included."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+def test_service_packages_never_import_devtools_or_aiohttp() -> None:
+    offences = []
+    for path in service_modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        rel = path.relative_to(ROOT).as_posix()
+        offences += [f"{rel}:{line} imports {root}" for line, root in imported_roots(tree) if root in DEV_ONLY]
+    assert not offences, "move the code into devtools/ or out of it:\n" + "\n".join(offences)
+
+
+def test_only_the_cli_names_devtools_modules_and_only_those_listed() -> None:
+    named = set()
+    for path in service_modules():
+        rel = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and DEVTOOLS_MODULE.fullmatch(node.value):
+                named.add((rel, node.value))
+    assert named == ALLOWED_NAMES
+
+
+@pytest.mark.parametrize("rel, name", sorted(ALLOWED_NAMES))
+def test_the_allowed_devtools_modules_exist(rel: str, name: str) -> None:
+    assert (ROOT / (name.replace(".", "/") + ".py")).is_file()
+
+
+def test_aiohttp_is_a_dev_extra_not_a_runtime_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = [d for d in project["dependencies"] if d.split(">")[0].split("=")[0].split("[")[0].strip() == "aiohttp"]
+    assert runtime == []
+    assert any(d.startswith("aiohttp") for d in project["optional-dependencies"]["demo"])
