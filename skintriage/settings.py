@@ -162,6 +162,16 @@ class Settings(BaseSettings):
         return parse_networks(self.console_trusted_proxies)
 
     @property
+    def redis_client_options(self) -> dict[str, float | bool]:
+        """redis-py client options that bound every wait on Redis (for clients other than Celery's)."""
+        return {
+            "socket_connect_timeout": self.redis_connect_timeout_s,
+            "socket_timeout": self.redis_socket_timeout_s,
+            "socket_keepalive": True,
+            "health_check_interval": self.redis_health_check_interval_s,
+        }
+
+    @property
     def resolved_database_url(self) -> str:
         """DATABASE_URL, or a SQLite file under DATA_DIR."""
         if self.database_url:
