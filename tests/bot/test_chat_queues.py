@@ -45,3 +45,43 @@ def test_a_chat_stuck_on_a_slow_download_does_not_hold_up_another_patients_photo
 
 def _replies(h, chat_id: int, since: int) -> list[str]:  # noqa: ANN001 - the conftest's Harness
     return [e.get("text") or "" for e in h.patient.messages(chat_id, since=since) if e.get("text")]
+
+
+def test_the_processor_runs_a_chats_updates_in_order_past_a_failure_and_frees_waiting_slots() -> None:
+    import asyncio
+
+    from telegram import Chat, Message, Update
+
+    from bot.app import PerChatUpdateProcessor
+
+    def update(update_id: int, chat_id: int) -> Update:
+        chat = Chat(chat_id, Chat.PRIVATE)
+        return Update(update_id, message=Message(update_id, None, chat))  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[list[str], int]:
+        processor = PerChatUpdateProcessor(2)
+        done: list[str] = []
+        release = asyncio.Event()
+
+        async def handle(name: str, *, wait: bool = False, fail: bool = False) -> None:
+            if wait:
+                await release.wait()
+            if fail:
+                raise RuntimeError("a handler failed (the error handler has seen it)")
+            done.append(name)
+
+        busy = [
+            asyncio.create_task(processor.process_update(update(1, 10), handle("a1", wait=True))),
+            asyncio.create_task(processor.process_update(update(2, 10), handle("a2", fail=True))),
+            asyncio.create_task(processor.process_update(update(3, 10), handle("a3"))),
+        ]
+        await asyncio.sleep(0.05)
+        used = processor.current_concurrent_updates  # the busy chat holds one of the two slots
+        await asyncio.wait_for(processor.process_update(update(4, 20), handle("b1")), 1)
+        release.set()
+        await asyncio.gather(*busy)
+        return done, used
+
+    done, used = asyncio.run(scenario())
+    assert used == 1
+    assert done == ["b1", "a1", "a3"]
