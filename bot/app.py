@@ -7,9 +7,10 @@ repeated or rapid photos are deduplicated and rate-limited reliably.
 
 from __future__ import annotations
 
-import asyncio
+import collections
+import contextlib
+import inspect
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,24 +29,41 @@ log = logging.getLogger(__name__)
 
 
 class PerChatUpdateProcessor(BaseUpdateProcessor):
-    """Concurrent across chats, sequential within a chat."""
+    """Concurrent across chats, sequential within a chat; a busy chat holds one of the shared slots, not more.
+
+    python-telegram-bot takes one of `max_concurrent_updates` slots for each update before calling
+    `do_process_update`. Waiting there for the chat's previous update (a lock) would let one chat with a
+    slow download and a few more messages fill every slot and hold up every other patient. Instead the
+    update that finds its chat busy joins the chat's backlog and gives its slot back at once; the update
+    that holds the chat runs the backlog in order before it lets go.
+    """
 
     def __init__(self, max_concurrent_updates: int = 32) -> None:
         super().__init__(max_concurrent_updates)
-        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._backlogs: dict[int, collections.deque[Awaitable[Any]]] = {}
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
-        """Run the update's handlers while holding its chat's lock."""
+        """Run the update now if its chat is idle, else leave it to the chat's running update."""
         chat = update.effective_chat if isinstance(update, Update) else None
         if chat is None:
             await coroutine
             return
-        lock = self._locks.get(chat.id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[chat.id] = lock
-        async with lock:
-            await coroutine
+        backlog = self._backlogs.get(chat.id)
+        if backlog is not None:
+            backlog.append(coroutine)
+            return
+        backlog = self._backlogs[chat.id] = collections.deque([coroutine])
+        try:
+            while backlog:
+                with contextlib.suppress(Exception):
+                    # Application.process_update has already handed the error to the error handler.
+                    await backlog[0]
+                backlog.popleft()
+        finally:
+            del self._backlogs[chat.id]
+            for pending in backlog:  # only when cancelled (shutdown): never started, so close them
+                if inspect.iscoroutine(pending):
+                    pending.close()
 
     async def initialize(self) -> None:
         """Nothing to set up."""
@@ -121,7 +139,7 @@ def build_application(
                 get_updates_request=HTTPXRequest(connection_pool_size=1),
             )
         )
-        .concurrent_updates(PerChatUpdateProcessor())
+        .concurrent_updates(PerChatUpdateProcessor(settings.bot_concurrent_chats))
         .post_init(_set_commands)
         .build()
     )

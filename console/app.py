@@ -89,6 +89,7 @@ def create_app(
         max_failures=settings.console_login_max_failures,
         window_s=settings.console_login_window_s,
         storage_url=limiter_storage_url(settings.console_limits_storage_url, settings.resolved_broker_url),
+        redis_options=settings.redis_client_options,
     )
     app.state.trusted_proxies = settings.trusted_proxy_networks
     prepare_dummy_hash()

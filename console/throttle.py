@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage, Storage, storage_from_string
@@ -63,18 +64,31 @@ class LoginLimiter:
     """At most `max_failures` failed logins per (address, username) in a moving window of `window_s`.
 
     Counts live in the project's Redis when there is one (shared by every console process) and in
-    process memory otherwise. When Redis is unreachable the limiter keeps working in memory and logs
-    a warning rather than refusing every login.
+    process memory otherwise. When Redis is unreachable, or hangs past the `redis_options` timeouts
+    (Settings.redis_client_options), the limiter keeps working in memory and logs a warning rather than
+    refusing, or holding up, every login.
     """
 
-    def __init__(self, *, max_failures: int, window_s: int, storage_url: str = "memory://") -> None:
+    def __init__(
+        self,
+        *,
+        max_failures: int,
+        window_s: int,
+        storage_url: str = "memory://",
+        redis_options: Mapping[str, Any] | None = None,
+    ) -> None:
         if max_failures < 1 or window_s < 1:
             raise ValueError("CONSOLE_LOGIN_MAX_FAILURES and CONSOLE_LOGIN_WINDOW_S must be at least 1")
         self.max_failures = max_failures
         self.window_s = window_s
         self.item = RateLimitItemPerSecond(max_failures, window_s, namespace=NAMESPACE)
         self.storage_url = storage_url
-        storage: Storage = storage_from_string(storage_url) if storage_url != "memory://" else MemoryStorage()
+        if storage_url == "memory://":
+            storage: Storage = MemoryStorage()
+        elif storage_url.startswith(("redis://", "rediss://")):
+            storage = storage_from_string(storage_url, **dict(redis_options or {}))
+        else:
+            storage = storage_from_string(storage_url)
         self._limiter = MovingWindowRateLimiter(storage)
         self._fallback = MovingWindowRateLimiter(MemoryStorage())
 

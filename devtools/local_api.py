@@ -4,7 +4,7 @@ It speaks, over real HTTP, the subset of the Bot API this project uses, with res
 Telegram's so the real python-telegram-bot library parses them. A simulated patient talks to the bot
 through control routes under ``/_sim/`` (wrapped by `LocalBotAPIClient`); everything the bot sends is
 recorded and can be read back, photos included. Faults (429 with retry_after, 5xx, timeouts) can be
-injected per method.
+injected per method, and a patient's file can be made slow to download (`download_delay_s`).
 
 Routes:
   POST|GET /bot<token>/<method>          the Bot API (wrong token -> 401 like Telegram)
@@ -76,6 +76,7 @@ class StoredFile:
     file_path: str
     width: int = 0
     height: int = 0
+    download_delay_s: float = 0.0  # the file's download waits this long first (a slow network for this patient)
 
 
 @dataclass
@@ -313,7 +314,10 @@ class LocalBotAPIServer:
         file_id = self.state.paths.get(request.match_info["path"])
         if file_id is None:
             return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
-        return web.Response(body=self.state.files[file_id].data, content_type="application/octet-stream")
+        stored = self.state.files[file_id]
+        if stored.download_delay_s:
+            await asyncio.sleep(stored.download_delay_s)
+        return web.Response(body=stored.data, content_type="application/octet-stream")
 
     # --- state helpers ----------------------------------------------------------------------
 
@@ -333,12 +337,14 @@ class LocalBotAPIServer:
         counter = self.state.message_counters.setdefault(chat_id, itertools.count(1))
         return next(counter)
 
-    def _store_file(self, data: bytes, ext: str, folder: str, width: int = 0, height: int = 0) -> StoredFile:
+    def _store_file(
+        self, data: bytes, ext: str, folder: str, width: int = 0, height: int = 0, download_delay_s: float = 0.0
+    ) -> StoredFile:
         unique = "AQAD" + hashlib.sha256(data).hexdigest()[:16]
         number = next(self.state.file_counter)
         file_id = f"AgAC{unique}{number:06d}"
         path = f"{folder}/file_{number}.{ext}"
-        stored = StoredFile(file_id, unique, data, path, width, height)
+        stored = StoredFile(file_id, unique, data, path, width, height, download_delay_s)
         self.state.files[file_id] = stored
         self.state.paths[path] = file_id
         return stored
@@ -711,6 +717,7 @@ class LocalBotAPIServer:
         body = await request.json()
         user, chat = self._patient_chat(body)
         content: dict[str, Any] = {}
+        delay = float(body.get("download_delay_s") or 0)
         if body.get("text") is not None:
             content["text"] = body["text"]
             if body["text"].startswith("/"):
@@ -725,11 +732,13 @@ class LocalBotAPIServer:
                 if body.get("compress", True)
                 else [(data, *(_image_size(data) or (0, 0)))]
             )
-            content["photo"] = [self._photo_size(self._store_file(d, "jpg", "photos", w, h)) for d, w, h in versions]
+            content["photo"] = [
+                self._photo_size(self._store_file(d, "jpg", "photos", w, h, delay)) for d, w, h in versions
+            ]
         if body.get("document_b64") is not None:
             data = base64.b64decode(body["document_b64"])
             ext = (body.get("file_name") or "file.bin").rsplit(".", 1)[-1][:8] or "bin"
-            stored = self._store_file(data, ext, "documents")
+            stored = self._store_file(data, ext, "documents", download_delay_s=delay)
             content["document"] = {
                 "file_id": stored.file_id,
                 "file_unique_id": stored.file_unique_id,
@@ -987,7 +996,9 @@ class LocalBotAPIClient:
         compress: bool = True,
         **kwargs: Any,
     ) -> int:
-        """Send a photo as Telegram's photo message (re-encoded, several sizes); returns the update id."""
+        """Send a photo as Telegram's photo message (re-encoded, several sizes); returns the update id.
+
+        download_delay_s=N (a keyword) makes the bot's download of it wait N seconds (a slow network)."""
         return self.send_message(
             user_id,
             photo_b64=base64.b64encode(data).decode(),

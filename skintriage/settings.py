@@ -6,7 +6,7 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from skintriage.exceptions import ConfigurationError
@@ -58,6 +58,28 @@ class Settings(BaseSettings):
     s3_access_key: SecretStr | None = Field(None, validation_alias="S3_ACCESS_KEY")
     s3_secret_key: SecretStr | None = Field(None, validation_alias="S3_SECRET_KEY")
     s3_region: str = Field("us-east-1", validation_alias="S3_REGION")
+
+    # Bounded waits: a PostgreSQL or Redis that hangs (accepts the connection, then never answers) costs
+    # seconds, like one that refuses. PostgreSQL only (SQLite has its own busy timeout): connecting gives up
+    # after DB_CONNECT_TIMEOUT_S; the server cancels a statement after DB_STATEMENT_TIMEOUT_S (0 = never);
+    # the client gives up a connection that has not answered for DB_ANSWER_TIMEOUT_S (a little longer, so a
+    # live server's own cancel comes first); waiting for a free pooled connection ends after DB_POOL_TIMEOUT_S;
+    # TCP keepalives find a dead peer of an idle connection. Migrations get no statement or answer limit.
+    db_connect_timeout_s: int = Field(5, ge=2, validation_alias="DB_CONNECT_TIMEOUT_S")
+    db_statement_timeout_s: float = Field(20.0, ge=0, validation_alias="DB_STATEMENT_TIMEOUT_S")
+    db_answer_timeout_s: float = Field(25.0, gt=0, validation_alias="DB_ANSWER_TIMEOUT_S")
+    db_pool_timeout_s: float = Field(10.0, gt=0, validation_alias="DB_POOL_TIMEOUT_S")
+    db_keepalives_idle_s: int = Field(30, ge=1, validation_alias="DB_KEEPALIVES_IDLE_S")
+    db_keepalives_interval_s: int = Field(10, ge=1, validation_alias="DB_KEEPALIVES_INTERVAL_S")
+    db_keepalives_count: int = Field(3, ge=1, validation_alias="DB_KEEPALIVES_COUNT")
+    # Redis (the Celery broker and the console's login counts): connecting gives up after
+    # REDIS_CONNECT_TIMEOUT_S, a command without an answer after REDIS_SOCKET_TIMEOUT_S; idle connections are
+    # checked (PING) when unused for REDIS_HEALTH_CHECK_INTERVAL_S and kept alive by TCP keepalives.
+    redis_connect_timeout_s: float = Field(1.5, gt=0, validation_alias="REDIS_CONNECT_TIMEOUT_S")
+    redis_socket_timeout_s: float = Field(5.0, gt=0, validation_alias="REDIS_SOCKET_TIMEOUT_S")
+    redis_health_check_interval_s: int = Field(25, ge=0, validation_alias="REDIS_HEALTH_CHECK_INTERVAL_S")
+    # Updates of one chat run one at a time; at most this many chats are handled at once.
+    bot_concurrent_chats: int = Field(32, ge=1, validation_alias="BOT_CONCURRENT_CHATS")
 
     # Case handling.
     retention_days: int = Field(30, validation_alias="RETENTION_DAYS")
@@ -128,6 +150,16 @@ class Settings(BaseSettings):
     def _empty_is_no_promise(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @model_validator(mode="after")
+    def _answer_outlasts_statement(self) -> Settings:
+        if self.db_statement_timeout_s and self.db_answer_timeout_s <= self.db_statement_timeout_s:
+            raise ValueError(
+                f"DB_ANSWER_TIMEOUT_S ({self.db_answer_timeout_s:g}) must be longer than DB_STATEMENT_TIMEOUT_S "
+                f"({self.db_statement_timeout_s:g}) so a live server cancels a slow statement itself; "
+                f"e.g. DB_ANSWER_TIMEOUT_S={self.db_statement_timeout_s + 5:g}"
+            )
+        return self
+
     @field_validator("console_trusted_proxies")
     @classmethod
     def _check_trusted_proxies(cls, value: str) -> str:
@@ -138,6 +170,16 @@ class Settings(BaseSettings):
     def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
         """CONSOLE_TRUSTED_PROXIES as networks."""
         return parse_networks(self.console_trusted_proxies)
+
+    @property
+    def redis_client_options(self) -> dict[str, float | bool]:
+        """redis-py client options that bound every wait on Redis (for clients other than Celery's)."""
+        return {
+            "socket_connect_timeout": self.redis_connect_timeout_s,
+            "socket_timeout": self.redis_socket_timeout_s,
+            "socket_keepalive": True,
+            "health_check_interval": self.redis_health_check_interval_s,
+        }
 
     @property
     def resolved_database_url(self) -> str:

@@ -39,10 +39,8 @@ ROUTES = {
 # How often beat looks for HIGH answers whose booking question is due (it is asked days later; minutes do not matter).
 BOOKING_CHECK_S = 1800.0
 
-# Publishing must give up fast when the broker is down: the bot keeps the case and the sweeper
-# enqueues it later, so a patient never waits on a dead Redis.
-CONNECT_TIMEOUT_S = 1.5
-SOCKET_TIMEOUT_S = 5.0
+# Publishing must give up fast when the broker is down or hangs: the bot keeps the case and the sweeper
+# enqueues it later, so a patient never waits on a dead Redis. The limits are settings (REDIS_*_TIMEOUT_S).
 
 _apps: dict[tuple[str, str], Celery] = {}
 _lock = threading.Lock()
@@ -67,15 +65,16 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         }
     if url.startswith(("redis://", "rediss://", "sentinel://")):
         return {
-            "socket_connect_timeout": CONNECT_TIMEOUT_S,
-            "socket_timeout": SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": settings.redis_connect_timeout_s,
+            "socket_timeout": settings.redis_socket_timeout_s,
+            "socket_keepalive": True,
             "retry_on_timeout": False,
             # Connection attempts when publishing: one quick retry, not kombu's default 2 s sleeps.
             "max_retries": 1,
             "interval_start": 0.2,
             "interval_step": 0.5,
             "interval_max": 0.5,
-            "health_check_interval": 25,
+            "health_check_interval": settings.redis_health_check_interval_s,
             # A job a dead worker held (acks_late) is redelivered after this; the sweeper is the backstop.
             "visibility_timeout": 3600,
         }
@@ -112,7 +111,7 @@ def create_app(settings: Settings) -> Celery:
     default_exchange = Exchange("skintriage", type="direct")
     app.conf.update(
         broker_transport_options=broker_options(settings),
-        broker_connection_timeout=CONNECT_TIMEOUT_S,
+        broker_connection_timeout=settings.redis_connect_timeout_s,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a worker waits for the broker forever, never exits
         # Publishing from the bot: one quick try, no infinite retry (see worker.enqueue).

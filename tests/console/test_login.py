@@ -193,6 +193,31 @@ def test_an_unreachable_redis_falls_back_to_memory(caplog):
     assert "counting in memory" in caplog.text and "127.0.0.1:1" not in caplog.text
 
 
+@pytest.mark.redis
+def test_a_hung_redis_costs_a_login_seconds_and_counting_goes_on_in_memory(redis_url, caplog):
+    from skintriage.settings import Settings
+    from tests.proxy import TcpProxy
+
+    proxy = TcpProxy(6379)
+    try:
+        options = Settings(REDIS_CONNECT_TIMEOUT_S=1, REDIS_SOCKET_TIMEOUT_S=1).redis_client_options
+        url = redis_url.replace("127.0.0.1:6379", f"127.0.0.1:{proxy.port}")
+        limiter = LoginLimiter(max_failures=2, window_s=60, storage_url=url, redis_options=options)
+        assert not limiter.blocked("198.51.100.7", "rita")  # through the proxy to the real Redis
+
+        proxy.stall()  # Redis accepts and never answers: without a socket timeout every login would hang
+        started = time.monotonic()
+        limiter.failed("198.51.100.7", "rita")
+        limiter.failed("198.51.100.7", "rita")
+        assert limiter.blocked("198.51.100.7", "rita")
+        took = time.monotonic() - started
+        assert took < 6, f"three checks took {took:.1f} s"
+        assert caplog.text.count("counting in memory") == 3 and "TimeoutError" in caplog.text
+        assert str(proxy.port) not in caplog.text
+    finally:
+        proxy.close()
+
+
 def test_the_console_uses_redis_when_the_broker_is_redis(monkeypatch, redis_url, console_db_url, store, seeded):
     from console.app import create_app
     from skintriage.settings import get_settings

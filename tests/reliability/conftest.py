@@ -12,13 +12,10 @@ process the test owns (killed and restarted on the same port), and PostgreSQL is
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
@@ -37,6 +34,7 @@ from skintriage import migrate
 from skintriage.db import session_factory
 from skintriage.models import Case, User
 from tests.conftest import PG_ADMIN_URL, require_service
+from tests.proxy import TcpProxy
 from tests.stack import (
     demo_model_dir,
     free_port,
@@ -47,7 +45,7 @@ from tests.stack import (
     wait_for,
 )
 
-__all__ = ["demo_model_dir"]
+__all__ = ["TcpProxy", "demo_model_dir"]
 
 # Looks like a real token (digits:35 characters) so the log checks would catch it in any form.
 TOKEN = "7012345678:AAH-reliability_Secret-Token-0123456789"
@@ -107,83 +105,6 @@ class RedisServer:
         import redis
 
         return redis.Redis.from_url(self.url(), socket_timeout=2)
-
-
-class TcpProxy:
-    """A loopback TCP proxy in threads; `cut()` drops every connection and refuses new ones until `restore()`."""
-
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
-        self.target = (target_host, target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._open = threading.Event()
-        self._open.set()
-        self._stop = threading.Event()
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._lock = threading.Lock()
-        self.refused = 0
-        threading.Thread(target=self._accept, name="tcp-proxy", daemon=True).start()
-
-    def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not self._open.is_set():
-                # As a server that is down: the connection is closed at once.
-                self.refused += 1
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._pairs.append((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while True:
-                readable, _, _ = select.select([a, b], [], [], 0.5)
-                if self._stop.is_set():
-                    break
-                for src in readable:
-                    data = src.recv(65536)
-                    if not data:
-                        raise ConnectionError
-                    (b if src is a else a).sendall(data)
-        except (OSError, ConnectionError, ValueError):
-            pass
-        finally:
-            for sock in (a, b):
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-    def cut(self) -> None:
-        """Close every connection through the proxy and refuse new ones (the database is unreachable)."""
-        self._open.clear()
-        with self._lock:
-            pairs, self._pairs = self._pairs, []
-        for pair in pairs:
-            for sock in pair:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def restore(self) -> None:
-        """Let connections through again."""
-        self._open.set()
-
-    def close(self) -> None:
-        """Stop the proxy."""
-        self._stop.set()
-        self.cut()
-        self.listener.close()
 
 
 # --- databases ------------------------------------------------------------------------------
