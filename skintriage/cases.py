@@ -741,6 +741,17 @@ def purge_expired_images(
     return purged
 
 
+def unreferenced_image_keys(*, session: Session, keys: list[str]) -> set[str]:
+    """The keys no case names as its photo, mask, overlay or heatmap (content-addressed keys may be shared)."""
+    columns = (Case.image_key, Case.mask_key, Case.overlay_key, Case.heatmap_key)
+    used: set[str] = set()
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        for column in columns:
+            used.update(session.scalars(select(column).where(column.in_(chunk))).all())
+    return set(keys) - used
+
+
 def delete_user_data(*, session: Session, store: ImageStore, user: User) -> int:
     """Remove a patient's images, cases and profile (the /delete command). Returns cases deleted."""
     cases = session.scalars(select(Case).where(Case.user_id == user.id)).all()

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
 
     # Case handling.
     retention_days: int = Field(30, validation_alias="RETENTION_DAYS")
+    # Images no case names (a photo whose case was never committed, a mask written after /delete, a
+    # half-written file) are removed by the daily retention job once they are this old: long enough for
+    # any photo or job still in flight to commit its row first.
+    orphan_grace_hours: int = Field(6, ge=1, validation_alias="ORPHAN_GRACE_HOURS")
     max_attempts: int = Field(3, validation_alias="MAX_ATTEMPTS")
     stuck_after_s: int = Field(300, validation_alias="STUCK_AFTER_S")
     sweep_interval_s: int = Field(60, validation_alias="SWEEP_INTERVAL_S")

@@ -10,7 +10,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -62,6 +64,12 @@ class ImageStore(Protocol):
     def exists(self, key: str) -> bool:
         """Whether a key holds an image."""
 
+    def stored_before(self, cutoff: datetime) -> Iterator[str]:
+        """Keys of the images last written (or put again) before cutoff, for the orphan sweep."""
+
+    def written_before(self, key: str, cutoff: datetime) -> bool:
+        """Whether the image under key exists and was last written (or put again) before cutoff."""
+
 
 def _prepare(data: bytes, kind: str, ext: str) -> tuple[str, str]:
     if kind not in KINDS:
@@ -89,7 +97,9 @@ class LocalImageStore:
         """Store bytes under their SHA-256 and return the key (idempotent)."""
         sha, key = _prepare(data, kind, ext)
         path = self._path(key)
-        if not path.exists():
+        try:
+            os.utime(path)  # put again: the orphan sweep must see it as new (the bytes are already there)
+        except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
@@ -118,6 +128,30 @@ class LocalImageStore:
     def exists(self, key: str) -> bool:
         """Whether a key holds an image."""
         return self._path(key).is_file()
+
+    def stored_before(self, cutoff: datetime) -> Iterator[str]:
+        """Keys of the images last written before cutoff (files that are not our keys are left alone)."""
+        limit = cutoff.timestamp()
+        for path in self.root.glob("*/*/*"):
+            key = path.relative_to(self.root).as_posix()
+            if KEY_RE.fullmatch(key) and path.stat().st_mtime < limit:
+                yield key
+
+    def written_before(self, key: str, cutoff: datetime) -> bool:
+        """Whether the image under key exists and was last written (or put again) before cutoff."""
+        try:
+            return self._path(key).stat().st_mtime < cutoff.timestamp()
+        except FileNotFoundError:
+            return False
+
+    def remove_stale_temporaries(self, cutoff: datetime) -> int:
+        """Delete half-written `.tmp-*` files (a process killed mid-write) older than cutoff; return how many."""
+        limit, removed = cutoff.timestamp(), 0
+        for path in self.root.glob("*/*/.tmp-*"):
+            if path.stat().st_mtime < limit:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
 
 class S3ImageStore:
@@ -194,6 +228,24 @@ class S3ImageStore:
         except ClientError:
             return False
         return True
+
+    def written_before(self, key: str, cutoff: datetime) -> bool:
+        """Whether the object under key exists and was last written before cutoff (every put rewrites it)."""
+        from botocore.exceptions import ClientError
+
+        check_key(key)
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)["LastModified"] < cutoff
+        except ClientError:
+            return False
+
+    def stored_before(self, cutoff: datetime) -> Iterator[str]:
+        """Keys of the images last written before cutoff (objects that are not our keys are left alone)."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        for page in pages:
+            for item in page.get("Contents", []):
+                if KEY_RE.fullmatch(item["Key"]) and item["LastModified"] < cutoff:
+                    yield item["Key"]
 
 
 def make_store(settings: Settings) -> ImageStore:
