@@ -418,7 +418,8 @@ async def _explain(update: Update, svc: Services, decision: Decision) -> None:
         intro, markup = _introduction(svc, lang)
         await _say(update, "\n\n".join([texts.get(lang, "consent.required"), intro]), markup)
     elif decision.outcome is Outcome.NEEDS_RECONSENT:
-        await _say(update, *_introduction(svc, lang, "consent.changed", "consent.photo_kept"))
+        lead = ("consent.changed", "consent.photo_kept") if decision.held else ("consent.changed", "consent.resend")
+        await _say(update, *_introduction(svc, lang, *lead))
     elif decision.outcome is Outcome.DUPLICATE:
         key = "intake.duplicate_done" if decision.finished else "intake.duplicate_open"
         await _say(update, texts.get(lang, key, case_id=decision.case_id))

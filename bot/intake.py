@@ -64,6 +64,7 @@ class Decision:
     finished: bool = False
     retry_after_s: int = 0
     first_of_album: bool = True  # a new spot: the questions are asked (once per album)
+    held: bool = False  # NEEDS_RECONSENT: the photo's reference is kept until the patient agrees
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,8 @@ def before_download(
             return Decision(Outcome.NEEDS_CONSENT, user.language)
         if state is ConsentState.OUTDATED:
             # They agreed to photos being kept under the older text: hold the reference, not the bytes.
-            cases.hold_photo(session=session, user=user, photo=photo.to_json())
-            return Decision(Outcome.NEEDS_RECONSENT, user.language)
+            held = cases.hold_photo(session=session, user=user, photo=photo.to_json())
+            return Decision(Outcome.NEEDS_RECONSENT, user.language, held=held)
         if file_unique_id:
             same = cases.find_recent_same_file(
                 session=session, user=user, file_unique_id=file_unique_id, window_s=settings.duplicate_window_s

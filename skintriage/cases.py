@@ -94,10 +94,12 @@ def record_consent(*, session: Session, user: User, version: str) -> list[dict[s
 
 
 def hold_photo(*, session: Session, user: User, photo: dict[str, Any]) -> bool:
-    """Keep a photo's Telegram reference until the patient agrees to the current consent text; False when the
-    message is already held or MAX_PENDING_PHOTOS are."""
+    """Keep a photo's Telegram reference until the patient agrees to the current consent text; False when
+    MAX_PENDING_PHOTOS are held already (the photo is not kept)."""
     pending = list(user.pending_photos or [])
-    if any(p.get("message_id") == photo.get("message_id") for p in pending) or len(pending) >= MAX_PENDING_PHOTOS:
+    if any(p.get("message_id") == photo.get("message_id") for p in pending):
+        return True  # a repeated delivery of a message already held
+    if len(pending) >= MAX_PENDING_PHOTOS:
         return False
     user.pending_photos = [*pending, photo]  # a new list: SQLAlchemy does not see changes inside a JSON value
     return True

@@ -98,7 +98,8 @@ def test_after_the_consent_text_changes_the_next_photo_asks_again_and_is_analyse
     user = h.user(150)
     assert user.consent_version == h.services.consent_version and user.pending_photos is None
     with h.session() as session:
-        events = session.scalars(select(AuditEvent).where(AuditEvent.action == "consent.given")).all()
+        given = select(AuditEvent).where(AuditEvent.action == "consent.given").order_by(AuditEvent.id)
+        events = session.scalars(given).all()
     assert [e.detail["previous_version"] for e in events] == [None, agreed_to]
     assert events[-1].detail["pending_photos"] == 1
 

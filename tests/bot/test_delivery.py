@@ -171,7 +171,8 @@ def test_album_answer_names_the_photos_it_covers() -> None:
     full = compose(done_case("HIGH"), texts=TEXTS, album=[41, 42, 43]).full_text
     assert "You sent 3 photos together (cases #41, #42, #43)" in full and "most urgent" in full
     assert full.endswith(visible(TEXTS.get("en", "result.disclaimer")))
-    assert "함께 보내셨습니다(접수 번호 #41, #42)" in compose(done_case("LOW", "ko"), texts=TEXTS, album=[41, 42]).full_text
+    korean = compose(done_case("LOW", "ko"), texts=TEXTS, album=[41, 42]).full_text
+    assert "함께 보내셨습니다(접수 번호 #41, #42)" in korean
 
 
 def test_urgency_rank_puts_high_and_near_line_first_then_uncertain_medium_low_refused_failed() -> None:
