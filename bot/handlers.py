@@ -1,6 +1,6 @@
 """Thin Telegram handlers: parse the update, call the service off the event loop, reply.
 
-Conversation state lives in the database (consent time, language), not in memory, so a restarted
+Conversation state lives in the database (consent time and version, language), not in memory, so a restarted
 bot carries on where it was. One application-wide error handler (`on_error`) answers the patient when
 something fails; handlers carry no blanket try/except.
 """
@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from babel.dates import format_date
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -22,9 +22,10 @@ from telegram.error import BadRequest, Forbidden, NetworkError, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot import intake, patients, questions
+from bot.consent import ConsentState, consent_text, consent_version
 from bot.delivery import compose, send_reply
 from bot.i18n import LANGUAGE_NAMES, LANGUAGES, Texts, language_for
-from bot.intake import Decision, Outcome
+from bot.intake import Decision, IncomingPhoto, Outcome
 from bot.patients import Patient
 from bot.warning_signs import find_warning_signs
 from ml.errors import InvalidImageError
@@ -52,6 +53,10 @@ class Services:
     store: ImageStore
     texts: Texts
     enqueue: Callable[[int], bool]
+    consent_version: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.consent_version = consent_version(self.texts, self.settings)
 
 
 def _services(context: ContextTypes.DEFAULT_TYPE) -> Services:
@@ -80,9 +85,9 @@ def _language_row() -> list[tuple[str, str]]:
     return [(LANGUAGE_NAMES[lang], f"lang:{lang}") for lang in reversed(LANGUAGES)]
 
 
-def _introduction(svc: Services, lang: str) -> tuple[str, InlineKeyboardMarkup]:
-    keys = ("start.greeting", "start.does", "start.does_not", "start.stored", "start.consent_ask")
-    text = "\n\n".join(svc.texts.get(lang, k, days=svc.settings.retention_days) for k in keys)
+def _introduction(svc: Services, lang: str, *lead: str) -> tuple[str, InlineKeyboardMarkup]:
+    """The consent text (after the `lead` catalogue texts) with the consent and language buttons."""
+    text = "\n\n".join([*(svc.texts.get(lang, key) for key in lead), consent_text(svc.texts, lang, svc.settings)])
     return text, _keyboard([[(svc.texts.get(lang, "button.consent"), CONSENT_YES)], _language_row()])
 
 
@@ -90,14 +95,16 @@ def _introduction(svc: Services, lang: str) -> tuple[str, InlineKeyboardMarkup]:
 
 
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/start: introduction and the consent button, or a welcome back."""
+    """/start: introduction and the consent button (again when the text changed), or a welcome back."""
     svc = _services(context)
-    lang, consented = await asyncio.to_thread(patients.start, sessions=svc.sessions, patient=_patient(update))
-    if consented:
+    lang, state = await asyncio.to_thread(
+        patients.start, sessions=svc.sessions, patient=_patient(update), version=svc.consent_version
+    )
+    if state is ConsentState.CURRENT:
         text = "\n\n".join([svc.texts.get(lang, "start.welcome_back"), svc.texts.get(lang, "tips.photo")])
         await _say(update, text, _keyboard([_language_row()]))
         return
-    await _say(update, *_introduction(svc, lang))
+    await _say(update, *_introduction(svc, lang, *(("consent.changed",) if state is ConsentState.OUTDATED else ())))
 
 
 async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -111,7 +118,8 @@ async def on_privacy(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     """/privacy: what is stored and for how long."""
     svc = _services(context)
     lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
-    await _say(update, svc.texts.get(lang, "privacy.text", days=svc.settings.retention_days))
+    text = svc.texts.get(lang, "privacy.text", days=svc.settings.retention_days, operator=svc.settings.service_operator)
+    await _say(update, text)
 
 
 async def on_language(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -165,14 +173,22 @@ async def on_delete(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_consent_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """The consent button: record consent and ask for the photo."""
+    """The consent button: record consent to this text and ask for the photo, or analyse the photos held."""
     svc = _services(context)
     query = update.callback_query
-    lang, already = await asyncio.to_thread(patients.give_consent, sessions=svc.sessions, patient=_patient(update))
+    consent = await asyncio.to_thread(
+        patients.give_consent, sessions=svc.sessions, patient=_patient(update), version=svc.consent_version
+    )
     await query.answer()
     if query.message and query.message.reply_markup:
         await query.edit_message_reply_markup(None)
-    key = "consent.already" if already else "consent.thanks"
+    lang = consent.language
+    if consent.pending_photos:
+        await _say(update, svc.texts.get(lang, "consent.thanks_pending"))
+        for photo in consent.pending_photos:
+            await _receive_image(update, context, IncomingPhoto.from_json(photo))
+        return
+    key = "consent.already" if consent.already else "consent.thanks"
     await _say(update, "\n\n".join([svc.texts.get(lang, key), svc.texts.get(lang, "tips.photo")]))
 
 
@@ -181,14 +197,15 @@ async def on_language_button(update: Update, context: ContextTypes.DEFAULT_TYPE)
     svc = _services(context)
     query = update.callback_query
     lang = context.match.group(1)
-    consented = await asyncio.to_thread(
-        patients.choose_language, sessions=svc.sessions, patient=_patient(update), language=lang
-    )
+    state = await asyncio.to_thread(
+        patients.choose_language, sessions=svc.sessions, patient=_patient(update), language=lang,
+        version=svc.consent_version,
+    )  # fmt: skip
     await query.answer()
-    if consented:
+    if state is ConsentState.CURRENT:
         await _say(update, svc.texts.get(lang, "language.set"))
     else:
-        await _say(update, *_introduction(svc, lang))
+        await _say(update, *_introduction(svc, lang, *(("consent.changed",) if state is ConsentState.OUTDATED else ())))
 
 
 async def on_case_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -267,7 +284,7 @@ async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A photo (Telegram-compressed): take its largest size; warning signs in its caption are answered too."""
     photo = update.effective_message.photo[-1]
-    await _receive_image(update, context, photo.file_id, photo.file_unique_id, photo.file_size)
+    await _receive_image(update, context, _incoming(update, photo.file_id, photo.file_unique_id, photo.file_size))
     await _answer_warning_signs(update, context, with_photo=True)
 
 
@@ -280,18 +297,29 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         await _say(update, svc.texts.get(lang, "intake.unsupported_file"))
         await _answer_warning_signs(update, context, with_photo=False)
         return
-    await _receive_image(update, context, document.file_id, document.file_unique_id, document.file_size)
+    incoming = _incoming(update, document.file_id, document.file_unique_id, document.file_size)
+    await _receive_image(update, context, incoming)
     await _answer_warning_signs(update, context, with_photo=True)
 
 
-async def _receive_image(
-    update: Update, context: ContextTypes.DEFAULT_TYPE, file_id: str, file_unique_id: str, file_size: int | None
-) -> None:
-    """Checks, download, header check, store + commit, enqueue, acknowledge (see bot.intake)."""
+def _incoming(update: Update, file_id: str, file_unique_id: str, file_size: int | None) -> IncomingPhoto:
+    message = update.effective_message
+    return IncomingPhoto(
+        file_id, file_unique_id, file_size, message.message_id, update.update_id, message.media_group_id
+    )
+
+
+async def _receive_image(update: Update, context: ContextTypes.DEFAULT_TYPE, photo: IncomingPhoto) -> None:
+    """Checks, download, header check, store + commit, enqueue, acknowledge (see bot.intake).
+
+    `photo` is the update's own photo, or one held while the patient re-read the consent text (then `update`
+    is their press of "I agree").
+    """
     svc, patient, bot = _services(context), _patient(update), context.bot
+    file_id, file_size = photo.file_id, photo.file_size
     decision = await asyncio.to_thread(
-        intake.before_download, sessions=svc.sessions, settings=svc.settings, patient=patient,
-        message_id=update.effective_message.message_id, file_unique_id=file_unique_id,
+        intake.before_download, sessions=svc.sessions, settings=svc.settings, patient=patient, photo=photo,
+        consent_version=svc.consent_version,
     )  # fmt: skip
     if decision.outcome is not Outcome.PROCEED:
         await _explain(update, svc, decision)
@@ -313,8 +341,8 @@ async def _receive_image(
         return
     decision = await asyncio.to_thread(
         intake.register, sessions=svc.sessions, store=svc.store, settings=svc.settings, patient=patient, data=data,
-        info=info, update_id=update.update_id, message_id=update.effective_message.message_id,
-        file_unique_id=file_unique_id, media_group_id=update.effective_message.media_group_id,
+        info=info, update_id=photo.update_id, message_id=photo.message_id, file_unique_id=photo.file_unique_id,
+        media_group_id=photo.media_group_id,
     )  # fmt: skip
     if decision.outcome is not Outcome.CREATED:
         await _explain(update, svc, decision)
@@ -389,6 +417,9 @@ async def _explain(update: Update, svc: Services, decision: Decision) -> None:
     elif decision.outcome is Outcome.NEEDS_CONSENT:
         intro, markup = _introduction(svc, lang)
         await _say(update, "\n\n".join([texts.get(lang, "consent.required"), intro]), markup)
+    elif decision.outcome is Outcome.NEEDS_RECONSENT:
+        lead = ("consent.changed", "consent.photo_kept") if decision.held else ("consent.changed", "consent.resend")
+        await _say(update, *_introduction(svc, lang, *lead))
     elif decision.outcome is Outcome.DUPLICATE:
         key = "intake.duplicate_done" if decision.finished else "intake.duplicate_open"
         await _say(update, texts.get(lang, key, case_id=decision.case_id))
@@ -425,9 +456,18 @@ async def _answer_warning_signs(update: Update, context: ContextTypes.DEFAULT_TY
 
 
 async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Free text: warning signs get the see-a-doctor advice; anything else the short "send a photo" answer."""
-    if not await _answer_warning_signs(update, context, with_photo=False):
-        await _reply_with("other.text")(update, context)
+    """Free text: warning signs get the see-a-doctor advice; anything else the short "send a photo" answer
+    (or, after the consent text changed, that text again)."""
+    if await _answer_warning_signs(update, context, with_photo=False):
+        return
+    svc = _services(context)
+    lang, state = await asyncio.to_thread(
+        patients.consent_of, sessions=svc.sessions, patient=_patient(update), version=svc.consent_version
+    )
+    if state is ConsentState.OUTDATED:
+        await _say(update, *_introduction(svc, lang, "consent.changed"))
+    else:
+        await _say(update, svc.texts.get(lang, "other.text"))
 
 
 # --- everything else ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ with plain-text ``en`` and ``ko`` values, e.g.::
 
     [HIGH]
     en = "Please see a dermatologist within one week."
-    ko = "1주 이내에 피부과 진료를 받으세요."
+    ko = "1주 이내에 피부과 전문의 진료를 받으세요."
 """
 
 from __future__ import annotations

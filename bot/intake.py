@@ -2,6 +2,8 @@
 
 Order matters and each step is a plain blocking function the handler runs off the event loop:
   1. `before_download`: repeated update? consent? same Telegram file just now? rate limit, cases in flight?
+     A patient who agreed to an older consent text is asked again; their photo's Telegram reference (never
+     the bytes) is held on their row and analysed once they agree (`bot.handlers.on_consent_button`).
   2. the handler downloads the bytes; `prepare_image` reads the header (format, size, pixel bomb), then drops
      EXIF (GPS included) and other metadata, applying the orientation, so the stored photo carries none
   3. `register`: store the image, then in ONE transaction mark the message (chat id, message id) processed,
@@ -14,13 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import PurePosixPath
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.patients import Patient, ensure_user, transaction
+from bot.consent import ConsentState
+from bot.patients import Patient, consent_state, ensure_user, transaction
 from ml.decode import ImageInfo, probe_image, strip_metadata
 from skintriage import cases
 from skintriage.exceptions import RateLimited, TooManyInFlight
@@ -42,7 +46,8 @@ class Outcome(StrEnum):
 
     PROCEED = "proceed"  # checks passed: download it
     SEEN = "seen"  # a repeated delivery of an update already handled: say nothing
-    NEEDS_CONSENT = "needs_consent"
+    NEEDS_CONSENT = "needs_consent"  # never agreed: the photo is not kept, the patient sends it again
+    NEEDS_RECONSENT = "needs_reconsent"  # agreed to an older consent text: the photo is held until they agree
     DUPLICATE = "duplicate"  # the same photo within the duplicate window: its case is reused
     RATE_LIMITED = "rate_limited"
     IN_FLIGHT = "in_flight"
@@ -59,6 +64,28 @@ class Decision:
     finished: bool = False
     retry_after_s: int = 0
     first_of_album: bool = True  # a new spot: the questions are asked (once per album)
+    held: bool = False  # NEEDS_RECONSENT: the photo's reference is kept until the patient agrees
+
+
+@dataclass(frozen=True)
+class IncomingPhoto:
+    """A photo or image file as Telegram announced it (no bytes yet)."""
+
+    file_id: str
+    file_unique_id: str | None
+    file_size: int | None
+    message_id: int
+    update_id: int
+    media_group_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The reference held on the patient's row while they re-read the consent text."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> IncomingPhoto:
+        """A held reference back."""
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
 
 
 def is_image_document(mime_type: str | None, file_name: str | None) -> bool:
@@ -79,16 +106,22 @@ def before_download(
     sessions: sessionmaker[Session],
     settings: Settings,
     patient: Patient,
-    message_id: int,
-    file_unique_id: str | None,
+    photo: IncomingPhoto,
+    consent_version: str,
 ) -> Decision:
     """The checks that need no bytes: repeated update, consent, same file just now, rate limit, cases in flight."""
+    file_unique_id = photo.file_unique_id
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
-        if cases.update_seen(session=session, chat_id=patient.chat_id, message_id=message_id):
+        if cases.update_seen(session=session, chat_id=patient.chat_id, message_id=photo.message_id):
             return Decision(Outcome.SEEN, user.language)
-        if user.consent_at is None:
+        state = consent_state(user, consent_version)
+        if state is ConsentState.NONE:
             return Decision(Outcome.NEEDS_CONSENT, user.language)
+        if state is ConsentState.OUTDATED:
+            # They agreed to photos being kept under the older text: hold the reference, not the bytes.
+            held = cases.hold_photo(session=session, user=user, photo=photo.to_json())
+            return Decision(Outcome.NEEDS_RECONSENT, user.language, held=held)
         if file_unique_id:
             same = cases.find_recent_same_file(
                 session=session, user=user, file_unique_id=file_unique_id, window_s=settings.duplicate_window_s

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.consent import ConsentState
 from bot.i18n import language_for
 from skintriage import cases
 from skintriage.exceptions import CaseNotFound
@@ -70,29 +71,55 @@ def language_of(*, sessions: sessionmaker[Session], patient: Patient) -> str:
         return user.language if user else language_for(patient.language_code)
 
 
-def start(*, sessions: sessionmaker[Session], patient: Patient) -> tuple[str, bool]:
-    """Register the patient on /start; returns (language, already consented)."""
+def consent_state(user: User | None, version: str) -> ConsentState:
+    """Whether the patient agreed to the current consent text, to an older one, or never."""
+    if user is None or user.consent_at is None:
+        return ConsentState.NONE
+    return ConsentState.CURRENT if user.consent_version == version else ConsentState.OUTDATED
+
+
+def start(*, sessions: sessionmaker[Session], patient: Patient, version: str) -> tuple[str, ConsentState]:
+    """Register the patient on /start; returns (language, where they stand with the consent text)."""
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
-        return user.language, user.consent_at is not None
+        return user.language, consent_state(user, version)
 
 
-def give_consent(*, sessions: sessionmaker[Session], patient: Patient) -> tuple[str, bool]:
-    """Record consent (once); returns (language, whether it had already been given)."""
+def consent_of(*, sessions: sessionmaker[Session], patient: Patient, version: str) -> tuple[str, ConsentState]:
+    """The patient's language and where they stand with the consent text (nothing is created)."""
+    with transaction(sessions) as session:
+        user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
+        lang = user.language if user else language_for(patient.language_code)
+        return lang, consent_state(user, version)
+
+
+@dataclass(frozen=True)
+class Consent:
+    """What pressing "I agree" did."""
+
+    language: str
+    already: bool  # they had agreed to this very text before
+    pending_photos: list[dict]  # photos held while their consent was outdated, to analyse now
+
+
+def give_consent(*, sessions: sessionmaker[Session], patient: Patient, version: str) -> Consent:
+    """Record consent to this version of the text (once) and hand back the photos held until then."""
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
-        if user.consent_at is not None:
-            return user.language, True
-        cases.record_consent(session=session, user=user)
-        return user.language, False
+        if consent_state(user, version) is ConsentState.CURRENT:
+            return Consent(user.language, True, [])
+        pending = cases.record_consent(session=session, user=user, version=version)
+        return Consent(user.language, False, pending)
 
 
-def choose_language(*, sessions: sessionmaker[Session], patient: Patient, language: str) -> bool:
-    """Store the patient's language; returns whether they have consented."""
+def choose_language(
+    *, sessions: sessionmaker[Session], patient: Patient, language: str, version: str
+) -> ConsentState:
+    """Store the patient's language; returns where they stand with the consent text."""
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
         cases.set_language(session=session, user=user, language=language)
-        return user.consent_at is not None
+        return consent_state(user, version)
 
 
 def recent_cases(

@@ -78,10 +78,31 @@ def get_or_create_user(*, session: Session, telegram_user_id: int, chat_id: int,
     return user
 
 
-def record_consent(*, session: Session, user: User) -> None:
-    """Store the time the patient consented."""
+MAX_PENDING_PHOTOS = 10
+
+
+def record_consent(*, session: Session, user: User, version: str) -> list[dict[str, Any]]:
+    """Store the time and the version of the consent text the patient agreed to; returns (and forgets) the photos
+    held while their consent was outdated, oldest first."""
+    previous = user.consent_version if user.consent_at is not None else None
     user.consent_at = utcnow()
-    audit(session=session, actor="patient", action="consent.given", detail={"user_id": user.id})
+    user.consent_version = version
+    pending, user.pending_photos = list(user.pending_photos or []), None
+    detail = {"user_id": user.id, "version": version, "previous_version": previous, "pending_photos": len(pending)}
+    audit(session=session, actor="patient", action="consent.given", detail=detail)
+    return pending
+
+
+def hold_photo(*, session: Session, user: User, photo: dict[str, Any]) -> bool:
+    """Keep a photo's Telegram reference until the patient agrees to the current consent text; False when
+    MAX_PENDING_PHOTOS are held already (the photo is not kept)."""
+    pending = list(user.pending_photos or [])
+    if any(p.get("message_id") == photo.get("message_id") for p in pending):
+        return True  # a repeated delivery of a message already held
+    if len(pending) >= MAX_PENDING_PHOTOS:
+        return False
+    user.pending_photos = [*pending, photo]  # a new list: SQLAlchemy does not see changes inside a JSON value
+    return True
 
 
 def set_language(*, session: Session, user: User, language: str) -> None:

@@ -90,6 +90,11 @@ class User(Base):
     chat_id: Mapped[int] = mapped_column(BigInteger)
     language: Mapped[str] = mapped_column(String(8), default="en")
     consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The version (a short hash) of the consent text the patient agreed to; an older one is asked again.
+    consent_version: Mapped[str | None] = mapped_column(String(16))
+    # Photos (Telegram file references, never bytes) sent while their consent was outdated, analysed once they
+    # agree again: [{"file_id", "file_unique_id", "file_size", "message_id", "update_id", "media_group_id"}].
+    pending_photos: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     cases: Mapped[list[Case]] = relationship(back_populates="user", cascade="all, delete-orphan", passive_deletes=True)

@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     # Grad-CAM heatmap per case for the operator console (one extra pass of the classifier per photo).
     gradcam: bool = Field(True, validation_alias="GRADCAM")
 
+    # Who runs the service, named in the consent text (a name and a contact). Changing it changes the consent
+    # text, so every patient is asked to agree again.
+    service_operator: str = Field("the skin-triage demo (not a medical service)", validation_alias="SERVICE_OPERATOR")
+
     # Demo: replies from demo models say plainly they are not for medical use.
     allow_demo_models: bool = Field(False, validation_alias="ALLOW_DEMO_MODELS")
 

@@ -85,8 +85,10 @@ def test_start_introduces_the_service_and_asks_for_consent_in_the_telegram_langu
     h = start_bot()
     h.patient.send_command(101, "/start", language_code="ko-KR")
     intro = h.patient.wait_for(101, lambda e: e["method"] == "sendMessage")
-    keys = ("start.greeting", "start.does", "start.does_not", "start.stored", "start.consent_ask")
-    assert intro["text"] == "\n\n".join(h.expect("ko", k, days=h.settings.retention_days) for k in keys)
+    keys = ("start.greeting", "start.does", "start.does_not", "start.limits", "start.clinicians", "start.stored",
+            "start.operator", "start.adults", "start.consent_ask")  # fmt: skip
+    values = {"days": h.settings.retention_days, "operator": h.settings.service_operator}
+    assert intro["text"] == "\n\n".join(h.expect("ko", k, **values) for k in keys)
     assert "30일" in intro["text"]
     assert buttons(intro) == [("동의합니다", "consent:yes"), ("한국어", "lang:ko"), ("English", "lang:en")]
     user = h.user(101)
@@ -356,9 +358,10 @@ def test_text_sticker_voice_video_and_unknown_commands_get_short_answers(start_b
 
 
 def test_help_and_privacy(start_bot) -> None:
-    h = start_bot(RETENTION_DAYS=14)
+    h = start_bot(RETENTION_DAYS=14, SERVICE_OPERATOR="Dr Kim's clinic, kim@example.org")
     h.patient.send_command(121, "/privacy")
-    h.wait_text(121, h.expect("en", "privacy.text", days=14))
+    privacy = h.wait_text(121, h.expect("en", "privacy.text", days=14, operator="Dr Kim's clinic, kim@example.org"))
+    assert "run by Dr Kim's clinic, kim@example.org" in privacy["text"] and "14 days" in privacy["text"]
     h.patient.send_command(121, "/help")
     h.wait_text(121, "\n\n".join([h.expect("en", "help.text"), h.expect("en", "tips.photo")]))
 

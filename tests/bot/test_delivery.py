@@ -147,7 +147,7 @@ def test_a_refused_spot_is_told_i_cant_judge_this_photo_not_that_it_is_not_skin(
     case = Case(id=5, language=lang, status=CaseStatus.REJECTED, tier=Tier.RETAKE, retake_reason="not_skin")
     full = compose(case, texts=TEXTS).full_text
     title, reason, advice = full.split("\n\n")[:3]
-    titles = {"en": "Case #5: I can't judge this photo.", "ko": "사례 #5: 이 사진으로는 판단할 수 없습니다."}
+    titles = {"en": "Case #5: I can't judge this photo.", "ko": "접수 번호 #5: 이 사진으로는 판단할 수 없습니다."}
     assert title == titles[lang]
     assert "doesn't look like" not in full and "피부 사진이 아닌" not in full
     assert ("close up, in focus and in daylight" in reason) if lang == "en" else ("자연광" in reason)
@@ -162,7 +162,7 @@ def test_second_refused_photo_in_a_row_sends_the_patient_to_a_doctor_instead_of_
     assert visible(TEXTS.retake_reason(lang, reason)) in full  # still says what was wrong with it
     assert visible(TEXTS.guidance(lang, "RETAKE")) not in full  # no third retake
     assert visible(TEXTS.get(lang, "result.retake_again")) in full
-    words = {"en": "please show the spot to a doctor", "ko": "의사에게 병변을 직접 보여 주세요"}
+    words = {"en": "please show the spot to a doctor", "ko": "의사에게 점을 직접 보여 주세요"}
     assert words[lang] in full
     assert full.endswith(visible(TEXTS.get(lang, "result.disclaimer")))
 
@@ -171,7 +171,8 @@ def test_album_answer_names_the_photos_it_covers() -> None:
     full = compose(done_case("HIGH"), texts=TEXTS, album=[41, 42, 43]).full_text
     assert "You sent 3 photos together (cases #41, #42, #43)" in full and "most urgent" in full
     assert full.endswith(visible(TEXTS.get("en", "result.disclaimer")))
-    assert "함께 보내셨습니다(사례 #41, #42)" in compose(done_case("LOW", "ko"), texts=TEXTS, album=[41, 42]).full_text
+    korean = compose(done_case("LOW", "ko"), texts=TEXTS, album=[41, 42]).full_text
+    assert "함께 보내셨습니다(접수 번호 #41, #42)" in korean
 
 
 def test_urgency_rank_puts_high_and_near_line_first_then_uncertain_medium_low_refused_failed() -> None:
@@ -259,7 +260,7 @@ def test_deliver_case_sends_the_outlined_photo_with_caption_to_the_patient(
     (sent,) = patient.messages(301)
     assert sent["method"] == "sendPhoto" and sent["message_id"] == message_id
     assert patient.file_bytes(sent["photo"]) == overlay
-    assert sent["caption"] == text and text.startswith(f"사례 #{case.id}: 피부과 진료 권장")
+    assert sent["caption"] == text and text.startswith(f"접수 번호 #{case.id}: 피부과 전문의 진료 권장")
 
 
 def test_deliver_case_falls_back_to_text_when_the_image_is_gone_and_raises_on_telegram_errors(

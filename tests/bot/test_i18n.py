@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bot.i18n import LANGUAGES, Texts, language_for, placeholders
@@ -82,3 +84,35 @@ def test_the_example_guidance_file_loads() -> None:
     texts = Texts.load(guidance_file=Path(bot.__file__).parent / "texts" / "guidance.example.toml")
     assert "02-000-0000" in texts.guidance("ko", "HIGH")
     assert texts.retake_reason("en", "blurry").startswith("The photo is blurry. Hold the phone steady with both")
+
+
+
+def korean_word_problems(text: str) -> list[str]:
+    """What a Korean text says in the words patients misread: 사례 (a "case" reads as a case study; say 접수 번호),
+    병변 (say 점 or 피부 부위), 피부과 without 전문의, 양성 alone (reads as "positive"; say 암이 아닌 것(양성)), and
+    의료진 without 서비스 (the English says "clinician(s) of the service")."""
+    problems = [word for word in ("사례", "병변", "피부과 진료") if word in text]
+    if text.count("피부과") != text.count("피부과 전문의"):
+        problems.append("피부과")
+    if text.count("양성") != text.count("암이 아닌 것(양성)"):
+        problems.append("양성")
+    if re.search(r"(?<!서비스 )의료진", text):
+        problems.append("의료진")
+    return problems
+
+
+def test_the_korean_catalogue_keeps_to_the_plain_words() -> None:
+    korean = TEXTS.catalogues["ko"]
+    assert {key: korean_word_problems(text) for key, text in korean.items() if korean_word_problems(text)} == {}
+    for key, text in TEXTS.catalogues["en"].items():
+        assert "staff" not in text, key  # clinician(s) of the service, in both languages
+        if "clinician" in text.lower():
+            assert "서비스 의료진" in korean[key], key
+
+
+def test_the_korean_scan_finds_the_words_the_catalogue_used_before() -> None:
+    old = "<b>사례 #7</b>: 피부과 진료를 받으세요. 이 병변은 양성으로 밝혀지지만, 교육받은 의료진이 봅니다."
+    assert korean_word_problems(old) == ["사례", "병변", "피부과 진료", "피부과", "양성", "의료진"]
+    assert korean_word_problems("피부과에 가세요.") == ["피부과"]
+    new = "<b>접수 번호 #7</b>: 피부과 전문의 진료를 받으세요. 이 점은 암이 아닌 것(양성)으로, 서비스 의료진이 봅니다."
+    assert korean_word_problems(new) == []

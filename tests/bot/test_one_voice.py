@@ -76,7 +76,7 @@ def test_uncertain_close_to_the_melanoma_line_says_why_and_gets_the_high_timefra
     assert deliver(case.id) == "sent"
     caption = h.patient.wait_for(602, lambda e: e["method"] == "sendPhoto", since=since)["caption"]
     title, risk, guidance = caption.split("\n\n")[:3]
-    assert title == "사례 #1: 판단 어려움: 의사 진료 권장"
+    assert title == "접수 번호 #1: 판단 어려움: 의사 진료 권장"
     assert risk == "위험 수준: 판단 어려움. " + h.expect("ko", "uncertain.near_line")
     assert guidance == h.expect("ko", "guidance.HIGH") and "2주 이내에" in guidance
     assert "몇 주" not in caption and "%" not in caption

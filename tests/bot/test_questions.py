@@ -139,7 +139,7 @@ def test_a_late_answer_in_korean_raises_the_urgency_with_a_follow_up(start_bot) 
     listing = h.patient.wait_for(702, lambda e: bool(buttons(e)) and e["method"] == "sendMessage", since=since)
     h.patient.press_button(702, listing["message_id"], f"case:{case.id}", language_code="ko")
     again = h.patient.wait_for(702, lambda e: e["method"] == "sendPhoto", since=since)
-    assert again["caption"].startswith(f"사례 #{case.id}: 판단 어려움: 의사 진료 권장")
+    assert again["caption"].startswith(f"접수 번호 #{case.id}: 판단 어려움: 의사 진료 권장")
 
 
 def test_palm_or_sole_is_never_low_and_says_why_in_english(start_bot) -> None:
@@ -289,7 +289,7 @@ def test_every_question_can_be_skipped_and_the_answer_then_relies_on_the_photo(s
     since = h.patient.last_seq()
     assert deliver(case.id) == "sent"
     caption = h.patient.wait_for(709, lambda e: e["method"] == "sendPhoto", since=since)["caption"]
-    assert caption.split("\n\n")[:2] == [f"사례 #{case.id}: 일반 점으로 보임", "위험 수준: 낮음."]
+    assert caption.split("\n\n")[:2] == [f"접수 번호 #{case.id}: 일반 점으로 보임", "위험 수준: 낮음."]
     (case,) = h.cases(709)
     assert case.patient_answers == dict.fromkeys(("site", "change", "symptoms", "age"), "skip")
     assert case.told_tier == "LOW"

@@ -76,7 +76,7 @@ def test_a_disagreeing_review_reaches_a_korean_patient_in_korean_through_the_rep
     assert sent["text"].split("\n\n") == [
         f"접수 번호 #{case_id}: 서비스 의료진이 보내 주신 사진을 확인했습니다. 이전 답변 대신 아래 안내를 따라 주세요.",
         h.expect("ko", "guidance.MEDIUM"),  # the corrected label's advice, in the bot's own words
-        "의료진의 메시지: 사진 <잘> 받았습니다",
+        "서비스 의료진의 메시지: 사진 <잘> 받았습니다",
         h.expect("ko", "result.disclaimer"),
     ]
     with h.session() as session:

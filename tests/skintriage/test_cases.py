@@ -202,3 +202,28 @@ def test_retention_purges_old_images_and_keeps_records(db_url, store):
         assert old.image_key is None and old.images_deleted_at is not None
         assert not store.exists(old_key)
         assert store.exists(new.image_key)
+
+
+def test_photos_are_held_once_each_up_to_the_cap_and_handed_back_when_the_patient_agrees_again(db_url):
+    with session_factory(db_url)() as session:
+        user = _patient(session)
+        assert cases.record_consent(session=session, user=user, version="old") == []
+        photos = [{"file_id": f"F{i}", "message_id": i, "update_id": 100 + i} for i in range(cases.MAX_PENDING_PHOTOS)]
+        for photo in photos:
+            assert cases.hold_photo(session=session, user=user, photo=photo) is True
+        assert cases.hold_photo(session=session, user=user, photo=photos[0]) is True  # delivered again: held once
+        assert cases.hold_photo(session=session, user=user, photo={"file_id": "late", "message_id": 99}) is False
+        session.commit()
+    with session_factory(db_url)() as session:
+        user = session.scalar(select(User).where(User.telegram_user_id == 1001))
+        assert user.pending_photos == photos  # stored, in order
+        assert cases.record_consent(session=session, user=user, version="new") == photos
+        session.commit()
+    with session_factory(db_url)() as session:
+        user = session.scalar(select(User).where(User.telegram_user_id == 1001))
+        assert user.consent_version == "new" and user.pending_photos is None
+        given = select(AuditEvent).where(AuditEvent.action == "consent.given").order_by(AuditEvent.id)
+        details = [e.detail for e in session.scalars(given)]
+        assert [(d["version"], d["previous_version"], d["pending_photos"]) for d in details] == [
+            ("old", None, 0), ("new", "old", cases.MAX_PENDING_PHOTOS)
+        ]

@@ -142,3 +142,47 @@ def test_0009_keeps_what_was_sent_before_messages_were_composed(db_url: str) -> 
         migrate.upgrade(db_url)
     finally:
         engine.dispose()
+
+
+def test_0012_leaves_earlier_consent_without_a_version_and_reverts_keeping_the_patients(db_url: str) -> None:
+    """Patients who agreed before 0012 agreed to an older text (no version: asked again); held photos round-trip."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from skintriage.models import User
+
+    migrate.downgrade(db_url, "0010")
+    engine = create_engine(db_url)
+    try:
+        assert "consent_version" not in {c["name"] for c in inspect(engine).get_columns("users")}
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO users (id, telegram_user_id, chat_id, language, consent_at, created_at) "
+                "VALUES (1, 4242, 4343, 'ko', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            ))
+            conn.execute(text(
+                "INSERT INTO cases (id, user_id, status, attempts, language, image_sha256, received_at, "
+                "quality_flags, model_versions, timings_ms, demo_model) "
+                "VALUES (1, 1, 'done', 1, 'ko', 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
+            ))
+        migrate.upgrade(db_url)
+        assert migrate.current(db_url) == "0012"
+        held = [{"file_id": "AgAD", "file_unique_id": "u1", "file_size": 123, "message_id": 7, "update_id": 9,
+                 "media_group_id": None}]  # fmt: skip
+        with Session(engine) as session:
+            user = session.get(User, 1)
+            assert user.consent_at is not None and user.consent_version is None and user.pending_photos is None
+            user.consent_version, user.pending_photos = "0123456789ab", held
+            session.commit()
+        with Session(engine) as session:
+            user = session.get(User, 1)
+            assert user.consent_version == "0123456789ab" and user.pending_photos == held
+        migrate.downgrade(db_url, "0010")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM users WHERE consent_at IS NOT NULL")).scalar() == 1
+            # Their cases survive both ways (a rebuilt users table on SQLite would cascade-delete them).
+            assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 1
+        assert "pending_photos" not in {c["name"] for c in inspect(engine).get_columns("users")}
+        migrate.upgrade(db_url)
+    finally:
+        engine.dispose()

@@ -87,7 +87,7 @@ class Stack:
         self.client.send_text(user_id, "hello")
         with self.session() as session:
             user = cases.get_or_create_user(session=session, telegram_user_id=user_id, chat_id=user_id, language="en")
-            cases.record_consent(session=session, user=user)
+            cases.record_consent(session=session, user=user, version="test")
             image = self.store.put(photo or lesion_photo(seed=user_id % 97))
             case = cases.create_case(session=session, user=user, image=image)
             session.commit()
