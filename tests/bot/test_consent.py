@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from bot.consent import CONSENT_KEYS, consent_text, consent_version
 from bot.i18n import Texts
-from bot.local_api import buttons
+from devtools.local_api import buttons
 from skintriage.models import AuditEvent, CaseStatus
 from skintriage.settings import Settings
 from tests.factories import lesion_photo
