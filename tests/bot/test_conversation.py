@@ -222,6 +222,7 @@ def test_same_update_delivered_twice_and_same_photo_sent_twice_make_one_case(sta
     sent = h.patient.send_message(114, photo_b64=__import__("base64").b64encode(photo).decode())
     h.wait_startswith(114, "Received.", since=since)
     (case,) = h.cases(114)
+    h.wait_startswith(114, h.expect("en", "questions.intro", case_id=case.id), since=since)  # sent after the ack
 
     # Telegram delivers the same update again (e.g. the bot restarted before confirming it): nothing happens.
     since = h.patient.last_seq()
