@@ -7,6 +7,7 @@ repeated or rapid photos are deduplicated and rate-limited reliably.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import inspect
@@ -15,10 +16,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from telegram import BotCommand, Update
+from telegram.constants import ParseMode
+from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor, ExtBot
 from telegram.request import HTTPXRequest
 
-from bot import booking, handlers
+from bot import booking, handlers, intake
 from bot.delivery import make_request
 from bot.i18n import LANGUAGES, load_texts
 from skintriage.db import session_factory
@@ -104,6 +107,41 @@ def _default_enqueue() -> Callable[[int], bool]:
     return enqueue_triage
 
 
+async def _post_init(application: Application) -> None:
+    """At start: publish the command menu, then answer photos an earlier run left under way."""
+    await _set_commands(application)
+    await recover_interrupted(application)
+
+
+async def recover_interrupted(application: Application) -> None:
+    """Tell each patient whose photo an earlier run stopped handling (killed mid-download) to send it again.
+
+    A photo whose case was committed needs nothing: the reply queue answers it. Never stops the bot from starting;
+    a record whose message could not be sent (network) stays for the next start.
+    """
+    services = application.bot_data["services"]
+    try:
+        pending = await asyncio.to_thread(intake.interrupted, sessions=services.sessions)
+    except Exception as exc:  # noqa: BLE001 - a database hiccup must not keep the bot from starting
+        log.warning("could not read interrupted photos (%s); the next start tries again", type(exc).__name__)
+        return
+    for item in pending:
+        if not item.saved:
+            try:
+                text = services.texts.get(item.language, "intake.interrupted")
+                await application.bot.send_message(item.chat_id, text, parse_mode=ParseMode.HTML)
+            except (Forbidden, BadRequest):
+                pass  # the chat is gone: nobody left to tell
+            except TelegramError as exc:
+                log.warning("could not tell a patient about an interrupted photo (%s); next start", type(exc).__name__)
+                continue
+        await asyncio.to_thread(intake.settle, sessions=services.sessions, chat_id=item.chat_id,
+                                message_id=item.message_id)
+    if pending:
+        log.info("answered %d photos an earlier run left under way (%d had been saved)",
+                 len(pending), sum(i.saved for i in pending))
+
+
 async def _set_commands(application: Application) -> None:
     """Publish the command menu in every language (Telegram shows the one matching the app's language)."""
     texts = application.bot_data["services"].texts
@@ -140,7 +178,7 @@ def build_application(
             )
         )
         .concurrent_updates(PerChatUpdateProcessor(settings.bot_concurrent_chats))
-        .post_init(_set_commands)
+        .post_init(_post_init)
         .build()
     )
     application.bot_data["services"] = services

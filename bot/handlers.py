@@ -315,8 +315,7 @@ async def _receive_image(update: Update, context: ContextTypes.DEFAULT_TYPE, pho
     `photo` is the update's own photo, or one held while the patient re-read the consent text (then `update`
     is their press of "I agree").
     """
-    svc, patient, bot = _services(context), _patient(update), context.bot
-    file_id, file_size = photo.file_id, photo.file_size
+    svc, patient = _services(context), _patient(update)
     decision = await asyncio.to_thread(
         intake.before_download, sessions=svc.sessions, settings=svc.settings, patient=patient, photo=photo,
         consent_version=svc.consent_version,
@@ -324,7 +323,30 @@ async def _receive_image(update: Update, context: ContextTypes.DEFAULT_TYPE, pho
     if decision.outcome is not Outcome.PROCEED:
         await _explain(update, svc, decision)
         return
-    lang = decision.language
+    # Recorded as under way (bot.intake): settled once the patient is answered, here or by on_error. A
+    # cancellation (the bot stopping mid-download) leaves the record for the next start to tell the patient.
+    try:
+        await _download_and_register(update, context, photo, decision.language)
+    except Exception:
+        await _settle(svc, patient.chat_id, photo.message_id)
+        raise
+    await _settle(svc, patient.chat_id, photo.message_id)
+
+
+async def _settle(svc: Services, chat_id: int, message_id: int) -> None:
+    """Forget the photo message's intake record; a database error here only leaves it for the next start."""
+    try:
+        await asyncio.to_thread(intake.settle, sessions=svc.sessions, chat_id=chat_id, message_id=message_id)
+    except Exception as exc:  # noqa: BLE001 - never hide the handler's own outcome behind this
+        log.warning("could not settle the intake record (%s); the next start will check it", type(exc).__name__)
+
+
+async def _download_and_register(
+    update: Update, context: ContextTypes.DEFAULT_TYPE, photo: IncomingPhoto, lang: str
+) -> None:
+    """Download, header check, store + commit, enqueue, acknowledge, and ask the questions of a new spot."""
+    svc, patient, bot = _services(context), _patient(update), context.bot
+    file_id, file_size = photo.file_id, photo.file_size
     await bot.send_chat_action(patient.chat_id, ChatAction.TYPING)
     try:
         data = None if (file_size or 0) > svc.settings.max_file_bytes else await _download(bot, file_id)

@@ -10,6 +10,11 @@ Order matters and each step is a plain blocking function the handler runs off th
      reuse a case for the same bytes within the duplicate window or create the case, and COMMIT
   4. `queue`: enqueue the committed case; on success mark it queued. When the broker is down the case
      stays "received" and the sweeper enqueues it later, so the photo is never lost.
+
+Telegram counts an update as delivered once the bot fetched it, before any handler ran. So when the checks
+pass, step 1 also records the message (`pending_intakes`) in its transaction, before the download; `settle`
+removes the record once the patient has been answered. A bot killed in between leaves the record, and at its
+next start `recover_interrupted` tells that patient the photo was not saved and asks for it again.
 """
 
 from __future__ import annotations
@@ -140,7 +145,33 @@ def before_download(
             return Decision(Outcome.RATE_LIMITED, user.language, retry_after_s=exc.retry_after_s)
         except TooManyInFlight:
             return Decision(Outcome.IN_FLIGHT, user.language)
+        cases.begin_intake(session=session, user=user, chat_id=patient.chat_id, message_id=photo.message_id)
         return Decision(Outcome.PROCEED, user.language)
+
+
+def settle(*, sessions: sessionmaker[Session], chat_id: int, message_id: int) -> None:
+    """The patient has been answered about this photo message: forget that its handling was under way."""
+    with transaction(sessions) as session:
+        cases.end_intake(session=session, chat_id=chat_id, message_id=message_id)
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A photo message whose handling never answered (the bot stopped): who to tell, in which language."""
+
+    chat_id: int
+    message_id: int
+    language: str
+    saved: bool  # a case was committed for it: the reply queue answers it, nothing to ask
+
+
+def interrupted(*, sessions: sessionmaker[Session]) -> list[Interrupted]:
+    """Photo messages left under way by an earlier run of the bot (there is one bot per deployment)."""
+    with transaction(sessions) as session:
+        return [
+            Interrupted(pending.chat_id, pending.message_id, user.language, saved)
+            for pending, user, saved in cases.interrupted_intakes(session=session)
+        ]
 
 
 def inspect_image(data: bytes, *, settings: Settings) -> ImageInfo:

@@ -21,7 +21,16 @@ from sqlalchemy.orm import Session
 
 from ml.red_flags import check_answer
 from skintriage.exceptions import CaseNotFound, RateLimited, TooManyInFlight
-from skintriage.models import AuditEvent, Case, CaseStatus, OutboxMessage, ProcessedUpdate, User, utcnow
+from skintriage.models import (
+    AuditEvent,
+    Case,
+    CaseStatus,
+    OutboxMessage,
+    PendingIntake,
+    ProcessedUpdate,
+    User,
+    utcnow,
+)
 from skintriage.storage import ImageStore, StoredImage
 
 log = logging.getLogger(__name__)
@@ -773,6 +782,36 @@ def unreferenced_image_keys(*, session: Session, keys: list[str]) -> set[str]:
     return set(keys) - used
 
 
+def begin_intake(*, session: Session, user: User, chat_id: int, message_id: int) -> None:
+    """Record that a photo message's handling began (before its download); the caller commits."""
+    exists = session.scalar(
+        select(PendingIntake.id).where(PendingIntake.chat_id == chat_id, PendingIntake.message_id == message_id)
+    )
+    if exists is None:
+        session.add(PendingIntake(user_id=user.id, chat_id=chat_id, message_id=message_id))
+
+
+def end_intake(*, session: Session, chat_id: int, message_id: int) -> None:
+    """The patient was answered about this photo message (case saved, or told why not)."""
+    session.execute(
+        delete(PendingIntake).where(PendingIntake.chat_id == chat_id, PendingIntake.message_id == message_id)
+    )
+
+
+def interrupted_intakes(*, session: Session) -> list[tuple[PendingIntake, User, bool]]:
+    """Photo messages whose handling never answered, with their patient and whether a case was saved for them."""
+    rows = session.execute(
+        select(PendingIntake, User).join(User, User.id == PendingIntake.user_id).order_by(PendingIntake.id)
+    ).all()
+    out = []
+    for pending, user in rows:
+        saved = session.scalar(
+            select(Case.id).where(Case.user_id == user.id, Case.source_message_id == pending.message_id).limit(1)
+        )
+        out.append((pending, user, saved is not None))
+    return out
+
+
 def delete_user_data(*, session: Session, store: ImageStore, user: User) -> int:
     """Remove a patient's images, cases and profile (the /delete command). Returns cases deleted."""
     cases = session.scalars(select(Case).where(Case.user_id == user.id)).all()
@@ -790,6 +829,7 @@ def delete_user_data(*, session: Session, store: ImageStore, user: User) -> int:
         if not others:
             store.delete(key)
     session.execute(delete(OutboxMessage).where(OutboxMessage.user_id == user.id))
+    session.execute(delete(PendingIntake).where(PendingIntake.user_id == user.id))
     session.execute(delete(Case).where(Case.user_id == user.id))
     session.delete(user)
     audit(session=session, actor="patient", action="patient.deleted", detail={"cases": len(case_ids)})

@@ -315,6 +315,24 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class PendingIntake(Base):
+    """A photo message whose handling began (checks passed, download next) and has not answered yet.
+
+    Written before the download and removed once the patient has been answered (case saved, or told why not).
+    A row left behind means the bot stopped in between (killed, restarted, crashed): at its next start the bot
+    tells that patient the photo was not saved and asks for it again (bot.intake.recover_interrupted).
+    """
+
+    __tablename__ = "pending_intakes"
+    __table_args__ = (UniqueConstraint("chat_id", "message_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class ProcessedUpdate(Base):
     """Telegram messages already handled, by (chat id, message id), so a redelivered update does nothing twice.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -165,7 +166,7 @@ def test_0012_leaves_earlier_consent_without_a_version_and_reverts_keeping_the_p
                 "quality_flags, model_versions, timings_ms, demo_model) "
                 "VALUES (1, 1, 'done', 1, 'ko', 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
             ))
-        migrate.upgrade(db_url)
+        migrate.upgrade(db_url, "0012")
         assert migrate.current(db_url) == "0012"
         held = [{"file_id": "AgAD", "file_unique_id": "u1", "file_size": 123, "message_id": 7, "update_id": 9,
                  "media_group_id": None}]  # fmt: skip
@@ -183,6 +184,39 @@ def test_0012_leaves_earlier_consent_without_a_version_and_reverts_keeping_the_p
             # Their cases survive both ways (a rebuilt users table on SQLite would cascade-delete them).
             assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 1
         assert "pending_photos" not in {c["name"] for c in inspect(engine).get_columns("users")}
+        migrate.upgrade(db_url)
+    finally:
+        engine.dispose()
+
+
+def test_0014_records_photos_under_way_and_reverts(db_url: str) -> None:
+    """pending_intakes exists from 0014 with one row per (chat, message); going back to 0012 drops only it."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    migrate.downgrade(db_url, "0012")
+    engine = create_engine(db_url)
+    try:
+        assert "pending_intakes" not in inspect(engine).get_table_names()
+        migrate.upgrade(db_url)
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
+                "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
+            ))
+            conn.execute(text(
+                "INSERT INTO pending_intakes (user_id, chat_id, message_id, received_at) "
+                "VALUES (1, 4343, 7, CURRENT_TIMESTAMP)"
+            ))
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO pending_intakes (user_id, chat_id, message_id, received_at) "
+                "VALUES (1, 4343, 7, CURRENT_TIMESTAMP)"
+            ))
+        migrate.downgrade(db_url, "0012")
+        assert "pending_intakes" not in inspect(engine).get_table_names()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM users")).scalar() == 1
         migrate.upgrade(db_url)
     finally:
         engine.dispose()
