@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.quality import QualityConfig, check_image, check_mask, image_metrics  # noqa: E402
+from ml.quality import QualityConfig, check_image, check_mask, image_metrics
 
 PERCENTILES = (0, 0.5, 1, 5, 25, 50, 75, 95, 99, 99.5, 100)
 

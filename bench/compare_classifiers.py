@@ -25,16 +25,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.classification_metrics import (  # noqa: E402
+from ml.classification_metrics import (
     SENSITIVITY_TARGET,
     binary_roc_auc,
     sensitivity_specificity,
     summarize,
     threshold_for_sensitivity,
 )
-from ml.data import read_split_csv  # noqa: E402
-from ml.frameworks import load_torch_first  # noqa: E402
-from ml.labels import LABELS, MEL_INDEX  # noqa: E402
+from ml.data import read_split_csv
+from ml.frameworks import load_torch_first
+from ml.labels import LABELS, MEL_INDEX
 
 SENSITIVITIES = (SENSITIVITY_TARGET, 0.94, 0.98)
 

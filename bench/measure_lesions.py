@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.data import read_ham10000, read_image_rgb, read_mask  # noqa: E402
-from ml.measurements import measure_lesion  # noqa: E402
+from ml.data import read_ham10000, read_image_rgb, read_mask
+from ml.measurements import measure_lesion
 
 NUMBERS = ("asymmetry_major_axis", "asymmetry_minor_axis", "compactness", "convexity_ratio", "colour_count",
            "diameter_share", "area_share")

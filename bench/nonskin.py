@@ -26,11 +26,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from calibrate_quality import non_skin_images  # noqa: E402
+from calibrate_quality import non_skin_images
 
-from ml.data import read_split_csv  # noqa: E402
-from ml.pad_data import read_pad  # noqa: E402
-from ml.pipeline import UNLIKE_LESION_PHOTOS_FLAG, Pipeline  # noqa: E402
+from ml.data import read_split_csv
+from ml.pad_data import read_pad
+from ml.pipeline import UNLIKE_LESION_PHOTOS_FLAG, Pipeline
 
 
 def extra_non_skin_images() -> dict[str, np.ndarray]:

@@ -102,7 +102,7 @@ class TolerantBot(ExtBot):
 
 
 def _default_enqueue() -> Callable[[int], bool]:
-    from worker.enqueue import enqueue_triage
+    from skintriage.queueing import enqueue_triage
 
     return enqueue_triage
 

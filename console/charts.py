@@ -20,14 +20,14 @@ TIER_COLOURS = {
 _render_lock = threading.Lock()
 
 
-def _figure():  # noqa: ANN202 - matplotlib types are imported lazily
+def _figure():  # untyped: matplotlib types are imported lazily
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 3), dpi=100, layout="constrained")
     return fig, fig.add_subplot()
 
 
-def _png(fig) -> bytes:  # noqa: ANN001
+def _png(fig) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)

@@ -205,7 +205,7 @@ def _queue(
 
 def enqueue_followup(message_id: int) -> bool:
     """Hand a committed message to the bot's reply queue; False leaves it to the sweeper."""
-    from worker.enqueue import enqueue_outbox
+    from skintriage.queueing import enqueue_outbox
 
     queued = enqueue_outbox(message_id)
     if not queued:

@@ -167,7 +167,7 @@ def wait_until(check: Callable[[], Any], *, timeout: float, what: str, children:
 def health(port: int) -> dict[str, Any] | None:
     """The worker's /healthz answer, or None while it does not answer."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
             return json.loads(response.read())
     except OSError as exc:
         body = getattr(exc, "read", None)

@@ -887,7 +887,7 @@ class LocalBotAPI:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001 - aiohttp has no public accessor
+        sockets = getattr(site._server, "sockets", None) or []  # aiohttp has no public accessor
         if sockets:
             self.port = sockets[0].getsockname()[1]
         log.info("local Bot API server listening on %s", self.base_url)

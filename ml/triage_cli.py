@@ -59,24 +59,31 @@ class RunOptions:
     batch_size: int = 8
 
 
-def resolve_options(args: argparse.Namespace) -> tuple[RunOptions, Any]:
-    """Fill the options the command line left out from the settings (MODEL_DIR, ALLOW_DEMO_MODELS)."""
-    # The settings object is plain pydantic (no database); read here, at the CLI boundary, only.
-    from skintriage.settings import get_settings
+def resolve_options(args: argparse.Namespace, settings: Any = None) -> RunOptions:
+    """Fill the options the command line left out from the settings (MODEL_DIR, ALLOW_DEMO_MODELS).
 
-    settings = get_settings()
+    `settings` is duck-typed (`model_dir`, `allow_demo_models`) so that ml/ never imports the domain
+    package; `skintriage triage` passes the domain settings (skintriage.triage_command). Without
+    settings --model-dir is required and demo models are refused unless --allow-demo.
+    """
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    options = RunOptions(
-        model_dir=Path(args.model_dir) if args.model_dir is not None else settings.model_dir,
-        allow_demo=settings.allow_demo_models if args.allow_demo is None else bool(args.allow_demo),
+    if args.model_dir is not None:
+        model_dir = Path(args.model_dir)
+    elif settings is not None:
+        model_dir = Path(settings.model_dir)
+    else:
+        raise ValueError("no model folder: pass --model-dir (or run it as `skintriage triage`, which reads MODEL_DIR)")
+    default_demo = bool(getattr(settings, "allow_demo_models", False))
+    return RunOptions(
+        model_dir=model_dir,
+        allow_demo=default_demo if args.allow_demo is None else bool(args.allow_demo),
         device=args.device,
         threads=args.threads,
         batch_size=args.batch_size,
     )
-    return options, settings
 
 
 def load_pipeline(options: RunOptions, settings: Any = None) -> Any:
@@ -241,15 +248,15 @@ def format_summary(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Entry point of `skintriage triage`."""
+def main(args: argparse.Namespace, settings: Any = None) -> int:
+    """Run the pipeline on the files of `args`; `settings` (duck-typed) fills the defaults and the policy."""
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        options, settings = resolve_options(args)
+        options = resolve_options(args, settings)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

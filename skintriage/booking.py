@@ -58,7 +58,7 @@ def due_cases(*, session: Session, after: timedelta, now: datetime | None = None
 def queue_question(*, session: Session, case_id: int, now: datetime | None = None) -> OutboxMessage | None:
     """Queue the question for a case once (its album's photos count as asked); None when asked already or gone.
 
-    The caller commits, then enqueues the message (worker.enqueue.enqueue_outbox); the sweeper sends it otherwise.
+    The caller commits, then enqueues the message (skintriage.queueing.enqueue_outbox); the sweeper sends it otherwise.
     """
     now = now or utcnow()
     case = session.get(Case, case_id)

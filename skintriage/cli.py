@@ -31,7 +31,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("db current", "skintriage.dbcli", "show the database's revision"),
     ("sweep", "worker.sweeper", "re-enqueue stuck cases once and exit"),
     ("purge-images", "worker.retention", "delete images past the retention period once and exit"),
-    ("triage", "ml.triage_cli", "run the triage pipeline on image files"),
+    ("triage", "skintriage.triage_command", "run the triage pipeline on image files"),
     ("data check", "ml.data_check", "check a HAM10000 folder and report every problem"),
     ("train-segmentation", "ml.train_segmentation", "train the U-Net"),
     ("evaluate-segmentation", "ml.evaluate_segmentation", "evaluate the U-Net and the Otsu baseline"),

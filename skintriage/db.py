@@ -75,7 +75,7 @@ def make_engine(url: str, *, migrations: bool = False, settings: Settings | None
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_conn, _record):
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")
@@ -97,7 +97,7 @@ def make_engine(url: str, *, migrations: bool = False, settings: Settings | None
         answer_timeout_s = settings.db_answer_timeout_s
 
         @event.listens_for(engine, "do_connect")
-        def _answer_bounded(_dialect, _record, cargs, cparams):  # noqa: ANN001, ANN202
+        def _answer_bounded(_dialect, _record, cargs, cparams):
             conn = AnswerBoundedConnection.connect(*cargs, **cparams)
             conn.answer_timeout_s = answer_timeout_s
             return conn

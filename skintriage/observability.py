@@ -28,7 +28,7 @@ DELIVERIES = Counter("skintriage_deliveries_total", "Replies sent to patients by
 class _Handler(BaseHTTPRequestHandler):
     check: Callable[[], dict] = staticmethod(lambda: {"ok": True})
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/healthz":
             try:
                 body = self.check()
@@ -47,7 +47,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         return
 
 

@@ -20,7 +20,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # Tests import torch and TensorFlow in one process in any order, so load torch first (ml/frameworks.py).
-from ml.frameworks import load_torch_first  # noqa: E402
+from ml.frameworks import load_torch_first
 
 load_torch_first()
 

@@ -8,7 +8,11 @@ runs; ALLOWED_NAMES lists those places, and nothing else may name a devtools mod
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -72,3 +76,30 @@ def test_aiohttp_is_a_dev_extra_not_a_runtime_dependency() -> None:
     runtime = [d for d in project["dependencies"] if d.split(">")[0].split("=")[0].split("[")[0].strip() == "aiohttp"]
     assert runtime == []
     assert any(d.startswith("aiohttp") for d in project["optional-dependencies"]["demo"])
+
+
+# The same rooms, checked by the tools of `make lint` / `make test` (pyproject.toml: [tool.importlinter],
+# [tool.deptry]); run here too so a plain `pytest` catches a new forbidden import or undeclared dependency.
+TOOLS = {
+    "lint-imports": ["lint-imports", "--no-cache"],
+    "deptry": ["deptry", "."],
+}
+
+
+def _tool(name: str) -> str:
+    """The tool's executable next to this interpreter (the venv's bin/) or on PATH; skip when missing, not on CI."""
+    local = Path(sys.executable).with_name(name)
+    found = str(local) if local.is_file() else shutil.which(name)
+    if found is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is not installed; CI must run it: pip install -e '.[test]'")
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(TOOLS))
+def test_import_contracts_and_declared_dependencies_hold(name: str) -> None:
+    command = [_tool(name), *TOOLS[name][1:]]
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"`{' '.join(TOOLS[name])}` failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"

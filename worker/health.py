@@ -55,7 +55,7 @@ class WorkerHealth:
         for listener in self._listeners:
             try:
                 listener(reason)
-            except Exception:  # noqa: BLE001 - one broken listener must not keep the others from running
+            except Exception:  # one broken listener must not keep the others from running
                 log.exception("unhealthy listener %r failed", listener)
 
     def record_success(self) -> None:
@@ -126,7 +126,7 @@ def watch(on_overdue: Callable[[int, float], None], *, health: WorkerHealth = st
             )
             try:
                 on_overdue(case_id, elapsed)
-            except Exception:  # noqa: BLE001 - the watchdog must keep watching whatever the database does
+            except Exception:  # the watchdog must keep watching whatever the database does
                 log.exception("watchdog could not hand case %d back", case_id)
 
     thread = threading.Thread(target=loop, name="job-watchdog", daemon=True)

@@ -386,7 +386,7 @@ def deliver_case(self: Any, case_id: int) -> str:
 
             try:
                 message_id, text = run_with_bot(settings, send)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - _delivery_failed sorts every send failure: records or retries
                 return _delivery_failed(self, session, answer_id, exc)
             told = told_tier(case)  # the case as composed: the patient's answers as they were then
             cases.mark_delivered(session=session, case_id=answer_id, message_id=message_id, text=text, told_tier=told)

@@ -25,7 +25,7 @@ class AuditFilterError(ValueError):
     """An audit-log filter value that cannot be used."""
 
 
-def _parse_audit_filters(params) -> dict:  # noqa: ANN001 - starlette QueryParams
+def _parse_audit_filters(params) -> dict:  # params: starlette QueryParams
     out: dict = {}
     for name in ("case_id", "operator_id", "page"):
         raw = params.get(name) or ""

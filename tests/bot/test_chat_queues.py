@@ -43,7 +43,7 @@ def test_a_chat_stuck_on_a_slow_download_does_not_hold_up_another_patients_photo
     assert len(h.cases(busy)) == 1 and len(h.cases(other)) == 1
 
 
-def _replies(h, chat_id: int, since: int) -> list[str]:  # noqa: ANN001 - the conftest's Harness
+def _replies(h, chat_id: int, since: int) -> list[str]:  # h: the conftest's Harness
     return [e.get("text") or "" for e in h.patient.messages(chat_id, since=since) if e.get("text")]
 
 

@@ -53,7 +53,7 @@ def test_a_hung_database_gets_the_refused_answer_in_seconds_and_the_photo_is_tak
     h.wait_text(patient, h.expect("en", "intake.ack", case_id=case.id), since=since, timeout=60)
 
 
-def _eventually(check, timeout: float = 30.0):  # noqa: ANN001, ANN202
+def _eventually(check, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while not (value := check()):
         if time.monotonic() > deadline:

@@ -100,7 +100,7 @@ class RedisServer:
             self.proc = None
         wait_for(lambda: not port_open(self.port), timeout=10, what="redis-server gone")
 
-    def client(self):  # noqa: ANN201 - redis.Redis
+    def client(self):  # a redis.Redis
         """A client on database 0."""
         import redis
 

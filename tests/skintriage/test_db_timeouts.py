@@ -65,7 +65,7 @@ def timed(call: Callable[[], Any], tcp: TcpProxy) -> tuple[BaseException | None,
     return outcome["error"], time.monotonic() - started
 
 
-def select_one(engine) -> None:  # noqa: ANN001
+def select_one(engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
 

@@ -15,7 +15,7 @@ from skintriage.storage import LocalImageStore, S3ImageStore, make_key, make_sto
 from tests.factories import lesion_photo
 from tests.stack import free_port
 
-SECRET = "not-a-real-secret-key"  # noqa: S105 - moto accepts any credentials
+SECRET = "not-a-real-secret-key"  # moto accepts any credentials
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,7 @@ class Stack:
     tmp_path: Path
     backend: str
 
-    def session(self):  # noqa: ANN201 - a Session
+    def session(self):  # a Session
         """A new session on the stack's database."""
         return session_factory(self.settings.resolved_database_url)()
 

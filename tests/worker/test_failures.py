@@ -13,7 +13,7 @@ from skintriage.exceptions import ImageNotFound, InfrastructureError, InvalidKey
 from worker.failures import Failure, classify
 
 
-def _raised(call) -> BaseException:  # noqa: ANN001
+def _raised(call) -> BaseException:
     with pytest.raises(Exception) as info:
         call()
     return info.value
@@ -46,7 +46,7 @@ def test_a_missing_model_stays_a_missing_model() -> None:
     assert classify(ModelUnavailableError("no card in /models")) is Failure.MODEL_MISSING
 
 
-def test_an_unreachable_database_or_store_is_transient(tmp_path) -> None:  # noqa: ANN001
+def test_an_unreachable_database_or_store_is_transient(tmp_path) -> None:
     engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
     exc = _raised(engine.connect)
     assert isinstance(exc, OperationalError)
@@ -56,7 +56,7 @@ def test_an_unreachable_database_or_store_is_transient(tmp_path) -> None:  # noq
     assert classify(dropped) is Failure.TRANSIENT
 
 
-def test_a_bad_photo_or_a_bug_it_triggers_is_never_retried(tmp_path) -> None:  # noqa: ANN001
+def test_a_bad_photo_or_a_bug_it_triggers_is_never_retried(tmp_path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))

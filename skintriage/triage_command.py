@@ -1,0 +1,25 @@
+"""`skintriage triage`: ml.triage_cli with its defaults (MODEL_DIR, ALLOW_DEMO_MODELS, the policy) from Settings.
+
+The glue lives here, on the domain side, so that ml/ never imports the domain package (the `ml-pure`
+import-linter contract in pyproject.toml): ml.triage_cli takes the settings as an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ml import triage_cli
+from skintriage.settings import get_settings
+
+add_arguments = triage_cli.add_arguments
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `skintriage triage`: read the settings, then run ml.triage_cli."""
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # pydantic's ValidationError: a setting that cannot be parsed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return triage_cli.main(args, settings)
