@@ -483,3 +483,120 @@ def test_zoom_outline_comparison_and_patient_page(browser, live_console):
     assert ("case.image_viewed", c["a_low"], "photo") in seen
     assert failed == [] and errors == []
     context.close()
+
+
+def queue_ids(page, base: str, view: str = "review") -> list[int]:  # noqa: ANN001
+    """The case ids a lane lists, in its order."""
+    page.goto(f"{base}/cases?view={view}")
+    return [int(a.get_attribute("href").rsplit("/", 1)[1]) for a in page.locator("#case-table a.case-link").all()]
+
+
+def test_two_reviewers_claims_keep_them_off_each_others_case(browser, live_console):
+    """Rita opens a case and holds it; Adam sees who holds it, and his Save and next passes it by. Rita's own
+    Save and next then passes by the case Adam opened meanwhile."""
+    base, _, _ = live_console
+    rita = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    adam = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    log_in(rita, base, *REVIEWER)
+    log_in(adam, base, *ADMIN)
+    queue = queue_ids(rita, base)
+    assert len(queue) >= 4
+
+    rita.goto(f"{base}/cases/{queue[1]}")
+    assert rita.is_visible("#claimed-by-you") and not rita.is_visible("#claimed")
+    adam.goto(f"{base}/cases/{queue[1]}")
+    assert "Being reviewed by rita" in adam.inner_text("#claimed")
+
+    adam.goto(f"{base}/cases/{queue[0]}")
+    adam.keyboard.press("a")
+    adam.keyboard.press("Control+Enter")
+    adam.wait_for_url(f"{base}/cases/{queue[2]}?*")  # queue[1] is Rita's: passed by
+    assert f"Review of case #{queue[0]} saved." in adam.inner_text("#notice")
+    assert adam.is_visible("#claimed-by-you")
+
+    rita.keyboard.press("a")
+    rita.keyboard.press("Control+Enter")
+    rita.wait_for_url(f"{base}/cases/{queue[3]}?*")  # queue[2] is now Adam's
+    assert f"Review of case #{queue[1]} saved." in rita.inner_text("#notice")
+    assert queue_ids(rita, base) == queue[2:]  # claims hold cases, they do not take them out of the queue
+    rita.context.close()
+    adam.context.close()
+
+
+def test_failed_and_retake_lane_and_a_cannot_assess_verdict(browser, live_console):
+    """A refused photo waits in Failed and retake, not in Needs review; C saves "cannot assess" and clears it."""
+    base, seeded, url = live_console
+    c = seeded.cases
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    log_in(page, base, *REVIEWER)
+    review = queue_ids(page, base)
+    assert c["b_retake"] not in review and c["b_failed"] not in review
+    page.click("#nav-retake")
+    page.wait_for_url(f"{base}/cases?view=retake")
+    lane = [int(a.get_attribute("href").rsplit("/", 1)[1]) for a in page.locator("#case-table a.case-link").all()]
+    assert sorted(lane) == sorted([c["b_retake"], c["b_failed"]])
+
+    page.click(f'#case-table a[href="/cases/{c["b_retake"]}"]')
+    page.wait_for_url(f"{base}/cases/{c['b_retake']}")
+    page.keyboard.press("c")
+    assert page.is_checked("#verdict-cannot-assess")
+    page.click("#submit-review")
+    page.wait_for_url("**notice=reviewed**")
+    assert "cannot assess" in page.inner_text("#reviews")
+
+    from sqlalchemy import select
+
+    from skintriage.db import session_scope
+    from skintriage.models import Review
+
+    with session_scope(url) as s:
+        saved = s.scalars(select(Review)).one()
+        assert (saved.case_id, saved.verdict, saved.agrees, saved.corrected_label) == (
+            c["b_retake"], "cannot_assess", False, None)
+    assert queue_ids(page, base, "retake") == [c["b_failed"]]
+    assert queue_ids(page, base) == review
+    page.context.close()
+
+
+def test_a_review_sent_after_the_session_expired_is_saved_after_logging_in_again(browser, live_console,
+                                                                                  monkeypatch):
+    """The reviewer types a review, the session idles out, Ctrl+Enter lands on the login form, which says the
+    review is kept; logging in saves it and goes on to the next case."""
+    import console.auth
+    from tests.console.test_auth import _MovedClock
+
+    base, seeded, url = live_console
+    clock = _MovedClock()
+    monkeypatch.setattr(console.auth, "time", clock)  # the server runs in this process, in a thread
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    log_in(page, base, *REVIEWER)
+    queue = queue_ids(page, base)
+    page.goto(f"{base}/cases/{queue[0]}")
+    page.keyboard.press("d")
+    page.select_option("#corrected-label", "NV")
+    page.fill("#note", "Typed while the session ran out.")
+    page.evaluate("document.activeElement.blur()")
+    from skintriage.settings import get_settings
+
+    clock.offset += get_settings().console_session_idle_s + 1  # the settings the running app was made with
+    page.keyboard.press("Control+Enter")
+    page.wait_for_url(f"{base}/login?*kept={queue[0]}*")
+    assert f"review of case #{queue[0]}" in page.inner_text("#kept")
+
+    from sqlalchemy import select
+
+    from skintriage.db import session_scope
+    from skintriage.models import Review
+
+    with session_scope(url) as s:
+        assert s.scalars(select(Review)).all() == []
+    page.fill("#username", REVIEWER[0])
+    page.fill("#password", REVIEWER[1])
+    page.click("#login")
+    page.wait_for_url(f"{base}/cases/{queue[1]}?*")
+    assert f"Review of case #{queue[0]} saved." in page.inner_text("#notice")
+    with session_scope(url) as s:
+        review = s.scalars(select(Review)).one()
+        assert (review.case_id, review.verdict, review.corrected_label, review.note) == (
+            queue[0], "disagree", "NV", "Typed while the session ran out.")
+    page.context.close()
