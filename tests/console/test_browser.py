@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "console" / "case-page.png"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "console_pages.py"
 
 
 def _free_port() -> int:
@@ -153,9 +152,6 @@ def test_operator_reviews_a_high_case_end_to_end(browser, live_console, tmp_path
     shot = tmp_path / "case-page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    if os.environ.get("UPDATE_SCREENSHOTS") or not SCREENSHOT.exists():
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, SCREENSHOT)
 
     # Export the HIGH list as CSV.
     page.goto(f"{base}/cases?tier=HIGH")
@@ -599,4 +595,51 @@ def test_a_review_sent_after_the_session_expired_is_saved_after_logging_in_again
         review = s.scalars(select(Review)).one()
         assert (review.case_id, review.verdict, review.corrected_label, review.note) == (
             queue[0], "disagree", "NV", "Typed while the session ran out.")
+    page.context.close()
+
+
+def _console_pages():  # noqa: ANN202
+    """bench/console_pages.py as a module (bench/ is scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    if "console_pages" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("console_pages", BENCH)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["console_pages"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["console_pages"]
+
+
+def test_review_loop_counts_two_keys_and_one_page_load_per_case(browser, live_console):
+    """The numbers in docs/console.md ("Review loop"): with the keys, each case costs A and Ctrl+Enter and one page
+    load; the mouse flow without Save and next costs four clicks and three page loads."""
+    pages = _console_pages()
+    base, _, _ = live_console
+    for flow, cases in (("keys", 3), ("mouse", 2)):
+        page = browser.new_context(viewport=pages.VIEWPORT).new_page()
+        log_in(page, base, *REVIEWER)
+        counts = pages.review_loop(page, base, flow=flow, cases=cases)
+        assert len(set(counts.reviewed)) == cases
+        if flow == "keys":
+            assert (counts.keystrokes, counts.clicks, counts.wheel_notches, counts.page_loads) == (6, 1, 0, 4)
+        else:
+            assert (counts.keystrokes, counts.clicks, counts.page_loads) == (0, 8, 6)
+        if flow == "mouse":
+            assert queue_ids(page, base) == []  # the five seeded cases of the queue, each reviewed once
+        page.context.close()
+
+
+def test_docs_screenshots_script_takes_every_page(browser, live_console, tmp_path):
+    """bench/console_pages.py screenshots: every page renders and is captured (into tmp_path here)."""
+    pages = _console_pages()
+    base, seeded, url = live_console
+    pages._make_korean(url, seeded.cases["b_high_old"])
+    page = browser.new_context(viewport=pages.VIEWPORT).new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    shots = pages.screenshots(page, base, seeded, url, tmp_path)
+    assert [p.stem for p in shots] == list(pages.SHOTS)
+    assert all(p.stat().st_size > 10_000 for p in shots)
+    assert errors == []
     page.context.close()
