@@ -159,16 +159,18 @@ def compose(
     refused_before: bool = False,
     album: Sequence[int] = (),
     review_promise_hours: int | None = None,
+    lang: str | None = None,
 ) -> Reply:
-    """The answer for a finished case (done, rejected or failed), in the case's language.
+    """The answer for a finished case (done, rejected or failed), in the case's language (or `lang`).
 
     Patients read the risk level in words, never the model's percentages (those come from dermoscopy data
     with another prevalence, and the console keeps them). `refused_before`: the patient's previous photo was
     refused too, so the answer sends them to a doctor instead of asking for a third photo. `album`: the case
     numbers of photos sent together with this one, whose most urgent answer this is. `review_promise_hours`
     (REVIEW_PROMISE_HOURS): HIGH and UNCERTAIN answers say a clinician looks within that time; None says nothing.
+    `lang`: another language than the patient's, for the console to show the answer to a reviewer (retell).
     """
-    lang = case.language
+    lang = lang or case.language
     demo = [texts.get(lang, "result.demo_warning")] if case.demo_model else []
     disclaimer = texts.get(lang, "result.disclaimer")
     album_note = (
@@ -222,6 +224,38 @@ def compose(
     if image_key is None:
         return Reply(None, "\n\n".join([caption] + ([follow_up] if follow_up else [])))
     return Reply(image_key, caption, follow_up)
+
+
+def answer_plan(*, session: Session, case: Case) -> tuple[Case, list[int], bool]:
+    """How a case's album is answered: (the case whose answer is sent, the album's case ids, refused before).
+
+    Photos sent together (one Telegram album) are one spot answered once, with its most urgent photo's answer
+    naming the others (ids empty for a photo sent alone). The answer to a refused photo says to see a doctor
+    when the patient's previous photo was refused too (or two photos of the album were). Reads only.
+    """
+    album = cases.album_of(session=session, case=case)
+    answer = min(album, key=lambda c: (urgency_rank(c), c.id))
+    previous = cases.previous_case(session=session, case=album[0])
+    refused = sum(c.status == CaseStatus.REJECTED for c in album)
+    refused_before = answer.status == CaseStatus.REJECTED and (
+        refused >= 2 or (previous is not None and previous.status == CaseStatus.REJECTED)
+    )
+    return answer, [c.id for c in album] if len(album) > 1 else [], refused_before
+
+
+def retell(*, session: Session, case: Case, lang: str, texts: Texts, review_promise_hours: int | None) -> str:
+    """The answer the patient got for this case (its album's answer), composed again in `lang`, as plain text.
+
+    For the console: a reviewer reads a Korean patient's answer in English beside what was sent. It is
+    composed from the case as it is now, so answers the patient gave after it was sent (which send a
+    follow-up of their own) and a changed REVIEW_PROMISE_HOURS or GUIDANCE_FILE show here and not in reply_text.
+    """
+    answer, album, refused_before = answer_plan(session=session, case=case)
+    reply = compose(
+        answer, texts=texts, refused_before=refused_before, album=album,
+        review_promise_hours=review_promise_hours, lang=lang,
+    )  # fmt: skip
+    return reply.full_text
 
 
 async def send_reply(

@@ -426,7 +426,7 @@ def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], 
     then the most urgent one is sent once, naming the others. The answer to a refused photo says to see a
     doctor when the patient's previous photo was refused too (or two photos of the album were).
     """
-    from bot.delivery import urgency_rank
+    from bot.delivery import answer_plan
 
     case = cases.get_case(session=session, case_id=case_id)
     if case is None:
@@ -435,7 +435,7 @@ def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], 
     if any(c.status not in cases.FINAL_STATUSES for c in album):
         log.info("case %d: waiting for the other photos of its album", case_id)
         return "waiting_for_album"
-    answer = min(album, key=lambda c: (urgency_rank(c), c.id))
+    answer, album_ids, refused_before = answer_plan(session=session, case=case)
     if answer.delivered_at is not None:
         # Sent already (this job is a sibling's, or a redelivery): make sure every photo of the album says so.
         cases.mark_answered_with(
@@ -447,12 +447,7 @@ def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], 
         if followup is not None:
             enqueue.enqueue_outbox(followup)
         return "skipped"
-    previous = cases.previous_case(session=session, case=album[0])
-    refused = sum(c.status == CaseStatus.REJECTED for c in album)
-    refused_before = answer.status == CaseStatus.REJECTED and (
-        refused >= 2 or (previous is not None and previous.status == CaseStatus.REJECTED)
-    )
-    return answer.id, [c.id for c in album] if len(album) > 1 else [], refused_before
+    return answer.id, album_ids, refused_before
 
 
 def _delivery_failed(task: Any, session: Session, case_id: int, exc: BaseException) -> str:

@@ -11,6 +11,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+# The one use of the bot package: its composition of the patient's answer (pure text; nothing is sent).
+from bot.delivery import retell
+from bot.i18n import load_texts
 from console.auth import NotAuthenticated
 from console.claims import REVIEWABLE_STATUSES, Claim, claim_case, live_claim, release_claim
 from console.deps import DbId, current_operator, get_db, render, require_csrf
@@ -47,6 +50,7 @@ from ml.policy import PolicyConfig
 from ml.red_flags import QUESTIONS, UNMAPPED, AnsweredTier, answered_tier
 from skintriage.cases import audit
 from skintriage.models import Case, CaseStatus, Operator, OutboxMessage, Review, utcnow
+from skintriage.settings import Settings
 
 router = APIRouter()
 
@@ -54,6 +58,8 @@ EARLIER_CASES_SHOWN = 8
 # Earlier photos offered for the side-by-side comparison (newest first). Until cases are linked as photos of
 # the same spot, every earlier case of the patient that still has its photo is a candidate.
 COMPARE_CANDIDATES = 100
+# The console's own language: a patient's answer in another language is also shown composed in this one.
+CONSOLE_LANGUAGE = "en"
 
 
 class CaseMissing(Exception):
@@ -65,6 +71,16 @@ def _language_name(code: str) -> str:
         return Locale.parse(code.replace("-", "_")).get_display_name("en") or code
     except (ValueError, UnknownLocaleError):
         return code
+
+
+def _told_in_console_language(db: Session, case: Case, settings: Settings) -> str | None:
+    """What the patient was told, composed again in English when they read another language; else None."""
+    if not case.reply_text or case.language == CONSOLE_LANGUAGE:
+        return None
+    return retell(
+        session=db, case=case, lang=CONSOLE_LANGUAGE, texts=load_texts(settings.guidance_file),
+        review_promise_hours=settings.review_promise_hours,
+    )  # fmt: skip
 
 
 def _uncertain_band(case: Case, policy: PolicyConfig) -> tuple[float, float] | None:
@@ -245,6 +261,8 @@ def _case_page(
             "booking_words": BOOKING_WORDS,
             "message_kinds": MESSAGE_KINDS,
             "language_name": _language_name(case.user.language),
+            "told_language_name": _language_name(case.language),
+            "told_in_english": _told_in_console_language(db, case, settings),
             "mel_band": _uncertain_band(case, PolicyConfig.from_settings(settings)),
             "patient_answers": _patient_answers(case),
             "unmapped_items": UNMAPPED,

@@ -577,3 +577,37 @@ def test_the_case_page_shows_the_booking_answer_and_each_message_as_the_patient_
     assert "<strong>does not want to book</strong>" in page
     assert "Case #3: Have you booked an appointment with a dermatologist?</pre>" in page
     assert "Composed in English when sent" not in page
+
+
+def test_a_korean_patients_answer_is_shown_as_sent_and_in_english_beside_it(reviewer, seeded, console_db_url):
+    import html as html_lib
+
+    from bot.delivery import compose, retell, visible
+    from bot.i18n import load_texts
+    from skintriage.models import Case
+
+    texts = load_texts()
+    case_id = seeded.cases["b_high_old"]
+    with session_scope(console_db_url) as s:
+        case = s.get(Case, case_id)
+        case.language = case.user.language = "ko"
+        sent = compose(case, texts=texts).full_text  # what the worker stores as reply_text
+        case.reply_text = sent
+        s.flush()
+        assert retell(session=s, case=case, lang="ko", texts=texts, review_promise_hours=None) == sent
+    page = reviewer.get(f"/cases/{case_id}").text
+
+    def block(element_id: str) -> str:
+        start = page.index(f'id="{element_id}"')
+        return html_lib.unescape(page[page.index(">", start) + 1:page.index("</pre>", start)])
+
+    hangul = re.compile("[\uac00-\ud7a3]")
+    korean, english = block("reply-text"), block("reply-text-en")
+    assert korean == sent and hangul.search(korean)
+    title = visible(texts.get("en", "result.title", case_id=case_id, tier=texts.get("en", "tier.HIGH")))
+    assert english.startswith(title)
+    assert visible(texts.get("en", "result.disclaimer")) in english
+    assert not hangul.search(english)
+    assert "As sent, in Korean" in page
+    # An English patient's answer is shown once.
+    assert 'id="reply-text-en"' not in reviewer.get(f"/cases/{seeded.cases['a_high']}").text
