@@ -82,7 +82,7 @@ def served_console(workdir: Path, *, korean_case: bool = False) -> Iterator[tupl
 
 def _make_korean(url: str, case_id: int) -> None:
     """Make one seeded case a Korean patient's, its answer composed by the bot as the worker stores it."""
-    from bot.delivery import compose
+    from bot.answers import compose
     from bot.i18n import load_texts
     from skintriage.db import session_scope
     from skintriage.models import Case
@@ -108,7 +108,7 @@ def browser_page() -> Iterator[object]:
             browser.close()
 
 
-def log_in(page, base: str, username: str, password: str) -> None:  # noqa: ANN001
+def log_in(page, base: str, username: str, password: str) -> None:
     """Log in through the form (not counted)."""
     page.goto(f"{base}/login")
     page.fill("#username", username)
@@ -141,7 +141,7 @@ class Counts:
 class Operator:
     """Acts on a page like a person and counts every action (see the module doc)."""
 
-    def __init__(self, page, counts: Counts):  # noqa: ANN001
+    def __init__(self, page, counts: Counts):
         self.page = page
         self.counts = counts
         page.on("load", lambda _: self._loaded())
@@ -173,7 +173,7 @@ class Operator:
         target.click()
 
 
-def first_in_queue(page) -> str:  # noqa: ANN001
+def first_in_queue(page) -> str:
     """The link to the first case the Needs review queue lists."""
     href = page.locator("#case-table a.case-link").first.get_attribute("href")
     return f'#case-table a[href="{href}"]'
@@ -183,7 +183,7 @@ def _case_id(url: str) -> int:
     return int(url.split("?")[0].rsplit("/", 1)[1])
 
 
-def review_loop(page, base: str, *, flow: str, cases: int) -> Counts:  # noqa: ANN001
+def review_loop(page, base: str, *, flow: str, cases: int) -> Counts:
     """Review `cases` cases from the open queue with the keyboard (`keys`) or the mouse (`mouse`); count it all."""
     page.goto(f"{base}/cases?view=review")
     counts = Counts(flow=flow, cases=cases)
@@ -218,7 +218,7 @@ def review_loop(page, base: str, *, flow: str, cases: int) -> Counts:  # noqa: A
 SHOTS = ("login", "review-queue", "case-page", "case-told-in-english", "safety", "patient")
 
 
-def screenshots(page, base: str, seeded, url: str, out: Path) -> list[Path]:  # noqa: ANN001
+def screenshots(page, base: str, seeded, url: str, out: Path) -> list[Path]:
     """The login form, the review queue, the case page with its viewer, a Korean answer in English, the safety
     page and a patient page, as PNGs in `out`."""
     from tests.console.seed import REVIEWER

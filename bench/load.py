@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.delivery import visible  # noqa: E402
+from bot.answers import visible  # noqa: E402
 from bot.i18n import load_texts  # noqa: E402
 from devtools.demo import (  # noqa: E402
     Child,

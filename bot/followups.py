@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.delivery import NEAR_LINE_REASONS
+from bot.answers import NEAR_LINE_REASONS
 from bot.i18n import DEFAULT_LANGUAGE, Html, Texts
 from ml.labels import Tier
 from skintriage.models import BOOKING_ANSWERS, Case, OutboxMessage, Review

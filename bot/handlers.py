@@ -22,8 +22,9 @@ from telegram.error import BadRequest, Forbidden, NetworkError, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bot import intake, patients, questions
+from bot.answers import compose
 from bot.consent import ConsentState, consent_text, consent_version
-from bot.delivery import compose, send_reply
+from bot.delivery import send_reply
 from bot.i18n import LANGUAGE_NAMES, LANGUAGES, Texts, language_for
 from bot.intake import Decision, IncomingPhoto, Outcome
 from bot.patients import Patient

@@ -142,7 +142,7 @@ def own_case(
     The case is None when it is not theirs or does not exist. A photo of a finished album shows the album's one
     answer (its most urgent case), as it was sent; of an unfinished album, the photo still being analysed.
     """
-    from bot.delivery import urgency_rank
+    from bot.answers import urgency_rank
 
     with transaction(sessions) as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)

@@ -3,8 +3,8 @@
 Asked once per spot (a photo, or the first photo of an album) right after the acknowledgement, in one message
 that each tap turns into the next question: four taps at most, each question skippable. The analysis never
 waits for them. The answers are stored with the case (cases.record_answer) and the answer's tier takes them in
-when it is composed (bot.delivery.answered). A tap after the answer was sent that makes it more urgent queues
-a follow-up (bot.delivery.queue_answers_followup), which the bot sends at once; should that fail, the reply
+when it is composed (bot.answers.answered). A tap after the answer was sent that makes it more urgent queues
+a follow-up (bot.answers.queue_answers_followup), which the bot sends at once; should that fail, the reply
 queue's sweeper sends it.
 
 Plain blocking functions like bot.intake (the handler runs them off the event loop), and one async sender.
@@ -21,7 +21,8 @@ from telegram import Bot, CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, TelegramError
 
-from bot.delivery import queue_answers_followup, send_outbox_message
+from bot.answers import queue_answers_followup
+from bot.delivery import send_outbox_message
 from bot.i18n import Html, Texts, language_for
 from bot.patients import Patient, transaction
 from ml.red_flags import QUESTIONS, SKIP

@@ -359,8 +359,8 @@ def _retry_after_s(exc: RetryAfter) -> float:
 def deliver_case(self: Any, case_id: int) -> str:
     """Send a finished case's answer to the patient, at most once (an album of photos gets one answer)."""
     settings = get_settings()
+    from bot.answers import told_tier
     from bot.delivery import deliver_case as send_answer
-    from bot.delivery import told_tier
 
     try:
         with _sessions(settings) as session:
@@ -408,7 +408,7 @@ def deliver_case(self: Any, case_id: int) -> str:
 
 def _answers_followup(session: Session, settings: Settings, case: Case) -> int | None:
     """A follow-up for answers the patient tapped while the answer was being sent (see questions in bot/)."""
-    from bot.delivery import queue_answers_followup
+    from bot.answers import queue_answers_followup
     from bot.i18n import load_texts
 
     session.expire_all()  # read the answers as they are now, not as they were when the answer was composed
@@ -426,7 +426,7 @@ def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], 
     then the most urgent one is sent once, naming the others. The answer to a refused photo says to see a
     doctor when the patient's previous photo was refused too (or two photos of the album were).
     """
-    from bot.delivery import answer_plan
+    from bot.answers import answer_plan
 
     case = cases.get_case(session=session, case_id=case_id)
     if case is None:

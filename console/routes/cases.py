@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 # The one use of the bot package: its composition of the patient's answer (pure text; nothing is sent).
-from bot.delivery import retell
+from bot.answers import retell
 from bot.i18n import load_texts
 from console.auth import NotAuthenticated
 from console.claims import REVIEWABLE_STATUSES, Claim, claim_case, live_claim, release_claim

@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bot.answers import visible
 from bot.background import BotThread
-from bot.delivery import visible
 from bot.handlers import Services
 from bot.i18n import Texts, language_for
 from devtools.local_api import LocalBotAPI, LocalBotAPIClient

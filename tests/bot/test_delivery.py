@@ -7,15 +7,8 @@ import asyncio
 import pytest
 from telegram.error import NetworkError
 
-from bot.delivery import (
-    compose,
-    deliver_case,
-    make_bot,
-    send_outbox_message,
-    telegram_length,
-    urgency_rank,
-    visible,
-)
+from bot.answers import compose, telegram_length, urgency_rank, visible
+from bot.delivery import deliver_case, make_bot, send_outbox_message
 from bot.i18n import Texts
 from ml.labels import RetakeReason, Tier
 from skintriage import cases

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.delivery import visible
+from bot.answers import visible
 from bot.handlers import warning_text
 from skintriage import cases
 from skintriage.models import CaseStatus

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from bot.delivery import queue_answers_followup, visible
+from bot.answers import queue_answers_followup, visible
 from devtools.local_api import buttons
 from skintriage import cases
 from skintriage.models import Case, CaseStatus, OutboxMessage

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from bot.delivery import compose, visible
+from bot.answers import compose, visible
 from bot.followups import compose as compose_outbox
 from bot.i18n import Texts
 from console.operators import create_operator

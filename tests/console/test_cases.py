@@ -582,7 +582,7 @@ def test_the_case_page_shows_the_booking_answer_and_each_message_as_the_patient_
 def test_a_korean_patients_answer_is_shown_as_sent_and_in_english_beside_it(reviewer, seeded, console_db_url):
     import html as html_lib
 
-    from bot.delivery import compose, retell, visible
+    from bot.answers import compose, retell, visible
     from bot.i18n import load_texts
     from skintriage.models import Case
 

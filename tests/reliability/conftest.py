@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy import select as sql_select
 from sqlalchemy.orm import Session
 
-from bot.delivery import visible
+from bot.answers import visible
 from bot.i18n import Texts, load_texts
 from devtools.local_api import LocalBotAPI, LocalBotAPIClient
 from skintriage import migrate

@@ -249,7 +249,7 @@ def test_patient_who_blocked_the_bot_is_not_retried_forever(stack, worker, task_
 
 
 def test_answer_telegram_refuses_goes_out_as_plain_text_with_guidance_and_disclaimer(stack, worker, task_log):
-    from bot.delivery import visible
+    from bot.answers import visible
     from bot.i18n import load_texts
 
     stack.client.set_faults("sendPhoto", ["400"])  # e.g. a photo or caption Telegram cannot process
