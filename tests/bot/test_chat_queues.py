@@ -35,11 +35,14 @@ def test_a_chat_stuck_on_a_slow_download_does_not_hold_up_another_patients_photo
     busy_ack = h.wait_startswith(busy, ack_prefix, since=since, timeout=60)
     assert other_ack["seq"] < busy_ack["seq"], "the other patient waited for the busy chat's download"
     assert took < SLOW_DOWNLOAD_S / 2, f"the other patient's photo took {took:.1f} s to be acknowledged"
-    # The busy chat's own updates ran in order: the photo's acknowledgement, then the four stickers' answers.
-    h.patient.wait_for(busy, lambda e: len(_replies(h, busy, since)) >= 5, since=since, timeout=30)
+    # The busy chat's own updates ran in order: the photo's acknowledgement and the questions of a new spot,
+    # then the four stickers' answers.
+    h.patient.wait_for(busy, lambda e: len(_replies(h, busy, since)) >= 6, since=since, timeout=30)
     replies = _replies(h, busy, since)
+    (case,) = h.cases(busy)
     assert replies[0].startswith(ack_prefix)
-    assert replies[1:] == [sticker_answer] * 4
+    assert replies[1].startswith(h.expect("en", "questions.intro", case_id=case.id))
+    assert replies[2:] == [sticker_answer] * 4
     assert len(h.cases(busy)) == 1 and len(h.cases(other)) == 1
 
 
