@@ -159,15 +159,13 @@ def _percent(share: float) -> str:
 
 def _change_lines(texts: Texts, lang: str, change: LesionChange) -> list[Html]:
     word = {d: texts.get(lang, f"compare.{d}") for d in Direction}
+    after = change.colours_after
     return [
         texts.get(
             lang, "compare.asymmetry", major=word[change.asymmetry_major_axis], minor=word[change.asymmetry_minor_axis]
         ),
         texts.get(lang, "compare.border", change=word[change.border]),
-        texts.get(
-            lang, "compare.colours", change=word[change.colours], before=change.colours_before,
-            after=change.colours_after,
-        ),  # fmt: skip
+        texts.get(lang, "compare.colours", change=word[change.colours], before=change.colours_before, after=after),
         texts.get(
             lang, "compare.size", before=_percent(change.area_share_before), after=_percent(change.area_share_after)
         ),
@@ -182,14 +180,11 @@ def comparison(texts: Texts, lang: str, case: Case, previous: Case | None) -> li
     """
     if previous is None:
         return []
-    then = previous.told_tier or told_tier(previous)
-    now = answered(case).tier
+    then = previous.told_tier or told_tier(previous)  # a refused photo: RETAKE; a failed one: no answer
+    before = texts.get(lang, f"tier.{then}") if then else texts.get(lang, "compare.no_tier")
     lines = [
         texts.get(lang, "compare.title", case_id=previous.id, date=previous.received_at.date().isoformat()),
-        texts.get(
-            lang, "compare.tiers", before=texts.get(lang, f"tier.{then}") if then else texts.get(lang, "compare.no_tier"),
-            after=texts.get(lang, f"tier.{now}"),
-        ),  # fmt: skip
+        texts.get(lang, "compare.tiers", before=before, after=texts.get(lang, f"tier.{answered(case).tier}")),
     ]
     change = compare(previous.measurements, case.measurements)
     if change is not None:
