@@ -20,6 +20,7 @@ from telegram.constants import MessageLimit  # Telegram's length limits: constan
 
 from bot.i18n import Html, Texts
 from ml.labels import Tier
+from ml.lesion_change import Direction, LesionChange, compare, measurable
 from ml.red_flags import REASON_ACRAL, REASON_CHECKLIST, REASON_OUT_OF_SCOPE, AnsweredTier, answered_tier, urgency_index
 from skintriage import cases
 from skintriage.models import Case, CaseStatus
@@ -146,6 +147,50 @@ def _risk(texts: Texts, lang: str, tier: str, reason: str | None) -> Html:
     return texts.get(lang, "risk.UNCERTAIN", why=texts.get(lang, UNCERTAIN_WHY.get(reason or "", "uncertain.unknown")))
 
 
+def _percent(share: float) -> str:
+    return f"{share * 100:.1f}"
+
+
+def _change_lines(texts: Texts, lang: str, change: LesionChange) -> list[Html]:
+    word = {d: texts.get(lang, f"compare.{d}") for d in Direction}
+    after = change.colours_after
+    return [
+        texts.get(
+            lang, "compare.asymmetry", major=word[change.asymmetry_major_axis], minor=word[change.asymmetry_minor_axis]
+        ),
+        texts.get(lang, "compare.border", change=word[change.border]),
+        texts.get(lang, "compare.colours", change=word[change.colours], before=change.colours_before, after=after),
+        texts.get(
+            lang, "compare.size", before=_percent(change.area_share_before), after=_percent(change.area_share_after)
+        ),
+    ]
+
+
+def comparison(texts: Texts, lang: str, case: Case, previous: Case | None) -> list[Html]:
+    """The section comparing a case with the patient's earlier photo of the same spot (empty when none).
+
+    The tier then and now, and which way the measurements moved (ml.lesion_change) in plain words, with the
+    caveat that a difference between two photos is no diagnosis; size is never compared across photos.
+    """
+    if previous is None:
+        return []
+    then = previous.told_tier or told_tier(previous)  # a refused photo: RETAKE; a failed one: no answer
+    before = texts.get(lang, f"tier.{then}") if then else texts.get(lang, "compare.no_tier")
+    lines = [
+        texts.get(lang, "compare.title", case_id=previous.id, date=previous.received_at.date().isoformat()),
+        texts.get(lang, "compare.tiers", before=before, after=texts.get(lang, f"tier.{answered(case).tier}")),
+    ]
+    change = compare(previous.measurements, case.measurements)
+    if change is not None:
+        lines.extend(_change_lines(texts, lang, change))
+    elif not measurable(previous.measurements):
+        lines.append(texts.get(lang, "compare.no_earlier_measurements"))
+    else:
+        lines.append(texts.get(lang, "compare.no_measurements"))
+    lines.append(texts.get(lang, "compare.caution"))
+    return [Html("\n".join(lines))]
+
+
 def compose(
     case: Case,
     *,
@@ -154,6 +199,7 @@ def compose(
     album: Sequence[int] = (),
     review_promise_hours: int | None = None,
     lang: str | None = None,
+    previous: Case | None = None,
 ) -> Reply:
     """The answer for a finished case (done, rejected or failed), in the case's language (or `lang`).
 
@@ -163,6 +209,7 @@ def compose(
     numbers of photos sent together with this one, whose most urgent answer this is. `review_promise_hours`
     (REVIEW_PROMISE_HOURS): HIGH and UNCERTAIN answers say a clinician looks within that time; None says nothing.
     `lang`: another language than the patient's, for the console to show the answer to a reviewer (retell).
+    `previous`: the patient's earlier case of the same spot (case.previous_case); a measured answer compares the two.
     """
     lang = lang or case.language
     demo = [texts.get(lang, "result.demo_warning")] if case.demo_model else []
@@ -205,6 +252,7 @@ def compose(
     ]
     near_line = tier == Tier.UNCERTAIN and not result.raised and case.tier_reason in NEAR_LINE_REASONS
     tail = [*_scope_notes(texts, lang, result), texts.guidance(lang, Tier.HIGH if near_line else tier)]
+    tail.extend(comparison(texts, lang, case, previous))
     if review_promise_hours and tier in PROMISE_TIERS:
         tail.append(texts.get(lang, "result.review_promise", hours=review_promise_hours))
     tail.extend(album_note)
@@ -248,6 +296,7 @@ def retell(*, session: Session, case: Case, lang: str, texts: Texts, review_prom
     reply = compose(
         answer, texts=texts, refused_before=refused_before, album=album,
         review_promise_hours=review_promise_hours, lang=lang,
+        previous=answer.previous_case if answer.previous_case_id is not None else None,
     )  # fmt: skip
     return reply.full_text
 

@@ -82,9 +82,11 @@ async def deliver_case(
     """
     settings = get_settings()
     texts = texts or load_texts(settings.guidance_file)
+    # Only a linked case loads its earlier one (a detached case without a link never touches the database).
+    previous = case.previous_case if case.previous_case_id is not None else None
     reply = compose(
         case, texts=texts, refused_before=refused_before, album=album,
-        review_promise_hours=settings.review_promise_hours,
+        review_promise_hours=settings.review_promise_hours, previous=previous,
     )  # fmt: skip
     chat_id = chat_id or case.user.chat_id
     started = [case.reply_message_id] if case.delivered_at is None and case.reply_text is None else []

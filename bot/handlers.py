@@ -305,8 +305,9 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
 def _incoming(update: Update, file_id: str, file_unique_id: str, file_size: int | None) -> IncomingPhoto:
     message = update.effective_message
+    replied = message.reply_to_message.message_id if message.reply_to_message else None
     return IncomingPhoto(
-        file_id, file_unique_id, file_size, message.message_id, update.update_id, message.media_group_id
+        file_id, file_unique_id, file_size, message.message_id, update.update_id, message.media_group_id, replied
     )
 
 
@@ -365,7 +366,7 @@ async def _download_and_register(
     decision = await asyncio.to_thread(
         intake.register, sessions=svc.sessions, store=svc.store, settings=svc.settings, patient=patient, data=data,
         info=info, update_id=photo.update_id, message_id=photo.message_id, file_unique_id=photo.file_unique_id,
-        media_group_id=photo.media_group_id,
+        media_group_id=photo.media_group_id, reply_to_message_id=photo.reply_to_message_id,
     )  # fmt: skip
     if decision.outcome is not Outcome.CREATED:
         await _explain(update, svc, decision)

@@ -82,6 +82,8 @@ class IncomingPhoto:
     message_id: int
     update_id: int
     media_group_id: str | None = None
+    # The message this photo replies to (Telegram's reply): an earlier case's message marks the same spot.
+    reply_to_message_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The reference held on the patient's row while they re-read the consent text."""
@@ -204,8 +206,13 @@ def register(
     message_id: int,
     file_unique_id: str | None,
     media_group_id: str | None = None,
+    reply_to_message_id: int | None = None,
 ) -> Decision:
-    """Store the photo and commit its case (or find the case of the same bytes); the case is not queued yet."""
+    """Store the photo and commit its case (or find the case of the same bytes); the case is not queued yet.
+
+    A photo sent as a reply to one of the patient's earlier cases (its acknowledgement, answer or photo) is the
+    same spot again: the new case is linked to that one, and its answer compares the two.
+    """
     image = store.put(data, kind="photo", ext=STORE_EXTENSIONS.get(info.format.upper(), "bin"))
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
@@ -218,6 +225,11 @@ def register(
         )
         if _reusable(same):
             return Decision(Outcome.DUPLICATE, user.language, same.id, same.status in cases.FINAL_STATUSES)
+        earlier = (
+            cases.find_replied_case(session=session, user=user, message_id=reply_to_message_id)
+            if reply_to_message_id is not None
+            else None
+        )
         case = cases.create_case(
             session=session,
             user=user,
@@ -228,6 +240,7 @@ def register(
             message_id=message_id,
             file_unique_id=file_unique_id,
             media_group_id=media_group_id,
+            previous_case_id=earlier.id if earlier is not None else None,
         )
         first = cases.is_first_of_album(session=session, case_id=case.id)
         decision = Decision(Outcome.CREATED, user.language, case.id, first_of_album=first)

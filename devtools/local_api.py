@@ -748,6 +748,12 @@ class LocalBotAPIServer:
             }
         if body.get("caption") is not None:
             content["caption"] = body["caption"]
+        reply_to = body.get("reply_to")
+        if reply_to is not None:  # the patient's reply to a message of this chat (Telegram's reply_to_message)
+            replied = self.state.messages.get((chat["id"], int(reply_to)))
+            if replied is None:
+                return web.json_response({"error": f"no message {reply_to} in chat {chat['id']}"}, status=404)
+            content["reply_to_message"] = replied
         content.update(body.get("extra") or {})
         edit_of = body.get("edit_of")
         if edit_of is not None:
@@ -971,7 +977,9 @@ class LocalBotAPIClient:
         chat_id: int | None = None,
         **content: Any,
     ) -> dict[str, Any]:
-        """Send any message from the patient; returns {"update_id", "message_id", "message"}."""
+        """Send any message from the patient; returns {"update_id", "message_id", "message"}.
+
+        reply_to=MESSAGE_ID (a keyword) sends it as a reply to that message of the chat (reply_to_message)."""
         body = {"user_id": user_id, "language_code": language_code, "chat_type": chat_type, "chat_id": chat_id}
         body.update(content)
         return self._post("/_sim/message", body)

@@ -223,8 +223,12 @@ def create_case(
     message_id: int | None = None,
     file_unique_id: str | None = None,
     media_group_id: str | None = None,
+    previous_case_id: int | None = None,
 ) -> Case:
-    """Create a case for a stored photo (status received) and flush to get its number."""
+    """Create a case for a stored photo (status received) and flush to get its number.
+
+    `previous_case_id`: the patient's earlier case of the same spot (find_replied_case), or None.
+    """
     case = Case(
         user_id=user.id,
         status=CaseStatus.RECEIVED,
@@ -238,6 +242,7 @@ def create_case(
         source_message_id=message_id,
         telegram_file_unique_id=file_unique_id,
         media_group_id=media_group_id,
+        previous_case_id=previous_case_id,
         quality_flags=[],
         model_versions={},
         timings_ms={},
@@ -246,6 +251,26 @@ def create_case(
     session.flush()
     audit(session=session, actor="patient", action="case.received", case_id=case.id)
     return case
+
+
+def find_replied_case(*, session: Session, user: User, message_id: int) -> Case | None:
+    """The patient's own case whose acknowledgement, answer or photo message is `message_id` (a Telegram reply).
+
+    Photos of an album share one answer message: the oldest of them is taken. Anyone else's case is never found.
+    """
+    return session.scalar(
+        select(Case)
+        .where(
+            Case.user_id == user.id,
+            or_(
+                Case.ack_message_id == message_id,
+                Case.reply_message_id == message_id,
+                Case.source_message_id == message_id,
+            ),
+        )
+        .order_by(Case.id)
+        .limit(1)
+    )
 
 
 def get_case(*, session: Session, case_id: int) -> Case | None:

@@ -178,6 +178,10 @@ class Case(Base):
     reply_message_id: Mapped[int | None] = mapped_column(BigInteger)
     reply_text: Mapped[str | None] = mapped_column(Text)
 
+    # The same spot photographed earlier: the patient sent this photo as a Telegram reply to that case's
+    # acknowledgement, answer or photo (cases.find_replied_case). Its answer compares the two (ml.lesion_change).
+    previous_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="SET NULL"))
+
     # The console reviewer who opened this case to review it; the claim lapses at claimed_until (UTC).
     claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -190,6 +194,7 @@ class Case(Base):
 
     user: Mapped[User] = relationship(back_populates="cases")
     claimed_by: Mapped[Operator | None] = relationship(foreign_keys=[claimed_by_id])
+    previous_case: Mapped[Case | None] = relationship(remote_side=[id], foreign_keys=[previous_case_id])
     reviews: Mapped[list[Review]] = relationship(
         back_populates="case", cascade="all, delete-orphan", passive_deletes=True, order_by="Review.created_at"
     )

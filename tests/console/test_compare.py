@@ -99,3 +99,13 @@ def test_a_blinded_read_keeps_its_blind_while_comparing(admin_client, seeded, co
     assert '<input type="hidden" name="read" value="second">' in form
     assert f'?compare={c["a_low"]}&amp;read=second#compare' in html
     assert case_views(console_db_url) == [{"read": "second", "compare": c["a_low"]}]
+
+
+def test_a_case_sent_as_a_reply_to_an_earlier_one_says_same_spot_and_links_to_it(reviewer, seeded, console_db_url):
+    c = seeded.cases
+    assert 'id="same-spot"' not in reviewer.get(f"/cases/{c['a_high']}").text  # not linked: nothing said
+    with session_scope(console_db_url) as s:
+        s.get(Case, c["a_high"]).previous_case_id = c["a_medium"]
+    html = reviewer.get(f"/cases/{c['a_high']}").text
+    line = html[html.index('id="same-spot"'):html.index("</p>", html.index('id="same-spot"'))]
+    assert f'Same spot as <a href="/cases/{c["a_medium"]}">case #{c["a_medium"]}</a>' in line

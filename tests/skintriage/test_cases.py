@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from skintriage import cases
 from skintriage.db import session_factory
@@ -227,3 +227,27 @@ def test_photos_are_held_once_each_up_to_the_cap_and_handed_back_when_the_patien
         assert [(d["version"], d["previous_version"], d["pending_photos"]) for d in details] == [
             ("old", None, 0), ("new", "old", cases.MAX_PENDING_PHOTOS)
         ]
+
+
+def test_a_reply_finds_only_the_patients_own_case_and_linked_cases_delete_with_the_patient(db_url, store):
+    """find_replied_case: by acknowledgement, answer or photo message, never another patient's; /delete still works."""
+    with session_factory(db_url)() as session:
+        alice, bob = _patient(session, 1), _patient(session, 2)
+        bobs = _case(session, store, bob, seed=3)
+        earlier = _case(session, store, alice, seed=1)
+        bobs.ack_message_id = earlier.ack_message_id = 11  # message numbers are per chat: they repeat across chats
+        earlier.reply_message_id, earlier.source_message_id = 14, 10
+        session.flush()
+        for message_id in (10, 11, 14):
+            assert cases.find_replied_case(session=session, user=alice, message_id=message_id).id == earlier.id
+        assert cases.find_replied_case(session=session, user=alice, message_id=12) is None
+        assert cases.find_replied_case(session=session, user=bob, message_id=14) is None
+        later = cases.create_case(
+            session=session, user=alice, image=store.put(lesion_photo(64, 48, seed=2)),
+            previous_case_id=earlier.id,
+        )  # fmt: skip
+        session.commit()
+        assert later.previous_case.id == earlier.id
+        assert cases.delete_user_data(session=session, store=store, user=alice) == 2
+        session.commit()
+        assert session.scalar(select(func.count()).select_from(Case)) == 1  # bob's case stays

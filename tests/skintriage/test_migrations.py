@@ -220,3 +220,44 @@ def test_0014_records_photos_under_way_and_reverts(db_url: str) -> None:
         migrate.upgrade(db_url)
     finally:
         engine.dispose()
+
+
+def test_0015_links_a_case_to_the_earlier_case_of_its_spot_and_reverts_keeping_the_cases(db_url: str) -> None:
+    """previous_case_id exists from 0015 (NULL for earlier cases); deleting the earlier case unlinks, never deletes."""
+    from sqlalchemy import text
+
+    migrate.downgrade(db_url, "0014")
+    engine = create_engine(db_url)
+    insert = (
+        "INSERT INTO cases (id, user_id, status, attempts, language, image_sha256, received_at, quality_flags, "
+        "model_versions, timings_ms, demo_model{extra}) "
+        "VALUES ({id}, 1, 'done', 1, 'en', 'ab', CURRENT_TIMESTAMP, '[]', '{{}}', '{{}}', false{value})"
+    )
+    try:
+        assert "previous_case_id" not in {c["name"] for c in inspect(engine).get_columns("cases")}
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
+                "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
+            ))
+            conn.execute(text(insert.format(id=1, extra="", value="")))
+        migrate.upgrade(db_url)
+        assert migrate.current(db_url) == "0015"
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT previous_case_id FROM cases WHERE id = 1")).scalar() is None
+            conn.execute(text(insert.format(id=2, extra=", previous_case_id", value=", 1")))
+            conn.execute(text(insert.format(id=3, extra=", previous_case_id", value=", 2")))
+        with engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.execute(text("PRAGMA foreign_keys = ON"))
+            conn.execute(text("DELETE FROM cases WHERE id = 2"))
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, previous_case_id FROM cases ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [(1, None), (3, None)]  # ON DELETE SET NULL
+        migrate.downgrade(db_url, "0014")
+        assert "previous_case_id" not in {c["name"] for c in inspect(engine).get_columns("cases")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 2
+        migrate.upgrade(db_url)
+    finally:
+        engine.dispose()
