@@ -14,12 +14,14 @@ demo: env
 
 test: env chromium
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/deptry .
 	$(BIN)/pytest tests/ $(PYTEST_ARGS)
 
 lint: env
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/deptry .
 

@@ -37,9 +37,17 @@ def _peak_rss_mib() -> float:
 def _random_card(size: int, folder: Path) -> Path:
     """A throw-away card with random weights, for timing when no trained model exists."""
     weights, sha = export_weights(build_resnet50().state_dict(), folder)
-    card = ModelCard(kind="classifier", name="bench-random", weights_file=weights.name, weights_sha256=sha,
-                     input_size=[size, size], labels=list(LABELS), temperature=1.0,
-                     operating_point={"mel_threshold": 0.5}, preprocessing={"input_variant": "whole"})
+    card = ModelCard(
+        kind="classifier",
+        name="bench-random",
+        weights_file=weights.name,
+        weights_sha256=sha,
+        input_size=[size, size],
+        labels=list(LABELS),
+        temperature=1.0,
+        operating_point={"mel_threshold": 0.5},
+        preprocessing={"input_variant": "whole"},
+    )
     path = folder / CLASSIFIER_CARD
     card.save(path)
     return path
@@ -78,13 +86,15 @@ def main() -> int:
     rows = []
     for batch, repeats in ((1, args.repeats), (16, max(3, args.repeats // 3))):
         seconds = np.array(_time(classifier, photos[:batch], repeats))
-        rows.append({
-            "batch": batch,
-            "calls": repeats,
-            "latency_p50_ms": float(np.percentile(seconds, 50) * 1000),
-            "latency_p95_ms": float(np.percentile(seconds, 95) * 1000),
-            "throughput_img_s": float(batch / np.median(seconds)),
-        })
+        rows.append(
+            {
+                "batch": batch,
+                "calls": repeats,
+                "latency_p50_ms": float(np.percentile(seconds, 50) * 1000),
+                "latency_p95_ms": float(np.percentile(seconds, 95) * 1000),
+                "throughput_img_s": float(batch / np.median(seconds)),
+            }
+        )
     result = {
         "model": classifier.version,
         "card": str(card_path) if args.card.is_file() else "random weights (no card found)",
@@ -101,15 +111,18 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"classifier {result['model']}  input {classifier.input_size[0]}x{classifier.input_size[1]}  "
-          f"threads {args.threads}  load avg {result['load_average_1min']:.1f}")
+    print(
+        f"classifier {result['model']}  input {classifier.input_size[0]}x{classifier.input_size[1]}  "
+        f"threads {args.threads}  load avg {result['load_average_1min']:.1f}"
+    )
     print("| batch | p50 latency (ms) | p95 latency (ms) | throughput (img/s) |")
     print("| --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['batch']} | {r['latency_p50_ms']:.1f} | {r['latency_p95_ms']:.1f} | "
-              f"{r['throughput_img_s']:.1f} |")
-    print(f"peak RSS: {rss_loaded:.0f} MiB after loading, {result['peak_rss_mib']['after_bench']:.0f} MiB after "
-          f"the benchmark; wrote {args.out}")
+        print(f"| {r['batch']} | {r['latency_p50_ms']:.1f} | {r['latency_p95_ms']:.1f} | {r['throughput_img_s']:.1f} |")
+    print(
+        f"peak RSS: {rss_loaded:.0f} MiB after loading, {result['peak_rss_mib']['after_bench']:.0f} MiB after "
+        f"the benchmark; wrote {args.out}"
+    )
     return 0
 
 

@@ -42,24 +42,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of the parent and of the per-backend child."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, default=ROOT / "models", help="folder with the two model cards")
-    parser.add_argument("--allow-demo", action="store_true",
-                        help="time demo models too (their numbers say nothing about the trained models)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help=f"folder of photos (default: {SHARED_SAMPLE} if present, else {DEMO_PHOTOS})")
+    parser.add_argument(
+        "--allow-demo",
+        action="store_true",
+        help="time demo models too (their numbers say nothing about the trained models)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"folder of photos (default: {SHARED_SAMPLE} if present, else {DEMO_PHOTOS})",
+    )
     parser.add_argument("--n", type=int, default=50, help="photos to run (the first N by name)")
-    parser.add_argument("--explain", action=argparse.BooleanOptionalAction, default=True,
-                        help="Grad-CAM heatmap per photo, as the worker makes with GRADCAM=true (default: on)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16],
-                        help="photos per run_batch call; 1 is always measured")
+    parser.add_argument(
+        "--explain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Grad-CAM heatmap per photo, as the worker makes with GRADCAM=true (default: on)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 4, 8, 16],
+        help="photos per run_batch call; 1 is always measured",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="passes over the photos per batch size")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when torch sees a GPU)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for models and decoders (default: all)")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS),
-                        help="Keras backends of the U-Net to compare, one child process each")
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="measure this backend in this process only (what the parent runs per backend)")
-    parser.add_argument("--json-out", type=Path, default=None,
-                        help="JSON report (default: docs/bench/pipeline-<device>.json)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=list(BACKENDS),
+        help="Keras backends of the U-Net to compare, one child process each",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="measure this backend in this process only (what the parent runs per backend)",
+    )
+    parser.add_argument(
+        "--json-out", type=Path, default=None, help="JSON report (default: docs/bench/pipeline-<device>.json)"
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeats < 1 or min(args.batch_sizes) < 1:
         parser.error("--n, --repeats and every --batch-sizes value must be at least 1")
@@ -81,8 +107,11 @@ def latency_summary(values_ms: list[float]) -> dict[str, float | int | None]:
 
     if not values_ms:
         return {"p50_ms": None, "p95_ms": None, "n": 0}
-    return {"p50_ms": float(np.percentile(values_ms, 50)), "p95_ms": float(np.percentile(values_ms, 95)),
-            "n": len(values_ms)}
+    return {
+        "p50_ms": float(np.percentile(values_ms, 50)),
+        "p95_ms": float(np.percentile(values_ms, 95)),
+        "n": len(values_ms),
+    }
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -104,8 +133,10 @@ def photo_folder(data: Path | None) -> Path:
 def find_photos(folder: Path, n: int) -> list[Path]:
     """The first n photos by name under folder (HAM10000 masks and triage outputs left out)."""
     found = sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in PHOTO_SUFFIXES
+        and p.is_file()
         and not p.stem.endswith(("_segmentation", ".mask", ".overlay"))
     )
     if not found:
@@ -120,16 +151,20 @@ def check_cards(model_dir: Path, *, allow_demo: bool) -> str | None:
     names = (SEGMENTATION_CARD, CLASSIFIER_CARD)
     missing = [name for name in names if not (model_dir / name).is_file()]
     if missing:
-        return (f"{model_dir} has no {' or '.join(missing)}: no models to benchmark. Train them "
-                "(`skintriage train-segmentation`, `skintriage train-classifier`) or pass --model-dir; "
-                "demo models (`skintriage demo` writes them) need --allow-demo")
+        return (
+            f"{model_dir} has no {' or '.join(missing)}: no models to benchmark. Train them "
+            "(`skintriage train-segmentation`, `skintriage train-classifier`) or pass --model-dir; "
+            "demo models (`skintriage demo` writes them) need --allow-demo"
+        )
     try:
         demo = [name for name in names if ModelCard.load(model_dir / name).demo]
     except ModelCardError as exc:
         return str(exc)
     if demo and not allow_demo:
-        return (f"{', '.join(demo)} in {model_dir} describe demo models trained on synthetic images; "
-                "pass --allow-demo to time them anyway (not as results), or point --model-dir at trained models")
+        return (
+            f"{', '.join(demo)} in {model_dir} describe demo models trained on synthetic images; "
+            "pass --allow-demo to time them anyway (not as results), or point --model-dir at trained models"
+        )
     return None
 
 
@@ -148,8 +183,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     payloads = [p.read_bytes() for p in photos]
     rss_before = peak_rss_mib()
     started = time.perf_counter()
-    options = RunOptions(model_dir=args.model_dir, allow_demo=args.allow_demo, device=args.device,
-                         threads=args.threads)
+    options = RunOptions(model_dir=args.model_dir, allow_demo=args.allow_demo, device=args.device, threads=args.threads)
     try:
         pipeline = load_pipeline(options)
     except ModelUnavailableError as exc:
@@ -185,17 +219,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     if batch == 1 and repeat == 0:
                         key = str(d.result.tier) + (f" ({d.result.retake_reason})" if d.result.retake_reason else "")
                         tiers[key] = tiers.get(key, 0) + 1
-        rows.append({
-            "batch": batch,
-            "images": len(payloads) * args.repeats,
-            "seconds": wall,
-            "images_per_s": len(payloads) * args.repeats / wall,
-            "stages": {stage: latency_summary(values) for stage, values in per_stage.items()},
-            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-            "peak_rss_mib_so_far": peak_rss_mib(),
-        })
-        print(f"[{args.backend}] batch {batch:>3}: {rows[-1]['images_per_s']:6.2f} images/s", file=sys.stderr,
-              flush=True)
+        rows.append(
+            {
+                "batch": batch,
+                "images": len(payloads) * args.repeats,
+                "seconds": wall,
+                "images_per_s": len(payloads) * args.repeats / wall,
+                "stages": {stage: latency_summary(values) for stage, values in per_stage.items()},
+                "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                "peak_rss_mib_so_far": peak_rss_mib(),
+            }
+        )
+        print(
+            f"[{args.backend}] batch {batch:>3}: {rows[-1]['images_per_s']:6.2f} images/s", file=sys.stderr, flush=True
+        )
     memory: dict[str, Any] = {"peak_rss_mib": peak_rss_mib(), "rss_before_models_mib": rss_before}
     if cuda:
         memory["torch_cuda_max_allocated_mib"] = max(r["peak_gpu_mib"] for r in rows)
@@ -230,9 +267,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_command(args: argparse.Namespace, backend: str, out: Path) -> list[str]:
     """This script with the parent's options, for one backend, writing its JSON to out."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--backend", backend, "--json-out", str(out),
-           "--model-dir", str(args.model_dir), "--n", str(args.n), "--repeats", str(args.repeats),
-           "--batch-sizes", *map(str, args.batch_sizes), "--explain" if args.explain else "--no-explain"]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--backend",
+        backend,
+        "--json-out",
+        str(out),
+        "--model-dir",
+        str(args.model_dir),
+        "--n",
+        str(args.n),
+        "--repeats",
+        str(args.repeats),
+        "--batch-sizes",
+        *map(str, args.batch_sizes),
+        "--explain" if args.explain else "--no-explain",
+    ]
     if args.data is not None:
         cmd += ["--data", str(args.data)]
     if args.device:
@@ -252,8 +303,14 @@ def run_backends(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[s
             out = Path(tmp) / f"{backend}.json"
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
             print(f"running {backend} ...", file=sys.stderr, flush=True)
-            proc = subprocess.run(child_command(args, backend, out), cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.run(
+                child_command(args, backend, out),
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             if proc.returncode != 0 or not out.is_file():
                 errors[backend] = "\n".join(proc.stderr.strip().splitlines()[-15:])
                 print(f"{backend} failed (exit {proc.returncode}):\n{errors[backend]}", file=sys.stderr)
@@ -289,8 +346,10 @@ def format_report(report: dict[str, Any]) -> str:
     for b in report["backends"]:
         mem = b["memory"]
         extra = "".join(f", {k} {v:.0f}" for k, v in mem.items() if k not in ("peak_rss_mib", "rss_before_models_mib"))
-        lines.append(f"{b['backend']}: best {b['best']['images_per_s']:.2f} images/s at batch {b['best']['batch']}; "
-                     f"peak RSS {mem['peak_rss_mib']:.0f} MiB{extra}; models loaded in {b['load_s']:.1f} s")
+        lines.append(
+            f"{b['backend']}: best {b['best']['images_per_s']:.2f} images/s at batch {b['best']['batch']}; "
+            f"peak RSS {mem['peak_rss_mib']:.0f} MiB{extra}; models loaded in {b['load_s']:.1f} s"
+        )
     return "\n".join(lines)
 
 
@@ -316,10 +375,14 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "threads": args.threads,
         "explain": args.explain,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(), "load_average_1min": os.getloadavg()[0]},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1min": os.getloadavg()[0],
+        },
         "note": "photo bytes in memory -> TriageResult; per-stage p50/p95 over photos that reached the stage; "
-                "in a batch, segment and classify are the batch time divided by its photos",
+        "in a batch, segment and classify are the batch time divided by its photos",
         "backends": backends,
         "failed": errors,
     }

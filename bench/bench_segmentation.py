@@ -63,13 +63,21 @@ def worker(args: argparse.Namespace) -> None:
         segmenter.predict_proba(photos)
     throughput = rounds * len(photos) / (time.perf_counter() - start)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({
-        "backend": backend_name, "input_size": [h, w], "threads": args.threads,
-        "latency_ms_p50": float(np.percentile(latencies, 50) * 1000),
-        "latency_ms_p95": float(np.percentile(latencies, 95) * 1000),
-        "images_per_s_batch": throughput, "batch": args.batch, "repeats": args.repeats,
-        "peak_rss_mib": peak_kib / 1024,
-    }))
+    print(
+        json.dumps(
+            {
+                "backend": backend_name,
+                "input_size": [h, w],
+                "threads": args.threads,
+                "latency_ms_p50": float(np.percentile(latencies, 50) * 1000),
+                "latency_ms_p95": float(np.percentile(latencies, 95) * 1000),
+                "images_per_s_batch": throughput,
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "peak_rss_mib": peak_kib / 1024,
+            }
+        )
+    )
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -98,21 +106,41 @@ def main() -> int:
     for backend in args.backends:
         for h, w in args.sizes:
             env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-            cmd = [sys.executable, __file__, "--worker", "--card", str(args.card), "--size", f"{h}x{w}",
-                   "--threads", str(args.threads), "--repeats", str(args.repeats), "--batch", str(args.batch)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--card",
+                str(args.card),
+                "--size",
+                f"{h}x{w}",
+                "--threads",
+                str(args.threads),
+                "--repeats",
+                str(args.repeats),
+                "--batch",
+                str(args.batch),
+            ]
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{backend} {h}x{w} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
                 return 1
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"{backend:<10} {h}x{w:<5} p50 {r['latency_ms_p50']:7.1f} ms  p95 {r['latency_ms_p95']:7.1f} ms  "
-                  f"{r['images_per_s_batch']:6.1f} img/s  peak {r['peak_rss_mib']:6.0f} MiB", flush=True)
+            print(
+                f"{backend:<10} {h}x{w:<5} p50 {r['latency_ms_p50']:7.1f} ms  p95 {r['latency_ms_p95']:7.1f} ms  "
+                f"{r['images_per_s_batch']:6.1f} img/s  peak {r['peak_rss_mib']:6.0f} MiB",
+                flush=True,
+            )
     card = json.loads(args.card.read_text())
     result = {
-        "card": str(args.card), "model_version": f"{card['name']}@{card['weights_sha256'][:12]}",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
+        "card": str(args.card),
+        "model_version": f"{card['name']}@{card['weights_sha256'][:12]}",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "note": "photo 600x450 in, probability map 600x450 out; latency at batch 1, throughput at --batch",
         "rows": rows,
     }
@@ -121,8 +149,10 @@ def main() -> int:
     print(f"\n| backend | input | p50 ms | p95 ms | images/s (batch {args.batch}) | peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['backend']} | {r['input_size'][0]}x{r['input_size'][1]} | {r['latency_ms_p50']:.1f} | "
-              f"{r['latency_ms_p95']:.1f} | {r['images_per_s_batch']:.1f} | {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {r['backend']} | {r['input_size'][0]}x{r['input_size'][1]} | {r['latency_ms_p50']:.1f} | "
+            f"{r['latency_ms_p95']:.1f} | {r['images_per_s_batch']:.1f} | {r['peak_rss_mib']:.0f} |"
+        )
     print(f"\nwrote {args.out}")
     return 0
 

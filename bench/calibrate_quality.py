@@ -59,8 +59,13 @@ def non_skin_images() -> dict[str, np.ndarray]:
         "noise_uniform": rng.integers(0, 256, (600, 800, 3), dtype=np.uint8),
         "landscape_gradient": gradient_landscape(),
     }
-    for name, colour in {"solid_blue": (30, 60, 200), "solid_green": (40, 160, 60), "solid_grey": (128, 128, 128),
-                         "solid_white": (255, 255, 255), "solid_beige": (214, 170, 150)}.items():
+    for name, colour in {
+        "solid_blue": (30, 60, 200),
+        "solid_green": (40, 160, 60),
+        "solid_grey": (128, 128, 128),
+        "solid_white": (255, 255, 255),
+        "solid_beige": (214, 170, 150),
+    }.items():
         images[name] = np.full((480, 640, 3), colour, np.uint8)
     try:
         from sklearn.datasets import load_sample_images
@@ -114,12 +119,29 @@ def main() -> int:
     rgbs = {image_id: cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) for image_id, path, _ in samples}
     real = {image_id: image_metrics(rgb) for image_id, rgb in rgbs.items()}
     gt_fraction = [float((cv2.imread(str(m), cv2.IMREAD_GRAYSCALE) > 127).mean()) for _, _, m in samples if m]
-    keys = ("sharpness", "bright_p95", "dark_p5", "clipped_fraction", "informative_fraction", "skin_fraction",
-            "neutral_fraction", "flat_fraction")
-    table = {k: dict(zip(map(str, PERCENTILES), np.percentile([r[k] for r in real.values()], PERCENTILES).round(4)
-                         .tolist(), strict=True)) for k in keys}
-    table["gt_lesion_fraction"] = dict(zip(map(str, PERCENTILES), np.percentile(gt_fraction, PERCENTILES).round(4)
-                                           .tolist(), strict=True))
+    keys = (
+        "sharpness",
+        "bright_p95",
+        "dark_p5",
+        "clipped_fraction",
+        "informative_fraction",
+        "skin_fraction",
+        "neutral_fraction",
+        "flat_fraction",
+    )
+    table = {
+        k: dict(
+            zip(
+                map(str, PERCENTILES),
+                np.percentile([r[k] for r in real.values()], PERCENTILES).round(4).tolist(),
+                strict=True,
+            )
+        )
+        for k in keys
+    }
+    table["gt_lesion_fraction"] = dict(
+        zip(map(str, PERCENTILES), np.percentile(gt_fraction, PERCENTILES).round(4).tolist(), strict=True)
+    )
     print(f"real HAM10000 photos: n={len(real)}")
     print(f"{'metric':22s} " + " ".join(f"p{p:<6g}" for p in PERCENTILES))
     for k, row in table.items():
@@ -142,8 +164,14 @@ def main() -> int:
         fakes[name] = {"reason": str(report.reason), **{k: m[k] for k in keys}}
         print(f"{name:32s} {report.reason!s:12s} " + " ".join(f"{m[k]:10.4g}" for k in keys))
 
-    result: dict = {"n_real": len(real), "real_percentiles": table, "stage1_real": reasons,
-                    "stage1_real_flags": flagged, "non_skin": fakes, "config": config.as_dict()}
+    result: dict = {
+        "n_real": len(real),
+        "real_percentiles": table,
+        "stage1_real": reasons,
+        "stage1_real_flags": flagged,
+        "non_skin": fakes,
+        "config": config.as_dict(),
+    }
     if args.model_dir:
         from ml.unet import Segmenter
 
@@ -158,8 +186,16 @@ def main() -> int:
                 mask_metrics.append(report.metrics)
                 mask_reasons[str(report.reason)] = mask_reasons.get(str(report.reason), 0) + 1
         mkeys = ("lesion_fraction", "mask_fraction_all_components", "mask_confidence", "max_probability")
-        mtable = {k: dict(zip(map(str, PERCENTILES), np.percentile([r[k] for r in mask_metrics], PERCENTILES)
-                              .round(4).tolist(), strict=True)) for k in mkeys}
+        mtable = {
+            k: dict(
+                zip(
+                    map(str, PERCENTILES),
+                    np.percentile([r[k] for r in mask_metrics], PERCENTILES).round(4).tolist(),
+                    strict=True,
+                )
+            )
+            for k in mkeys
+        }
         print(f"\nU-Net {seg.version} mask metrics on the real photos")
         for k, row in mtable.items():
             print(f"{k:30s} " + " ".join(f"{v:<7.4g}" for v in row.values()))
@@ -169,10 +205,13 @@ def main() -> int:
         for name, image in non_skin_images().items():
             report, _ = check_mask(seg.predict_proba([image])[0], threshold=seg.threshold, config=config)
             fake_masks[name] = {"reason": str(report.reason), **report.metrics}
-            print(f"{name:32s} {report.reason!s:12s} {report.metrics['lesion_fraction']:15.4f} "
-                  f"{report.metrics['mask_confidence']:15.4f}")
-        result.update({"unet": seg.version, "mask_percentiles": mtable, "stage2_real": mask_reasons,
-                       "non_skin_masks": fake_masks})
+            print(
+                f"{name:32s} {report.reason!s:12s} {report.metrics['lesion_fraction']:15.4f} "
+                f"{report.metrics['mask_confidence']:15.4f}"
+            )
+        result.update(
+            {"unet": seg.version, "mask_percentiles": mtable, "stage2_real": mask_reasons, "non_skin_masks": fake_masks}
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {args.out}")

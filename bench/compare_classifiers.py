@@ -53,8 +53,12 @@ def bootstrap_auc_difference(
             continue
         diffs.append(binary_roc_auc(is_mel[i], p_other[i]) - binary_roc_auc(is_mel[i], p_base[i]))
     d = np.array(diffs)
-    return {"resamples": len(d), "mean": float(d.mean()), "ci95": [float(np.percentile(d, 2.5)),
-            float(np.percentile(d, 97.5))], "share_better": float((d > 0).mean())}
+    return {
+        "resamples": len(d),
+        "mean": float(d.mean()),
+        "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))],
+        "share_better": float((d > 0).mean()),
+    }
 
 
 class CachedSegmenter:
@@ -94,8 +98,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split-csv", type=Path, default=Path("runs/split.csv"))
     parser.add_argument("--split", default="val", help="val to choose (the default), test only to report")
-    parser.add_argument("--cards", type=Path, nargs="+", required=True,
-                        help="classifier cards; the first is the baseline")
+    parser.add_argument(
+        "--cards", type=Path, nargs="+", required=True, help="classifier cards; the first is the baseline"
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N images only (a quick check, not a result)")
     parser.add_argument("--tta", action="store_true", help="also score each card with the four flip views averaged")
     parser.add_argument("--seg-card", type=Path, default=Path("models/segmentation.json"))
@@ -126,8 +131,9 @@ def main() -> int:
         for tta in (False, True) if args.tta else (False,):
             name = model.version + (" +TTA" if tta else "")
             print(f"scoring {name} ...", flush=True)
-            variants[name] = np.array(evaluate(model, samples, masks="unet", segmenter=segmenter, tta=tta)
-                                      ["probabilities"])
+            variants[name] = np.array(
+                evaluate(model, samples, masks="unet", segmenter=segmenter, tta=tta)["probabilities"]
+            )
     if len(models) > 1:
         plain = [variants[m.version] for m in models]
         variants["ensemble (mean of " + ", ".join(m.version for m in models) + ")"] = np.mean(plain, axis=0)
@@ -137,14 +143,24 @@ def main() -> int:
     for name, p in variants.items():
         if name != base_name:
             rows[name]["auc_minus_baseline"] = bootstrap_auc_difference(
-                is_mel, variants[base_name][:, MEL_INDEX], p[:, MEL_INDEX], groups, n=args.bootstrap, seed=args.seed)
-    report = {"split": args.split, "n": len(samples), "melanomas": int(is_mel.sum()),
-              "melanoma_lesions": len(set(groups[is_mel])), "baseline": base_name, "masks": "unet",
-              "cards": [str(c) for c in args.cards], "variants": rows}
+                is_mel, variants[base_name][:, MEL_INDEX], p[:, MEL_INDEX], groups, n=args.bootstrap, seed=args.seed
+            )
+    report = {
+        "split": args.split,
+        "n": len(samples),
+        "melanomas": int(is_mel.sum()),
+        "melanoma_lesions": len(set(groups[is_mel])),
+        "baseline": base_name,
+        "masks": "unet",
+        "cards": [str(c) for c in args.cards],
+        "variants": rows,
+    }
 
     heads = " | ".join(f"spec@{s:.2f}" for s in SENSITIVITIES)
-    print(f"\n{args.split} split: {len(samples)} images, {int(is_mel.sum())} melanomas "
-          f"({report['melanoma_lesions']} lesions); U-Net masks\n")
+    print(
+        f"\n{args.split} split: {len(samples)} images, {int(is_mel.sum())} melanomas "
+        f"({report['melanoma_lesions']} lesions); U-Net masks\n"
+    )
     print(f"| variant | MEL AUC | AUC - baseline [95% CI, lesion bootstrap] | bacc | {heads} | ECE |")
     print("| --- " * (5 + len(SENSITIVITIES)) + "|")
     for name, r in rows.items():
@@ -154,8 +170,13 @@ def main() -> int:
         print(f"| {name} | {r['mel_auc']:.4f} | {diff} | {r['balanced_accuracy']:.4f} | {specs} | {r['ece']:.4f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    np.savez_compressed(args.out.with_suffix(".npz"), labels=y, lesions=groups,
-                        names=np.array(list(variants)), probabilities=np.stack(list(variants.values())))
+    np.savez_compressed(
+        args.out.with_suffix(".npz"),
+        labels=y,
+        lesions=groups,
+        names=np.array(list(variants)),
+        probabilities=np.stack(list(variants.values())),
+    )
     print(f"wrote {args.out} and {args.out.with_suffix('.npz')}")
     return 0
 

@@ -134,8 +134,9 @@ class Counts:
 
     def per_case(self) -> dict[str, float]:
         """The counts divided by the number of cases reviewed."""
-        return {k: round(getattr(self, k) / self.cases, 2) for k in ("keystrokes", "clicks", "wheel_notches",
-                                                                       "page_loads")}
+        return {
+            k: round(getattr(self, k) / self.cases, 2) for k in ("keystrokes", "clicks", "wheel_notches", "page_loads")
+        }
 
 
 class Operator:
@@ -246,8 +247,10 @@ def screenshots(page, base: str, seeded, url: str, out: Path) -> list[Path]:
     shot("case-page")
     page.goto(f"{base}/cases/{seeded.cases['b_high_old']}")
     if not _has_korean_font():
-        print("warning: no Korean font (fc-list :lang=ko); Hangul shows as boxes: apt-get install fonts-nanum",
-              file=sys.stderr)
+        print(
+            "warning: no Korean font (fc-list :lang=ko); Hangul shows as boxes: apt-get install fonts-nanum",
+            file=sys.stderr,
+        )
     shot("case-told-in-english", element="#told")
     add_reviews(url, seeded)
     page.goto(f"{base}/safety?days=30")

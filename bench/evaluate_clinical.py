@@ -55,8 +55,9 @@ def main() -> int:
     args = parser.parse_args()
 
     samples = [s for s in read_pad(args.pad) if args.split == "all" or s.split == "test"]
-    pipeline = Pipeline.from_model_dir(args.model_dir, allow_demo=args.allow_demo, device="cpu",
-                                       threads=args.threads, decode_workers=1)
+    pipeline = Pipeline.from_model_dir(
+        args.model_dir, allow_demo=args.allow_demo, device="cpu", threads=args.threads, decode_workers=1
+    )
     results = []
     for start in range(0, len(samples), 8):
         chunk = samples[start : start + 8]
@@ -87,8 +88,10 @@ def main() -> int:
         "judged": int(judged.sum()),
         "refused": dict(Counter(str(r.retake_reason) for r in results if r.tier == "RETAKE")),
         "modality": dict(Counter(str(r.modality) for r in results)),
-        "tiers": {label: dict(Counter(str(r.tier) for r, s in zip(results, samples, strict=True) if s.label == label))
-                  for label in ("MEL", "NV", "OTHER")},
+        "tiers": {
+            label: dict(Counter(str(r.tier) for r, s in zip(results, samples, strict=True) if s.label == label))
+            for label in ("MEL", "NV", "OTHER")
+        },
         "melanomas_told_low": int((low & is_mel).sum()),
         "mel_threshold": pipeline.mel_threshold,
         "sensitivity_high": bootstrap(values, sens, patients[judged], args.boot),
@@ -97,12 +100,15 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{report['photos']} photos of {report['patients']} patients ({report['melanomas']} melanomas), "
-          f"{report['judged']} judged; refused {report['refused']}; modality {report['modality']}")
+    print(
+        f"{report['photos']} photos of {report['patients']} patients ({report['melanomas']} melanomas), "
+        f"{report['judged']} judged; refused {report['refused']}; modality {report['modality']}"
+    )
     for key in ("sensitivity_high", "specificity_high", "mel_auc"):
         r = report[key]
-        print(f"{key:18s} {r['point'] if r['point'] is not None else float('nan'):.3f}  "
-              f"[{r['low']:.3f}, {r['high']:.3f}]")
+        print(
+            f"{key:18s} {r['point'] if r['point'] is not None else float('nan'):.3f}  [{r['low']:.3f}, {r['high']:.3f}]"
+        )
     print(f"tiers by diagnosis: {report['tiers']}; melanomas told LOW: {report['melanomas_told_low']}")
     print(f"wrote {args.out}")
     return 0

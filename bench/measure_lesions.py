@@ -22,8 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ml.data import read_ham10000, read_image_rgb, read_mask
 from ml.measurements import measure_lesion
 
-NUMBERS = ("asymmetry_major_axis", "asymmetry_minor_axis", "compactness", "convexity_ratio", "colour_count",
-           "diameter_share", "area_share")
+NUMBERS = (
+    "asymmetry_major_axis",
+    "asymmetry_minor_axis",
+    "compactness",
+    "convexity_ratio",
+    "colour_count",
+    "diameter_share",
+    "area_share",
+)
 
 
 def auc(positive: list[float], negative: list[float]) -> float:
@@ -53,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"image_id": sample.image_id, "dx": sample.dx, "label": sample.label, **measured})
 
     by_label = {label: [r for r in rows if r["label"] == label] for label in ("MEL", "NV", "OTHER")}
-    print(f"{len(rows)} photos ({', '.join(f'{k} {len(v)}' for k, v in by_label.items())}); "
-          f"{np.median(times):.1f} ms per photo (p50), {np.percentile(times, 95):.1f} ms (p95)")
+    print(
+        f"{len(rows)} photos ({', '.join(f'{k} {len(v)}' for k, v in by_label.items())}); "
+        f"{np.median(times):.1f} ms per photo (p50), {np.percentile(times, 95):.1f} ms (p95)"
+    )
     print("| measurement | MEL p25 / p50 / p75 | NV p25 / p50 / p75 | OTHER p25 / p50 / p75 | AUC MEL vs NV |")
     print("| --- | --- | --- | --- | --- |")
     for name in NUMBERS:

@@ -97,15 +97,20 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/nonskin.json"))
     args = parser.parse_args()
 
-    pipeline = Pipeline.from_model_dir(args.model_dir, allow_demo=False, device="cpu", threads=args.threads,
-                                       decode_workers=1)
-    fakes = {**{f"calibrate_quality/{k}": v for k, v in non_skin_images().items()},
-             **{f"added/{k}": v for k, v in extra_non_skin_images().items()}}
+    pipeline = Pipeline.from_model_dir(
+        args.model_dir, allow_demo=False, device="cpu", threads=args.threads, decode_workers=1
+    )
+    fakes = {
+        **{f"calibrate_quality/{k}": v for k, v in non_skin_images().items()},
+        **{f"added/{k}": v for k, v in extra_non_skin_images().items()},
+    }
     fake_results = dict(zip(fakes, run(pipeline, [jpeg(v) for v in fakes.values()]), strict=True))
     ham = read_split_csv(args.split_csv, args.ham)["test"]
     pad = read_pad(args.pad)
-    real = {"dermoscopic (HAM10000 test split)": [s.image_path.read_bytes() for s in ham],
-            "clinical (PAD-UFES-20, all)": [s.image_path.read_bytes() for s in pad]}
+    real = {
+        "dermoscopic (HAM10000 test split)": [s.image_path.read_bytes() for s in ham],
+        "clinical (PAD-UFES-20, all)": [s.image_path.read_bytes() for s in pad],
+    }
     real_stages = {kind: Counter(stage(r) for r in run(pipeline, photos)) for kind, photos in real.items()}
 
     print(f"models: {pipeline.versions}\n")
@@ -121,13 +126,30 @@ def main() -> int:
     for kind, counts in real_stages.items():
         n = sum(counts.values())
         non_skin = counts.get("modality: unlike lesion photos", 0) + counts.get("gate/mask: not_skin", 0)
-        summary[kind] = {"photos": n, "stages": dict(counts), "refused_as_not_skin": non_skin / n,
-                         "refused_any_reason": 1 - counts.get("kept", 0) / n}
-        print(f"{kind}: {n} photos; refused as not skin {non_skin} ({non_skin / n:.2%}), for any reason "
-              f"{n - counts.get('kept', 0)} ({1 - counts.get('kept', 0) / n:.2%}); {dict(counts)}")
+        summary[kind] = {
+            "photos": n,
+            "stages": dict(counts),
+            "refused_as_not_skin": non_skin / n,
+            "refused_any_reason": 1 - counts.get("kept", 0) / n,
+        }
+        print(
+            f"{kind}: {n} photos; refused as not skin {non_skin} ({non_skin / n:.2%}), for any reason "
+            f"{n - counts.get('kept', 0)} ({1 - counts.get('kept', 0) / n:.2%}); {dict(counts)}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"models": pipeline.versions, "non_skin": table, "non_skin_refused": refused,
-                                    "non_skin_images": len(table), "real": summary}, indent=1) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "models": pipeline.versions,
+                "non_skin": table,
+                "non_skin_refused": refused,
+                "non_skin_images": len(table),
+                "real": summary,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {args.out}")
     return 0
 

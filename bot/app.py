@@ -135,11 +135,15 @@ async def recover_interrupted(application: Application) -> None:
             except TelegramError as exc:
                 log.warning("could not tell a patient about an interrupted photo (%s); next start", type(exc).__name__)
                 continue
-        await asyncio.to_thread(intake.settle, sessions=services.sessions, chat_id=item.chat_id,
-                                message_id=item.message_id)
+        await asyncio.to_thread(
+            intake.settle, sessions=services.sessions, chat_id=item.chat_id, message_id=item.message_id
+        )
     if pending:
-        log.info("answered %d photos an earlier run left under way (%d had been saved)",
-                 len(pending), sum(i.saved for i in pending))
+        log.info(
+            "answered %d photos an earlier run left under way (%d had been saved)",
+            len(pending),
+            sum(i.saved for i in pending),
+        )
 
 
 async def _set_commands(application: Application) -> None:

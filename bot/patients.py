@@ -112,9 +112,7 @@ def give_consent(*, sessions: sessionmaker[Session], patient: Patient, version: 
         return Consent(user.language, False, pending)
 
 
-def choose_language(
-    *, sessions: sessionmaker[Session], patient: Patient, language: str, version: str
-) -> ConsentState:
+def choose_language(*, sessions: sessionmaker[Session], patient: Patient, language: str, version: str) -> ConsentState:
     """Store the patient's language; returns where they stand with the consent text."""
     with transaction(sessions) as session:
         user = ensure_user(session, patient)
@@ -134,9 +132,7 @@ def recent_cases(
         return user.language, [CaseSummary(c.id, c.received_at, c.status, c.tier) for c in rows]
 
 
-def own_case(
-    *, sessions: sessionmaker[Session], patient: Patient, case_id: int
-) -> tuple[str, Case | None, list[int]]:
+def own_case(*, sessions: sessionmaker[Session], patient: Patient, case_id: int) -> tuple[str, Case | None, list[int]]:
     """The patient's language, the case whose answer to show again and its album's case ids ([] when alone).
 
     The case is None when it is not theirs or does not exist. A photo of a finished album shows the album's one

@@ -128,7 +128,9 @@ def create_app(
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> HTMLResponse:
         return render(
-            request, "error.html", {"title": "Not allowed", "message": "This page is for admins only."},
+            request,
+            "error.html",
+            {"title": "Not allowed", "message": "This page is for admins only."},
             status_code=403,
         )
 
@@ -140,7 +142,8 @@ def create_app(
     @app.exception_handler(cases.CaseMissing)
     async def case_missing(request: Request, exc: cases.CaseMissing) -> HTMLResponse:
         return render(
-            request, "error.html",
+            request,
+            "error.html",
             {"title": "No such case", "message": "No case with that number (the patient may have deleted it)."},
             status_code=404,
         )
@@ -148,7 +151,8 @@ def create_app(
     @app.exception_handler(patients.PatientMissing)
     async def patient_missing(request: Request, exc: patients.PatientMissing) -> HTMLResponse:
         return render(
-            request, "error.html",
+            request,
+            "error.html",
             {"title": "No such patient", "message": "No patient with that number (they may have deleted their data)."},
             status_code=404,
         )

@@ -173,8 +173,9 @@ def authenticate(
     operator.last_login_at = now
     if _hasher.check_needs_rehash(operator.password_hash):
         operator.password_hash = hash_password(password)
-    audit(session=session, actor="operator", action="operator.login", operator_id=operator.id,
-          detail={"address": address})
+    audit(
+        session=session, actor="operator", action="operator.login", operator_id=operator.id, detail={"address": address}
+    )
     return LoginResult(LoginOutcome.OK, operator)
 
 

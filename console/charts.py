@@ -69,8 +69,13 @@ def render_chart(name: str, stats: DashboardStats) -> bytes:
             bars = ax.bar(classes, shares, color="#2980b9")
             for bar, cls in zip(bars, classes, strict=True):
                 a = stats.agreement[cls]
-                ax.annotate(f"{a.agreed}/{a.reviewed}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize="small")
+                ax.annotate(
+                    f"{a.agreed}/{a.reviewed}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize="small",
+                )
             ax.set_ylim(0, 110)
             ax.set_ylabel("% agreed")
             ax.set_title("Operators agreeing with the model, by the model's label")

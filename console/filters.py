@@ -100,10 +100,14 @@ def disagreement_clause(kind: str) -> ColumnElement[bool]:
     else:
         # As console.stats.reviewer_label: the model's label when the reviewer agrees, the correction otherwise.
         label = case((ref.verdict == "agree", Case.label), else_=ref.corrected_label)
-        conditions.extend([
-            ref.verdict != "cannot_assess", label == MELANOMA, Case.status == CaseStatus.DONE,
-            Case.tier.in_(MISSED_TIERS),
-        ])
+        conditions.extend(
+            [
+                ref.verdict != "cannot_assess",
+                label == MELANOMA,
+                Case.status == CaseStatus.DONE,
+                Case.tier.in_(MISSED_TIERS),
+            ]
+        )
     return exists(select(ref.id).where(*conditions))
 
 

@@ -121,8 +121,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (OperationalError, ProgrammingError) as exc:
-        print(f"error: the database is not ready ({type(exc).__name__}); run `skintriage db upgrade` first",
-              file=sys.stderr)
+        print(
+            f"error: the database is not ready ({type(exc).__name__}); run `skintriage db upgrade` first",
+            file=sys.stderr,
+        )
         return 1
     print(f"operator {args.name!r} {verb} with role {role}")
     return 0

@@ -31,8 +31,9 @@ def keep_review(*, session: Session, operator_id: int, case_id: int, form: Revie
     token = secrets.token_urlsafe(32)
     values = {key: str(value) for key, value in asdict(form).items()}
     session.add(
-        PendingReview(token_sha256=_digest(token), operator_id=operator_id, case_id=case_id,
-                      form={**values, "then": then})
+        PendingReview(
+            token_sha256=_digest(token), operator_id=operator_id, case_id=case_id, form={**values, "then": then}
+        )
     )
     return token
 

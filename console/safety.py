@@ -214,7 +214,11 @@ class SafetyReport:
 
 
 def _second_reads(
-    *, session: Session, references: dict[int, Review], labels: dict[int, str | None], since: datetime,
+    *,
+    session: Session,
+    references: dict[int, Review],
+    labels: dict[int, str | None],
+    since: datetime,
     until: datetime,
 ) -> SecondReads:
     """Pair each case's reference review with its earliest blinded read by another operator."""
@@ -297,7 +301,10 @@ def compute_safety(*, session: Session, days: int = 90, today: date | None = Non
         by_modality=breakdown(judged, lambda j: j.modality),
         by_reviewer=breakdown(judged, lambda j: j.reviewer),
         second_reads=_second_reads(
-            session=session, references=references, labels={i: c.label for i, c in by_id.items()},
-            since=since, until=until,
+            session=session,
+            references=references,
+            labels={i: c.label for i, c in by_id.items()},
+            since=since,
+            until=until,
         ),
     )

@@ -223,8 +223,12 @@ def train_demo_classifier(out_dir: Path, *, quick: bool, seed: int = 0) -> Model
         weights_file=weights.name,
         weights_sha256=sha,
         input_size=list(size),
-        architecture={"name": ARCHITECTURE, "num_classes": len(LABELS), "init": "none",
-                      "trained": "BatchNorm statistics and the fc head only (demo)"},
+        architecture={
+            "name": ARCHITECTURE,
+            "num_classes": len(LABELS),
+            "init": "none",
+            "trained": "BatchNorm statistics and the fc head only (demo)",
+        },
         preprocessing={
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
@@ -255,8 +259,14 @@ def train_demo_classifier(out_dir: Path, *, quick: bool, seed: int = 0) -> Model
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     card.save(out_dir / CLASSIFIER_CARD)
-    log.info("demo ResNet50 %s: synthetic val accuracy %.3f, T=%.2f, threshold %.3f in %.1f s",
-             card.version, accuracy, temperature, threshold, time.perf_counter() - started)
+    log.info(
+        "demo ResNet50 %s: synthetic val accuracy %.3f, T=%.2f, threshold %.3f in %.1f s",
+        card.version,
+        accuracy,
+        temperature,
+        threshold,
+        time.perf_counter() - started,
+    )
     return card
 
 

@@ -52,8 +52,12 @@ def per_class_prf(cm: np.ndarray) -> dict[str, np.ndarray]:
     precision, recall, f1, support = precision_recall_fscore_support(
         t, p, labels=np.arange(cm.shape[0]), zero_division=0
     )
-    return {"precision": precision.astype(np.float64), "recall": recall.astype(np.float64),
-            "f1": f1.astype(np.float64), "support": support.astype(np.float64)}
+    return {
+        "precision": precision.astype(np.float64),
+        "recall": recall.astype(np.float64),
+        "f1": f1.astype(np.float64),
+        "support": support.astype(np.float64),
+    }
 
 
 def balanced_accuracy(cm: np.ndarray) -> float:
@@ -150,8 +154,14 @@ def threshold_for_sensitivity_bound(
         if lower >= target:
             chosen, bound, point = float(threshold), lower, float(detected.mean())
             break
-    return {"threshold": chosen, "sensitivity": point, "sensitivity_lower_bound": bound,
-            "confidence": confidence, "n_boot": n_boot, "n_positive_groups": n_groups}
+    return {
+        "threshold": chosen,
+        "sensitivity": point,
+        "sensitivity_lower_bound": bound,
+        "confidence": confidence,
+        "n_boot": n_boot,
+        "n_positive_groups": n_groups,
+    }
 
 
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> float:
@@ -224,8 +234,12 @@ def summarize(probs: np.ndarray, y_true: np.ndarray, *, mel_threshold: float | N
         # The target metric: the best specificity among thresholds that keep sensitivity >= 0.90.
         at = threshold_for_sensitivity(is_mel, p[:, MEL_INDEX], SENSITIVITY_TARGET)
         sens_at, spec_at = sensitivity_specificity(is_mel, p[:, MEL_INDEX], at)
-        out["mel_spec_at_sens"] = {"target": SENSITIVITY_TARGET, "threshold": at,
-                                   "sensitivity": sens_at, "specificity": spec_at}
+        out["mel_spec_at_sens"] = {
+            "target": SENSITIVITY_TARGET,
+            "threshold": at,
+            "sensitivity": sens_at,
+            "specificity": spec_at,
+        }
     if mel_threshold is not None:
         sens, spec = sensitivity_specificity(is_mel, p[:, MEL_INDEX], mel_threshold)
         out["operating_point"] = {"mel_threshold": float(mel_threshold), "sensitivity": sens, "specificity": spec}

@@ -146,7 +146,7 @@ class TrainAugment:
         x = x * brightness
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * contrast + mean
-        gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         x = (x - gray) * saturation + gray
         return x.clamp_(0.0, 1.0)
 

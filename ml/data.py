@@ -108,9 +108,7 @@ def scan_ham10000(root: Path) -> tuple[list[Sample], list[Problem]]:
             continue
         seen.add(image_id)
         if dx not in DX_TO_LABEL:
-            problems.append(
-                Problem("unknown_dx", meta, f"line {line}: dx {dx!r} not one of {sorted(DX_TO_LABEL)}")
-            )
+            problems.append(Problem("unknown_dx", meta, f"line {line}: dx {dx!r} not one of {sorted(DX_TO_LABEL)}"))
             continue
         image_path = images.get(image_id)
         if image_path is None:
@@ -200,9 +198,7 @@ def make_split(
         out[name].sort(key=lambda s: s.image_id)
     empty = [name for name in SPLITS if not out[name]]
     if empty:
-        raise DatasetError(
-            f"split(s) {empty} came out empty; the dataset ({len(samples)} images) is too small"
-        )
+        raise DatasetError(f"split(s) {empty} came out empty; the dataset ({len(samples)} images) is too small")
     return out
 
 
@@ -240,9 +236,7 @@ def read_split_csv(path: Path, root: Path) -> dict[str, list[Sample]]:
     """Read a split CSV back into Samples of the dataset at root; refuse splits that do not fit it."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(
-            f"split file {path} not found; pass an existing split CSV, or a new path to create one"
-        )
+        raise DatasetError(f"split file {path} not found; pass an existing split CSV, or a new path to create one")
     by_id = {s.image_id: s for s in read_ham10000(root)}
     out: dict[str, list[Sample]] = {name: [] for name in SPLITS}
     lesion_split: dict[str, str] = {}
@@ -270,9 +264,7 @@ def read_split_csv(path: Path, root: Path) -> dict[str, list[Sample]]:
     return out
 
 
-def load_or_make_split(
-    root: Path, split_csv: Path | None, *, seed: int = 42
-) -> tuple[dict[str, list[Sample]], str]:
+def load_or_make_split(root: Path, split_csv: Path | None, *, seed: int = 42) -> tuple[dict[str, list[Sample]], str]:
     """Read the split CSV if it exists, else make one from the seed (and write it if a path is given)."""
     if split_csv is not None and Path(split_csv).is_file():
         split = read_split_csv(Path(split_csv), Path(root))

@@ -51,22 +51,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLITS, default=None, help="default test; val with --calibrate-ood")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default docs/classification/<name>)")
     parser.add_argument("--tta", action="store_true", help="average the four flip views")
-    parser.add_argument("--masks", choices=("gt", "unet"), default="gt",
-                        help="crop models: crop by the ground-truth masks or by the U-Net's masks")
-    parser.add_argument("--seg-card", type=Path, default=None,
-                        help=f"segmentation card for --masks unet (default MODEL_DIR/{SEGMENTATION_CARD})")
+    parser.add_argument(
+        "--masks",
+        choices=("gt", "unet"),
+        default="gt",
+        help="crop models: crop by the ground-truth masks or by the U-Net's masks",
+    )
+    parser.add_argument(
+        "--seg-card",
+        type=Path,
+        default=None,
+        help=f"segmentation card for --masks unet (default MODEL_DIR/{SEGMENTATION_CARD})",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    parser.add_argument("--calibrate-ood", type=percentile_flag, nargs="?", const=DEFAULT_OOD_PERCENTILE,
-                        default=None, metavar="PERCENTILE",
-                        help="instead of a report, set the card's OOD energy threshold to this percentile of the "
-                        f"validation photos (default {DEFAULT_OOD_PERCENTILE}: at most 0.5 %% of them refused as "
-                        "'not skin') and rewrite the card in place; 0 removes the check")
-    parser.add_argument("--calibrate-threshold", type=float, nargs="?", const=0.95, default=None,
-                        metavar="CONFIDENCE",
-                        help="instead of a report, choose the card's melanoma threshold on the validation photos "
-                        "(masks as --masks) so that this lower confidence bound of sensitivity (bootstrap over "
-                        "lesions, default 0.95) reaches the card's target sensitivity, and rewrite the card")
+    parser.add_argument(
+        "--calibrate-ood",
+        type=percentile_flag,
+        nargs="?",
+        const=DEFAULT_OOD_PERCENTILE,
+        default=None,
+        metavar="PERCENTILE",
+        help="instead of a report, set the card's OOD energy threshold to this percentile of the "
+        f"validation photos (default {DEFAULT_OOD_PERCENTILE}: at most 0.5 %% of them refused as "
+        "'not skin') and rewrite the card in place; 0 removes the check",
+    )
+    parser.add_argument(
+        "--calibrate-threshold",
+        type=float,
+        nargs="?",
+        const=0.95,
+        default=None,
+        metavar="CONFIDENCE",
+        help="instead of a report, choose the card's melanoma threshold on the validation photos "
+        "(masks as --masks) so that this lower confidence bound of sensitivity (bootstrap over "
+        "lesions, default 0.95) reaches the card's target sensitivity, and rewrite the card",
+    )
 
 
 def _masks_for(chunk: list[Sample], images: list[np.ndarray], source: str, segmenter: Any) -> list[np.ndarray]:
@@ -173,12 +193,18 @@ def calibrate_threshold(
     logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
     p_mel = softmax(logits, classifier.temperature)[:, MEL_INDEX]
     is_mel = np.array([s.label == "MEL" for s in samples])
-    rule = operating_threshold(is_mel, p_mel, np.array([s.lesion_id for s in samples]), target=target,
-                               confidence=confidence)
+    rule = operating_threshold(
+        is_mel, p_mel, np.array([s.lesion_id for s in samples]), target=target, confidence=confidence
+    )
     sens, spec = sensitivity_specificity(is_mel, p_mel, rule["threshold"])
     threshold = rule.pop("threshold")
-    return {"mel_threshold": threshold, "val_sensitivity": sens, "val_specificity": spec,
-            "threshold_masks": masks, **rule}
+    return {
+        "mel_threshold": threshold,
+        "val_sensitivity": sens,
+        "val_specificity": spec,
+        "threshold_masks": masks,
+        **rule,
+    }
 
 
 def write_operating_point_to_card(card_path: Path, op: dict[str, Any], *, weights_sha256: str) -> ModelCard:
@@ -224,8 +250,15 @@ def plot_confusion(cm: np.ndarray, path: Path, title: str) -> None:
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(LABELS)):
         for j in range(len(LABELS)):
-            ax.text(j, i, f"{cm[i, j]}\n{rows[i, j]:.0%}", ha="center", va="center",
-                    color="white" if rows[i, j] > 0.5 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{rows[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if rows[i, j] > 0.5 else "black",
+                fontsize=9,
+            )
     ax.set_xticks(range(len(LABELS)), LABELS)
     ax.set_yticks(range(len(LABELS)), LABELS)
     ax.set_xlabel("predicted")
@@ -246,11 +279,19 @@ def plot_roc(result: dict[str, Any], path: Path, title: str) -> None:
     metrics = result["metrics"]
     fig, ax = plt.subplots(figsize=(4.6, 4))
     for label, curve in result["roc"].items():
-        ax.plot(curve["fpr"], curve["tpr"], label=f"{label} (AUC {metrics['auc'][label]:.3f})",
-                linewidth=2 if label == "MEL" else 1)
+        ax.plot(
+            curve["fpr"],
+            curve["tpr"],
+            label=f"{label} (AUC {metrics['auc'][label]:.3f})",
+            linewidth=2 if label == "MEL" else 1,
+        )
     op = metrics["operating_point"]
-    ax.plot(1 - op["specificity"], op["sensitivity"], "ko",
-            label=f"MEL operating point\nsens {op['sensitivity']:.2f}, spec {op['specificity']:.2f}")
+    ax.plot(
+        1 - op["specificity"],
+        op["sensitivity"],
+        "ko",
+        label=f"MEL operating point\nsens {op['sensitivity']:.2f}, spec {op['specificity']:.2f}",
+    )
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set_xlabel("false-positive rate (1 - specificity)")
     ax.set_ylabel("true-positive rate (sensitivity)")
@@ -269,8 +310,9 @@ def plot_reliability(result: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.8), sharey=True)
-    for ax, key, ece in zip(axes, ("uncalibrated", "calibrated"),
-                            (result["ece_uncalibrated"], result["ece_calibrated"]), strict=True):
+    for ax, key, ece in zip(
+        axes, ("uncalibrated", "calibrated"), (result["ece_uncalibrated"], result["ece_calibrated"]), strict=True
+    ):
         bins = result["reliability"][key]
         edges = np.asarray(bins["edges"])
         centers = (edges[:-1] + edges[1:]) / 2
@@ -315,8 +357,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     at = m.get("mel_spec_at_sens")
     if at is not None:
-        lines.append(f"| MEL specificity at sensitivity {at['target']:.2f} on this split (threshold "
-                     f"{at['threshold']:.4f}, sensitivity {at['sensitivity']:.4f}) | {at['specificity']:.4f} |")
+        lines.append(
+            f"| MEL specificity at sensitivity {at['target']:.2f} on this split (threshold "
+            f"{at['threshold']:.4f}, sensitivity {at['sensitivity']:.4f}) | {at['specificity']:.4f} |"
+        )
     lines += [
         f"| ECE before / after temperature scaling | {report['ece_uncalibrated']:.4f} / "
         f"{report['ece_calibrated']:.4f} |",
@@ -327,15 +371,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     for label in LABELS:
         c = m["per_class"][label]
         lines.append(f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {int(c['support'])} |")
-    lines += ["", "Confusion matrix (rows true, columns predicted by arg-max):", "",
-              "| true \\ predicted | " + " | ".join(LABELS) + " |", "| --- |" + " --- |" * len(LABELS)]
+    lines += [
+        "",
+        "Confusion matrix (rows true, columns predicted by arg-max):",
+        "",
+        "| true \\ predicted | " + " | ".join(LABELS) + " |",
+        "| --- |" + " --- |" * len(LABELS),
+    ]
     for label, row in zip(LABELS, m["confusion_matrix"], strict=True):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
     prevalence = ", ".join(f"{k} {v:.1%}" for k, v in FULL_HAM10000_PREVALENCE.items())
     ood = report.get("ood") or {}
     if ood.get("energy_threshold") is not None:
-        lines += ["", f"Out-of-distribution check: energy threshold {ood['energy_threshold']:.4f} (from the card) "
-                  f"would refuse {ood['refused']:.2%} of these photos as 'not skin'."]
+        lines += [
+            "",
+            f"Out-of-distribution check: energy threshold {ood['energy_threshold']:.4f} (from the card) "
+            f"would refuse {ood['refused']:.2%} of these photos as 'not skin'.",
+        ]
     lines += [
         "",
         f"Reweighted accuracy = sum over classes of full-dataset prevalence ({prevalence}) x recall.",
@@ -371,8 +423,11 @@ def main(args: argparse.Namespace) -> int:
     calibrating = args.calibrate_ood is not None or args.calibrate_threshold is not None
     split = args.split or ("val" if calibrating else "test")
     if calibrating and (split != "val" or args.tta):
-        print("error: --calibrate-ood and --calibrate-threshold fit on the validation split without TTA, as the "
-              "pipeline scores photos; drop --split and --tta", file=sys.stderr)
+        print(
+            "error: --calibrate-ood and --calibrate-threshold fit on the validation split without TTA, as the "
+            "pipeline scores photos; drop --split and --tta",
+            file=sys.stderr,
+        )
         return 2
     card_path = args.card or args.model_dir / CLASSIFIER_CARD
     classifier = Classifier.from_card(card_path, device=args.device)
@@ -381,20 +436,29 @@ def main(args: argparse.Namespace) -> int:
         print(f"removed the OOD energy check from {card_path}")
         return 0
     if not args.split_csv.is_file():
-        print(f"error: split file {args.split_csv} not found; pass the split the model was trained on "
-              "(its hash is in the card under training.split_hash)", file=sys.stderr)
+        print(
+            f"error: split file {args.split_csv} not found; pass the split the model was trained on "
+            "(its hash is in the card under training.split_hash)",
+            file=sys.stderr,
+        )
         return 2
     samples = read_split_csv(args.split_csv, args.data)[split]
     digest = split_hash(args.split_csv)
     card_digest = classifier.card.training.get("split_hash", "unknown")
     if digest != card_digest and calibrating:
-        print(f"error: split {args.split_csv} (hash {digest}) is not the one {card_path} was trained on "
-              f"({card_digest}); its validation photos may have been trained on, which would make the OOD "
-              "threshold refuse too many real photos - pass the training run's --split-csv", file=sys.stderr)
+        print(
+            f"error: split {args.split_csv} (hash {digest}) is not the one {card_path} was trained on "
+            f"({card_digest}); its validation photos may have been trained on, which would make the OOD "
+            "threshold refuse too many real photos - pass the training run's --split-csv",
+            file=sys.stderr,
+        )
         return 2
     if digest != card_digest:
-        log.warning("split %s differs from the one the model was trained on (%s); test images may have been "
-                    "seen in training", digest, card_digest)
+        log.warning(
+            "split %s differs from the one the model was trained on (%s); test images may have been seen in training",
+            digest,
+            card_digest,
+        )
     segmenter = None
     masks = args.masks if classifier.input_variant == "crop" else "none (whole image)"
     if classifier.input_variant == "crop" and args.masks == "unet":
@@ -404,19 +468,24 @@ def main(args: argparse.Namespace) -> int:
         segmenter = Segmenter.from_card(seg_card)
         masks = f"unet ({segmenter.version})"
     if args.calibrate_threshold is not None:
-        op = calibrate_threshold(classifier, samples, confidence=args.calibrate_threshold, masks=args.masks,
-                                 segmenter=segmenter)
+        op = calibrate_threshold(
+            classifier, samples, confidence=args.calibrate_threshold, masks=args.masks, segmenter=segmenter
+        )
         write_operating_point_to_card(card_path, op, weights_sha256=classifier.card.weights_sha256)
-        print(f"wrote mel_threshold {op['mel_threshold']:.4f} ({op['threshold_rule']}; validation sensitivity "
-              f"{op['val_sensitivity']:.3f}, bound {op['val_sensitivity_lower_bound']:.3f}, specificity "
-              f"{op['val_specificity']:.3f}; masks {masks}) into {card_path}")
+        print(
+            f"wrote mel_threshold {op['mel_threshold']:.4f} ({op['threshold_rule']}; validation sensitivity "
+            f"{op['val_sensitivity']:.3f}, bound {op['val_sensitivity_lower_bound']:.3f}, specificity "
+            f"{op['val_specificity']:.3f}; masks {masks}) into {card_path}"
+        )
         return 0
     if calibrating:
         ood = calibrate_ood(classifier, samples, percentile=args.calibrate_ood, masks=args.masks, segmenter=segmenter)
         write_ood_to_card(card_path, ood, weights_sha256=classifier.card.weights_sha256)
-        print(f"wrote ood_energy_threshold {ood['ood_energy_threshold']:.4f} (percentile {ood['ood_percentile']:g} "
-              f"of {ood['ood_val_images']} validation photos, masks {masks}; refuses {ood['ood_val_refused']:.2%} "
-              f"of them) into {card_path}")
+        print(
+            f"wrote ood_energy_threshold {ood['ood_energy_threshold']:.4f} (percentile {ood['ood_percentile']:g} "
+            f"of {ood['ood_val_images']} validation photos, masks {masks}; refuses {ood['ood_val_refused']:.2%} "
+            f"of them) into {card_path}"
+        )
         return 0
     result = evaluate(classifier, samples, masks=args.masks, segmenter=segmenter, tta=args.tta)
     report = {
@@ -440,10 +509,12 @@ def main(args: argparse.Namespace) -> int:
     m = report["metrics"]
     op = m["operating_point"]
     print(f"wrote {out_dir}/report.md, report.json, confusion.png, roc.png, reliability.png")
-    print(f"{split}: accuracy {m['accuracy']:.4f} (full-prevalence {m['accuracy_full_prevalence']:.4f}), "
-          f"balanced accuracy {m['balanced_accuracy']:.4f}, MEL AUC {m['mel_auc']:.4f}, macro AUC "
-          f"{m['macro_auc']:.4f}, MEL sens {op['sensitivity']:.3f} spec {op['specificity']:.3f}, "
-          f"ECE {report['ece_uncalibrated']:.4f} -> {report['ece_calibrated']:.4f}")
+    print(
+        f"{split}: accuracy {m['accuracy']:.4f} (full-prevalence {m['accuracy_full_prevalence']:.4f}), "
+        f"balanced accuracy {m['balanced_accuracy']:.4f}, MEL AUC {m['mel_auc']:.4f}, macro AUC "
+        f"{m['macro_auc']:.4f}, MEL sens {op['sensitivity']:.3f} spec {op['specificity']:.3f}, "
+        f"ECE {report['ece_uncalibrated']:.4f} -> {report['ece_calibrated']:.4f}"
+    )
     return 0
 
 

@@ -110,15 +110,18 @@ def markdown_report(report: dict[str, Any]) -> str:
     rows = [
         ("mean IoU @0.4", m["mean_iou@0.4"], b["mean_iou"], STUDY_IOU_AT_04),
         ("mean IoU @0.5", m["mean_iou@0.5"], b["mean_iou"], None),
-        ("thresholded Jaccard @0.4 (ISIC 2018, floor 0.65)", m["thresholded_jaccard@0.4"],
-         b["thresholded_jaccard"], None),
+        (
+            "thresholded Jaccard @0.4 (ISIC 2018, floor 0.65)",
+            m["thresholded_jaccard@0.4"],
+            b["thresholded_jaccard"],
+            None,
+        ),
         ("thresholded Jaccard @0.5", m["thresholded_jaccard@0.5"], b["thresholded_jaccard"], None),
     ]
     if t not in (0.4, 0.5):
         rows += [
             (f"mean IoU @{t:g} (model threshold)", m[f"mean_iou@{t:g}"], b["mean_iou"], None),
-            (f"thresholded Jaccard @{t:g} (model threshold)", m["thresholded_jaccard"], b["thresholded_jaccard"],
-             None),
+            (f"thresholded Jaccard @{t:g} (model threshold)", m["thresholded_jaccard"], b["thresholded_jaccard"], None),
         ]
     rows.append((f"mean Dice @{t:g}", m[f"mean_dice@{t:g}"], b["mean_dice"], None))
     lines = [

@@ -84,5 +84,6 @@ def explain(
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
     if not ok:
         raise RuntimeError("OpenCV could not encode the Grad-CAM overlay as JPEG")
-    return GradCamResult(jpeg=buf.tobytes(), label=label, shows_nothing=shows_nothing, reason=reason,
-                         hot_share=hot_share)
+    return GradCamResult(
+        jpeg=buf.tobytes(), label=label, shows_nothing=shows_nothing, reason=reason, hot_share=hot_share
+    )

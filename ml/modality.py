@@ -104,8 +104,12 @@ def photo_features(rgb: np.ndarray) -> np.ndarray:
         mag = np.hypot(gx, gy)
         feats += [float(np.log1p(mag.mean() * 100)), float(np.log1p(np.percentile(mag, 95) * 100))]
     feats.append(float(np.log1p(cv2.Laplacian(grey, cv2.CV_32F).var() * 1e4)))
-    fine = cv2.cvtColor(cv2.resize(square, (TEXTURE_SIDE, TEXTURE_SIDE), interpolation=cv2.INTER_AREA),
-                        cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    fine = (
+        cv2.cvtColor(
+            cv2.resize(square, (TEXTURE_SIDE, TEXTURE_SIDE), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY
+        ).astype(np.float32)
+        / 255.0
+    )
     blurred = [fine] + [cv2.GaussianBlur(fine, (0, 0), sigma) for sigma in (1, 2, 4, 8)]
     bands = [float(np.log1p(np.abs(a - b).mean() * 1000)) for a, b in zip(blurred[:-1], blurred[1:], strict=True)]
     feats += bands + [bands[0] - bands[2], bands[1] - bands[3]]
@@ -139,8 +143,16 @@ class ModalityParams:
     def save(self, path: Path) -> None:
         """Write the arrays to an .npz (no pickle)."""
         with open(path, "wb") as fh:
-            np.savez(fh, mean=self.mean, scale=self.scale, coef=self.coef, intercept=np.float64(self.intercept),
-                     centre=self.centre, precision=self.precision, feature_version=np.int64(FEATURE_VERSION))
+            np.savez(
+                fh,
+                mean=self.mean,
+                scale=self.scale,
+                coef=self.coef,
+                intercept=np.float64(self.intercept),
+                centre=self.centre,
+                precision=self.precision,
+                feature_version=np.int64(FEATURE_VERSION),
+            )
 
     @classmethod
     def load(cls, path: Path) -> ModalityParams:
@@ -148,10 +160,18 @@ class ModalityParams:
         with np.load(path, allow_pickle=False) as data:
             version = int(data["feature_version"])
             if version != FEATURE_VERSION:
-                raise ValueError(f"{path} holds feature version {version}, this code computes {FEATURE_VERSION}; "
-                                 "retrain it with `skintriage train-modality`")
-            params = cls(mean=data["mean"], scale=data["scale"], coef=data["coef"],
-                         intercept=float(data["intercept"]), centre=data["centre"], precision=data["precision"])
+                raise ValueError(
+                    f"{path} holds feature version {version}, this code computes {FEATURE_VERSION}; "
+                    "retrain it with `skintriage train-modality`"
+                )
+            params = cls(
+                mean=data["mean"],
+                scale=data["scale"],
+                coef=data["coef"],
+                intercept=float(data["intercept"]),
+                centre=data["centre"],
+                precision=data["precision"],
+            )
         if params.mean.shape != (N_FEATURES,) or params.precision.shape != (N_FEATURES, N_FEATURES):
             raise ValueError(f"{path} was fitted on {params.mean.shape[0]} features, expected {N_FEATURES}")
         return params

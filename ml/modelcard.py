@@ -106,7 +106,5 @@ class ModelCard:
                 f"{self.weights_sha256[:16]}...; the file was changed or swapped - retrain or restore it"
             )
         if self.kind == "classifier" and tuple(self.labels) != LABELS:
-            raise ModelCardError(
-                f"classifier card {card_path} has label order {self.labels}, expected {list(LABELS)}"
-            )
+            raise ModelCardError(f"classifier card {card_path} has label order {self.labels}, expected {list(LABELS)}")
         return weights

@@ -67,12 +67,19 @@ def read_pad(root: Path) -> list[PadSample]:
             if not path.is_file():
                 raise DatasetError(f"{meta} line {line}: image {path} is missing")
             age = (row.get("age") or "").strip()
-            samples.append(PadSample(
-                file=row["file"], label=label, patient_id=row["patient_id"], lesion_id=row["lesion_id"],
-                diagnostic=row.get("diagnostic", ""), region=row.get("region", ""),
-                age=int(float(age)) if age else None,
-                symptoms={k: _flag(row.get(k, "")) for k in PAD_SYMPTOMS}, image_path=path,
-            ))
+            samples.append(
+                PadSample(
+                    file=row["file"],
+                    label=label,
+                    patient_id=row["patient_id"],
+                    lesion_id=row["lesion_id"],
+                    diagnostic=row.get("diagnostic", ""),
+                    region=row.get("region", ""),
+                    age=int(float(age)) if age else None,
+                    symptoms={k: _flag(row.get(k, "")) for k in PAD_SYMPTOMS},
+                    image_path=path,
+                )
+            )
     if not samples:
         raise DatasetError(f"{meta} lists no photos")
     return samples

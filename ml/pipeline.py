@@ -199,12 +199,21 @@ class Pipeline:
             except ModelCardError as exc:
                 raise ModelUnavailableError(f"{exc}; retrain it with `skintriage train-modality`") from exc
         else:
-            log.warning("no %s in %s: the kind of photo (dermoscopic or ordinary) is not checked",
-                        MODALITY_CARD, model_dir)
+            log.warning(
+                "no %s in %s: the kind of photo (dermoscopic or ordinary) is not checked", MODALITY_CARD, model_dir
+            )
         if decode_workers is None:
             decode_workers = min(8, _usable_cores())
-        pipeline = cls(segmenter, classifier, policy=policy, quality=quality, max_pixels=max_pixels,
-                       decode_workers=decode_workers, explain=explain, modality=modality)
+        pipeline = cls(
+            segmenter,
+            classifier,
+            policy=policy,
+            quality=quality,
+            max_pixels=max_pixels,
+            decode_workers=decode_workers,
+            explain=explain,
+            modality=modality,
+        )
         log.info("pipeline ready on %s: %s%s", device, pipeline.versions, " (DEMO models)" if pipeline.demo else "")
         return pipeline
 
@@ -310,7 +319,10 @@ class Pipeline:
         s.measurements = _measure(s.mask, s.rgb)
         s.timings["overlay"] = _ms(t)
         s.decision = decide_tier(
-            s.probabilities, mel_threshold=self.mel_threshold, config=self.policy, gate_unsure=s.report.unsure,
+            s.probabilities,
+            mel_threshold=self.mel_threshold,
+            config=self.policy,
+            gate_unsure=s.report.unsure,
             modality=s.modality.modality if s.modality is not None else None,
         )
         if self.explain:
@@ -334,7 +346,7 @@ class Pipeline:
     def _result(self, s: _State) -> TriageDetails:
         s.timings["total"] = _ms(s.start)
         timings = {stage: round(s.timings.get(stage, 0.0), 3) for stage in STAGES}
-        h, w = (s.rgb.shape[:2] if s.rgb is not None else (None, None))
+        h, w = s.rgb.shape[:2] if s.rgb is not None else (None, None)
         common: dict[str, Any] = {
             "quality_flags": list(s.report.flags),
             "image_width": w,
@@ -347,8 +359,12 @@ class Pipeline:
             "p_clinical": s.modality.p_clinical if s.modality is not None else None,
         }
         if not s.report.passed or s.decision is None:
-            result = TriageResult(tier=Tier.RETAKE, retake_reason=s.report.reason or RetakeReason.UNREADABLE,
-                                  probabilities=dict(s.probabilities), **common)
+            result = TriageResult(
+                tier=Tier.RETAKE,
+                retake_reason=s.report.reason or RetakeReason.UNREADABLE,
+                probabilities=dict(s.probabilities),
+                **common,
+            )
             why = f"retake: {result.retake_reason}" + (f" ({s.detail})" if s.detail else "")
         else:
             g = s.geometry

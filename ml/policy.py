@@ -133,7 +133,8 @@ def decide_tier(
         )
     if p_mel >= threshold - config.uncertain_margin:
         return Decision(
-            Tier.UNCERTAIN, top_label,
+            Tier.UNCERTAIN,
+            top_label,
             f"P(MEL)={p_mel:.3f} within {config.uncertain_margin:g} below threshold {threshold:.3f}",
             REASON_NEAR_THRESHOLD,
         )

@@ -47,9 +47,7 @@ class SegmentationPreset:
     def __call__(self, image_rgb: np.ndarray) -> np.ndarray:
         """Return the network input (H, W, 3) float32 for one RGB uint8 image of any size."""
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
-            raise ValueError(
-                f"expected an HxWx3 uint8 RGB image, got shape {image_rgb.shape} {image_rgb.dtype}"
-            )
+            raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image_rgb.shape} {image_rgb.dtype}")
         if self.hair_removal:
             image_rgb = remove_hair(image_rgb)
         return self.resize(image_rgb).astype(np.float32)

@@ -190,8 +190,11 @@ def _first_failure(m: dict[str, float], c: QualityConfig) -> RetakeReason | None
 def check_image(image_rgb: np.ndarray, config: QualityConfig | None = None) -> QualityReport:
     """Stage 1, before segmentation: too small, too dark, washed out, not skin, blurry."""
     config = config or QualityConfig()
-    if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or (
-        image_rgb.dtype != np.uint8
+    if (
+        not isinstance(image_rgb, np.ndarray)
+        or image_rgb.ndim != 3
+        or image_rgb.shape[2] != 3
+        or (image_rgb.dtype != np.uint8)
     ):
         shape, dtype = getattr(image_rgb, "shape", None), getattr(image_rgb, "dtype", None)
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {shape} {dtype}; decode with ml.decode")

@@ -71,8 +71,10 @@ def ship(card_path: Path, out: Path) -> Path:
     old_weights = ModelCard.load(previous).weights_path(previous) if previous.is_file() else None
     path, digest = _compact_weights(card, card_path, weights, out)
     path.chmod(0o644)  # temporary files are private; a container's unprivileged user must read the shipped ones
-    training = {**card.training, "compacted_from": {"weights_file": card.weights_file,
-                                                    "weights_sha256": card.weights_sha256}}
+    training = {
+        **card.training,
+        "compacted_from": {"weights_file": card.weights_file, "weights_sha256": card.weights_sha256},
+    }
     shipped = replace(card, weights_file=path.name, weights_sha256=digest, training=training)
     shipped.save(out / CARDS[card.kind])
     if old_weights is not None and old_weights.resolve() != path.resolve() and old_weights.is_file():

@@ -97,23 +97,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the train-classifier flags."""
     parser.add_argument("--data", type=Path, required=True, help="HAM10000 folder (metadata CSV, images, masks)")
     parser.add_argument("--out", type=Path, default=Path("models"), help="MODEL_DIR for classifier.json + weights")
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="checkpoints, caches, log (default runs/cls-<input>)")
-    parser.add_argument("--split-csv", type=Path, default=Path("runs/split.csv"),
-                        help="lesion-grouped split shared with segmentation; created from --seed if missing")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="checkpoints, caches, log (default runs/cls-<input>)"
+    )
+    parser.add_argument(
+        "--split-csv",
+        type=Path,
+        default=Path("runs/split.csv"),
+        help="lesion-grouped split shared with segmentation; created from --seed if missing",
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="strong")
-    parser.add_argument("--input", choices=INPUT_VARIANTS, default="crop",
-                        help="the lesion cropped by its (ground-truth) mask with margin (default; the U-Net's "
-                             "mask at inference), or the whole image; see docs/classification.md")
+    parser.add_argument(
+        "--input",
+        choices=INPUT_VARIANTS,
+        default="crop",
+        help="the lesion cropped by its (ground-truth) mask with margin (default; the U-Net's "
+        "mask at inference), or the whole image; see docs/classification.md",
+    )
     parser.add_argument("--crop-margin", type=float, default=DEFAULT_MARGIN)
     parser.add_argument("--size", default="224", help="input size: 128 or HxW like 96x128")
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=ARCHITECTURE,
-                        help="torchvision network (default resnet50, the design's)")
-    parser.add_argument("--weights", default="imagenet",
-                        help="imagenet | none | PATH to a state dict (.pt/.pth/.safetensors) of the same --arch")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="a classifier card (e.g. the shipped models/classifier.json): start from its verified "
-                        "weights and architecture, so CPU time spent in an earlier run is not lost")
+    parser.add_argument(
+        "--arch",
+        choices=sorted(ARCHITECTURES),
+        default=ARCHITECTURE,
+        help="torchvision network (default resnet50, the design's)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet | none | PATH to a state dict (.pt/.pth/.safetensors) of the same --arch",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="a classifier card (e.g. the shipped models/classifier.json): start from its verified "
+        "weights and architecture, so CPU time spent in an earlier run is not lost",
+    )
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--weight-decay", type=float, default=None)
@@ -121,30 +141,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--patience", type=int, default=None, help="early stopping on val loss; 0 = off")
     parser.add_argument("--label-smoothing", type=float, default=None)
-    parser.add_argument("--balance", choices=("none", "loss", "sampler"), default=None,
-                        help="class balancing: inverse-frequency loss weights or a balanced sampler")
+    parser.add_argument(
+        "--balance",
+        choices=("none", "loss", "sampler"),
+        default=None,
+        help="class balancing: inverse-frequency loss weights or a balanced sampler",
+    )
     parser.add_argument("--augment", choices=("light", "strong"), default=None)
     parser.add_argument("--schedule", choices=("constant", "cosine"), default=None)
     parser.add_argument("--warmup", type=float, default=None, help="warmup as a fraction of training")
     parser.add_argument("--ema", type=float, default=None, help="EMA decay of the weights per step; 0 = off")
-    parser.add_argument("--select", choices=SELECT_CRITERIA, default="mel_auc+bacc",
-                        help="validation criterion for the best checkpoint (default: mean of MEL AUC and "
-                        "balanced accuracy)")
-    parser.add_argument("--target-sensitivity", type=float, default=0.9,
-                        help="melanoma sensitivity the operating threshold must reach on validation")
-    parser.add_argument("--sensitivity-confidence", type=float, default=0.95,
-                        help="choose the melanoma threshold so that this lower confidence bound of validation "
-                        "sensitivity (bootstrap over lesions) reaches --target-sensitivity; 0 = the point estimate")
-    parser.add_argument("--ood-percentile", type=percentile_flag, default=None,
-                        help="energy percentile of the validation photos above which the pipeline asks for a "
-                        "retake as 'not skin' (99.5 refuses at most 0.5 %% of them); 0 = no such check. Default: "
-                        f"{DEFAULT_OOD_PERCENTILE:g} from pretrained weights, 0 from scratch (--weights none)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop training after this many minutes, keeping the best checkpoint; the cosine "
-                        "schedule then follows the clock so it still anneals")
+    parser.add_argument(
+        "--select",
+        choices=SELECT_CRITERIA,
+        default="mel_auc+bacc",
+        help="validation criterion for the best checkpoint (default: mean of MEL AUC and balanced accuracy)",
+    )
+    parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.9,
+        help="melanoma sensitivity the operating threshold must reach on validation",
+    )
+    parser.add_argument(
+        "--sensitivity-confidence",
+        type=float,
+        default=0.95,
+        help="choose the melanoma threshold so that this lower confidence bound of validation "
+        "sensitivity (bootstrap over lesions) reaches --target-sensitivity; 0 = the point estimate",
+    )
+    parser.add_argument(
+        "--ood-percentile",
+        type=percentile_flag,
+        default=None,
+        help="energy percentile of the validation photos above which the pipeline asks for a "
+        "retake as 'not skin' (99.5 refuses at most 0.5 %% of them); 0 = no such check. Default: "
+        f"{DEFAULT_OOD_PERCENTILE:g} from pretrained weights, 0 from scratch (--weights none)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop training after this many minutes, keeping the best checkpoint; the cosine "
+        "schedule then follows the clock so it still anneals",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    parser.add_argument("--cpu-bf16", action="store_true",
-                        help="bfloat16 autocast on CPU (about 2x faster on CPUs with AMX/AVX512-BF16)")
+    parser.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="bfloat16 autocast on CPU (about 2x faster on CPUs with AMX/AVX512-BF16)",
+    )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
@@ -183,9 +229,7 @@ def load_view(sample: Sample, *, variant: str, margin: float) -> np.ndarray:
     return crop_to_lesion(image, mask, margin=margin)
 
 
-def cached_arrays(
-    samples: list[Sample], *, size: tuple[int, int], variant: str, margin: float, cache: Path
-) -> Arrays:
+def cached_arrays(samples: list[Sample], *, size: tuple[int, int], variant: str, margin: float, cache: Path) -> Arrays:
     """Decode, crop and resize once, then reuse the .npy so epochs never touch JPEGs."""
     from tqdm import tqdm
 
@@ -330,15 +374,35 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if settings["augment"] == "strong":
         train_size = (round(size[0] * TRAIN_CACHE_SCALE), round(size[1] * TRAIN_CACHE_SCALE))
     data = {
-        "train": cached_arrays(split["train"], size=train_size, variant=args.input, margin=margin,
-                               cache=cache_dir / f"train-{tag}-{train_size[0]}x{train_size[1]}-{digest}.npy"),
-        "val": cached_arrays(split["val"], size=size, variant=args.input, margin=margin,
-                             cache=cache_dir / f"val-{tag}-{size[0]}x{size[1]}-{digest}.npy"),
-        "test": cached_arrays(split["test"], size=size, variant=args.input, margin=margin,
-                              cache=cache_dir / f"test-{tag}-{size[0]}x{size[1]}-{digest}.npy"),
+        "train": cached_arrays(
+            split["train"],
+            size=train_size,
+            variant=args.input,
+            margin=margin,
+            cache=cache_dir / f"train-{tag}-{train_size[0]}x{train_size[1]}-{digest}.npy",
+        ),
+        "val": cached_arrays(
+            split["val"],
+            size=size,
+            variant=args.input,
+            margin=margin,
+            cache=cache_dir / f"val-{tag}-{size[0]}x{size[1]}-{digest}.npy",
+        ),
+        "test": cached_arrays(
+            split["test"],
+            size=size,
+            variant=args.input,
+            margin=margin,
+            cache=cache_dir / f"test-{tag}-{size[0]}x{size[1]}-{digest}.npy",
+        ),
     }
-    log.info("split %s: train %d, val %d, test %d images; input %s %dx%d",
-             digest, *(len(data[k].labels) for k in ("train", "val", "test")), args.input, *size)
+    log.info(
+        "split %s: train %d, val %d, test %d images; input %s %dx%d",
+        digest,
+        *(len(data[k].labels) for k in ("train", "val", "test")),
+        args.input,
+        *size,
+    )
 
     resolve_init(args)
     model = init_model(args.weights, allow_download=not args.no_download, arch=args.arch).to(device)
@@ -364,8 +428,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     total_steps = steps_per_epoch * settings["epochs"]
     budget_s = args.max_minutes * 60 if args.max_minutes else None
 
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "elapsed_s": 0.0, "best_score": -math.inf,
-                             "best_epoch": -1, "best_val_loss": math.inf, "since_improved": 0, "history": []}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "step": 0,
+        "elapsed_s": 0.0,
+        "best_score": -math.inf,
+        "best_epoch": -1,
+        "best_val_loss": math.inf,
+        "since_improved": 0,
+        "history": [],
+    }
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if args.resume and last_path.is_file():
         ckpt = torch.load(last_path, map_location=device, weights_only=True)
@@ -402,8 +474,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             order = rng.permutation(n_train)
         running, seen = 0.0, 0
         out_of_time = False
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", mininterval=1 if is_tty else 60,
-                   leave=False, disable=None if is_tty else False, file=sys.stderr)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}",
+            mininterval=1 if is_tty else 60,
+            leave=False,
+            disable=None if is_tty else False,
+            file=sys.stderr,
+        )
         for b in bar:
             idx = np.sort(order[b * batch_size : (b + 1) * batch_size])
             x = normalize(augment(data["train"].images[idx], device), device)
@@ -433,11 +511,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 break
         bar.close()
         eval_model = ema.module if ema is not None else model
-        val_logits = batch_logits(eval_model, data["val"].images, normalize=normalize, device=device,
-                                  cpu_bf16=args.cpu_bf16)
+        val_logits = batch_logits(
+            eval_model, data["val"].images, normalize=normalize, device=device, cpu_bf16=args.cpu_bf16
+        )
         report = val_report(val_logits, data["val"].labels, target_sensitivity=args.target_sensitivity)
-        report.update(epoch=epoch + 1, train_loss=running / max(1, seen), minutes=elapsed() / 60,
-                      lr=settings["lr"] * factor)
+        report.update(
+            epoch=epoch + 1, train_loss=running / max(1, seen), minutes=elapsed() / 60, lr=settings["lr"] * factor
+        )
         score = selection_score(report, args.select)
         improved = score > state["best_score"]
         if improved:
@@ -469,9 +549,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         log.info(
             "epoch %d  train_loss %.4f  val_loss %.4f  bacc %.3f  acc %.3f  mel_auc %.3f  spec@%.2f %.3f  "
             "lr %.2e  %.1f min%s",
-            epoch + 1, report["train_loss"], report["val_loss"], report["balanced_accuracy"],
-            report["accuracy"], report["mel_auc"], args.target_sensitivity, report["mel_spec_at_target"],
-            report["lr"], report["minutes"], "  *best" if improved else "",
+            epoch + 1,
+            report["train_loss"],
+            report["val_loss"],
+            report["balanced_accuracy"],
+            report["accuracy"],
+            report["mel_auc"],
+            args.target_sensitivity,
+            report["mel_spec_at_target"],
+            report["lr"],
+            report["minutes"],
+            "  *best" if improved else "",
         )
         if out_of_time:
             stop_reason = f"time budget {args.max_minutes:g} min"
@@ -479,10 +567,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if settings["patience"] and state["since_improved"] >= settings["patience"]:
             stop_reason = f"early stopping: val loss flat for {settings['patience']} epochs"
             break
-    log.info("training stopped (%s) after %d epochs, %.1f min; best epoch %d",
-             stop_reason, state["epoch"], elapsed() / 60, state["best_epoch"])
-    return finish(args, settings=settings, size=size, data=data, digest=digest, device=device,
-                  state=state, stop_reason=stop_reason, run_dir=run_dir)
+    log.info(
+        "training stopped (%s) after %d epochs, %.1f min; best epoch %d",
+        stop_reason,
+        state["epoch"],
+        elapsed() / 60,
+        state["best_epoch"],
+    )
+    return finish(
+        args,
+        settings=settings,
+        size=size,
+        data=data,
+        digest=digest,
+        device=device,
+        state=state,
+        stop_reason=stop_reason,
+        run_dir=run_dir,
+    )
 
 
 def finish(
@@ -509,8 +611,13 @@ def finish(
     temperature = fit_temperature(val_logits, data["val"].labels)
     val_probs = softmax(val_logits, temperature)
     is_mel_val = data["val"].labels == MEL_INDEX
-    rule = operating_threshold(is_mel_val, val_probs[:, MEL_INDEX], data["val"].groups,
-                               target=args.target_sensitivity, confidence=args.sensitivity_confidence)
+    rule = operating_threshold(
+        is_mel_val,
+        val_probs[:, MEL_INDEX],
+        data["val"].groups,
+        target=args.target_sensitivity,
+        confidence=args.sensitivity_confidence,
+    )
     threshold = rule["threshold"]
     val_sens, val_spec = sensitivity_specificity(is_mel_val, val_probs[:, MEL_INDEX], threshold)
     val_metrics = summarize(val_probs, data["val"].labels, mel_threshold=threshold)
@@ -527,9 +634,13 @@ def finish(
         weights_file=weights_path.name,
         weights_sha256=sha,
         input_size=list(size),
-        architecture={"name": args.arch, "library": f"torchvision {_torchvision_version()}",
-                      "num_classes": len(LABELS), "init": str(args.weights),
-                      "init_from": str(args.init_from) if args.init_from else None},
+        architecture={
+            "name": args.arch,
+            "library": f"torchvision {_torchvision_version()}",
+            "num_classes": len(LABELS),
+            "init": str(args.weights),
+            "init_from": str(args.init_from) if args.init_from else None,
+        },
         preprocessing={
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
@@ -537,7 +648,8 @@ def finish(
             "resize": "centre-crop to the input aspect ratio, then resize (INTER_AREA when shrinking)",
             "input_variant": args.input,
             "crop_margin": args.crop_margin if args.input == "crop" else None,
-            "crop_masks": "ground-truth masks in training; the U-Net's mask at inference" if args.input == "crop"
+            "crop_masks": "ground-truth masks in training; the U-Net's mask at inference"
+            if args.input == "crop"
             else None,
         },
         labels=list(LABELS),
@@ -578,9 +690,16 @@ def finish(
     log.info(
         "test: acc %.4f  bacc %.4f  MEL AUC %.4f  MEL sens %.3f spec %.3f at threshold %.3f  ECE %.4f -> %.4f  "
         "(T=%.3f); card %s",
-        test_metrics["accuracy"], test_metrics["balanced_accuracy"], test_metrics["mel_auc"],
-        test_metrics["operating_point"]["sensitivity"], test_metrics["operating_point"]["specificity"],
-        threshold, test_metrics["ece_uncalibrated"], test_metrics["ece"], temperature, card_path,
+        test_metrics["accuracy"],
+        test_metrics["balanced_accuracy"],
+        test_metrics["mel_auc"],
+        test_metrics["operating_point"]["sensitivity"],
+        test_metrics["operating_point"]["specificity"],
+        threshold,
+        test_metrics["ece_uncalibrated"],
+        test_metrics["ece"],
+        temperature,
+        card_path,
     )
     return {"card": str(card_path), "weights": str(weights_path), "val": val_metrics, "test": test_metrics}
 
@@ -610,13 +729,23 @@ def operating_threshold(
     if not confidence:
         return {"threshold": threshold_for_sensitivity(is_mel, p_mel, target), "threshold_rule": "point estimate"}
     bound = threshold_for_sensitivity_bound(is_mel, p_mel, groups, target=target, confidence=confidence)
-    log.info("melanoma threshold %.4f: validation sensitivity %.3f, lower %.0f%% bound %.3f (%d lesions)",
-             bound["threshold"], bound["sensitivity"], 100 * confidence, bound["sensitivity_lower_bound"],
-             bound["n_positive_groups"])
+    log.info(
+        "melanoma threshold %.4f: validation sensitivity %.3f, lower %.0f%% bound %.3f (%d lesions)",
+        bound["threshold"],
+        bound["sensitivity"],
+        100 * confidence,
+        bound["sensitivity_lower_bound"],
+        bound["n_positive_groups"],
+    )
     rule = f"lower {100 * confidence:g}% bound of lesion-bootstrap validation sensitivity >= {target:g}"
-    return {"threshold": bound["threshold"], "threshold_rule": rule,
-            "val_sensitivity_lower_bound": bound["sensitivity_lower_bound"], "bound_confidence": confidence,
-            "bound_resamples": bound["n_boot"], "val_melanoma_lesions": bound["n_positive_groups"]}
+    return {
+        "threshold": bound["threshold"],
+        "threshold_rule": rule,
+        "val_sensitivity_lower_bound": bound["sensitivity_lower_bound"],
+        "bound_confidence": confidence,
+        "bound_resamples": bound["n_boot"],
+        "val_melanoma_lesions": bound["n_positive_groups"],
+    }
 
 
 def ood_percentile_for(args: argparse.Namespace) -> float:
@@ -640,9 +769,14 @@ def ood_check(val_logits: np.ndarray, test_logits: np.ndarray, percentile: float
     ood = ood_operating_point(val_logits, percentile)
     if len(test_logits):
         ood["ood_test_refused"] = float((energy_scores(test_logits) > ood["ood_energy_threshold"]).mean())
-    log.info("OOD energy threshold %.4f (percentile %g of %d validation photos); refuses %.2f %% of val, "
-             "%.2f %% of test", ood["ood_energy_threshold"], percentile, ood["ood_val_images"],
-             100 * ood["ood_val_refused"], 100 * ood.get("ood_test_refused", float("nan")))
+    log.info(
+        "OOD energy threshold %.4f (percentile %g of %d validation photos); refuses %.2f %% of val, %.2f %% of test",
+        ood["ood_energy_threshold"],
+        percentile,
+        ood["ood_val_images"],
+        100 * ood["ood_val_refused"],
+        100 * ood.get("ood_test_refused", float("nan")),
+    )
     return ood
 
 

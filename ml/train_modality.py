@@ -36,11 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=Path("runs/modality-features.npz"))
     parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     parser.add_argument("--folds", type=int, default=5, help="grouped cross-validation folds over train + val")
-    parser.add_argument("--distance-percentile", type=float, default=99.0,
-                        help="refuse photos farther from the lesion photos than this percentile of the out-of-fold "
-                        "distances of either kind (the higher of the two)")
-    parser.add_argument("--distance-margin", type=float, default=1.25,
-                        help="multiply the chosen distance limit by this (few clinical photos: keep a margin)")
+    parser.add_argument(
+        "--distance-percentile",
+        type=float,
+        default=99.0,
+        help="refuse photos farther from the lesion photos than this percentile of the out-of-fold "
+        "distances of either kind (the higher of the two)",
+    )
+    parser.add_argument(
+        "--distance-margin",
+        type=float,
+        default=1.25,
+        help="multiply the chosen distance limit by this (few clinical photos: keep a margin)",
+    )
     parser.add_argument("--seed", type=int, default=42)
 
 
@@ -70,9 +78,14 @@ def _fit_params(x: np.ndarray, y: np.ndarray, c: float) -> ModalityParams:
     z = (x - mean) / scale
     lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000).fit(z, y)
     cov = LedoitWolf().fit(z)
-    return ModalityParams(mean=mean.astype(np.float64), scale=scale.astype(np.float64),
-                          coef=lr.coef_[0].astype(np.float64), intercept=float(lr.intercept_[0]),
-                          centre=cov.location_.astype(np.float64), precision=cov.precision_.astype(np.float64))
+    return ModalityParams(
+        mean=mean.astype(np.float64),
+        scale=scale.astype(np.float64),
+        coef=lr.coef_[0].astype(np.float64),
+        intercept=float(lr.intercept_[0]),
+        centre=cov.location_.astype(np.float64),
+        precision=cov.precision_.astype(np.float64),
+    )
 
 
 def accuracy_each_way(p_clinical: np.ndarray, is_clinical: np.ndarray, threshold: float) -> dict[str, float]:
@@ -106,8 +119,9 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     split_arr, y = np.array(split), np.array(clinical)
     part = {name: split_arr == name for name in ("train", "val", "test")}
 
-    groups = np.array([s.lesion_id for samples in ham_split.values() for s in samples]
-                      + [f"PAD-{s.patient_id}" for s in pad])
+    groups = np.array(
+        [s.lesion_id for samples in ham_split.values() for s in samples] + [f"PAD-{s.patient_id}" for s in pad]
+    )
     fit_part = part["train"] | part["val"]
     # Out-of-fold answers over train + val (grouped by lesion / patient) choose the thresholds: more photos
     # than val alone, and none of them scored by a model that saw them. Test stays untouched.
@@ -136,8 +150,13 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     metrics["cross_validated_train_val"]["refused_as_not_skin_dermoscopic"] = float((fd[~fy] > max_distance).mean())
     metrics["cross_validated_train_val"]["refused_as_not_skin_clinical"] = float((fd[fy] > max_distance).mean())
     metrics["out_of_fold_distance_percentiles"] = {
-        kind: dict(zip(("50", "95", "99", "99.5", "99.7", "100"),
-                       np.percentile(fd[sel], (50, 95, 99, 99.5, 99.7, 100)).round(1).tolist(), strict=True))
+        kind: dict(
+            zip(
+                ("50", "95", "99", "99.5", "99.7", "100"),
+                np.percentile(fd[sel], (50, 95, 99, 99.5, 99.7, 100)).round(1).tolist(),
+                strict=True,
+            )
+        )
         for kind, sel in (("dermoscopic", ~fy), ("clinical", fy))
     }
     for name, mask in part.items():
@@ -155,18 +174,34 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         weights_file=weights.name,
         weights_sha256=sha,
         input_size=[FEATURE_SIDE, FEATURE_SIDE],
-        architecture={"name": "logistic regression + Ledoit-Wolf Mahalanobis distance",
-                      "features": "ml.modality.photo_features", "feature_version": FEATURE_VERSION},
+        architecture={
+            "name": "logistic regression + Ledoit-Wolf Mahalanobis distance",
+            "features": "ml.modality.photo_features",
+            "feature_version": FEATURE_VERSION,
+        },
         preprocessing={"view": "centre square, resized to 96x96 (INTER_AREA)"},
         labels=["dermoscopic", "clinical"],
-        operating_point={"clinical_threshold": threshold, "max_distance": max_distance,
-                         "distance_percentile": args.distance_percentile, "distance_margin": args.distance_margin},
-        training={"ham": str(args.ham), "pad": str(args.pad), "split_csv": str(args.split_csv), "split_hash": digest,
-                  "pad_split": "sha256(patient_id) mod 10: 0-5 train, 6-7 val, 8-9 test", "C": args.C,
-                  "fitted_on": "train + val; thresholds from grouped out-of-fold answers", "folds": args.folds,
-                  "n_images": {name: {"dermoscopic": int((mask & ~y).sum()), "clinical": int((mask & y).sum())}
-                               for name, mask in part.items()},
-                  "data_licences": "HAM10000 CC BY-NC 4.0; PAD-UFES-20 CC BY 4.0"},
+        operating_point={
+            "clinical_threshold": threshold,
+            "max_distance": max_distance,
+            "distance_percentile": args.distance_percentile,
+            "distance_margin": args.distance_margin,
+        },
+        training={
+            "ham": str(args.ham),
+            "pad": str(args.pad),
+            "split_csv": str(args.split_csv),
+            "split_hash": digest,
+            "pad_split": "sha256(patient_id) mod 10: 0-5 train, 6-7 val, 8-9 test",
+            "C": args.C,
+            "fitted_on": "train + val; thresholds from grouped out-of-fold answers",
+            "folds": args.folds,
+            "n_images": {
+                name: {"dermoscopic": int((mask & ~y).sum()), "clinical": int((mask & y).sum())}
+                for name, mask in part.items()
+            },
+            "data_licences": "HAM10000 CC BY-NC 4.0; PAD-UFES-20 CC BY 4.0",
+        },
         metrics=metrics,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -42,8 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/seg"), help="checkpoints, cache, state")
     parser.add_argument("--split", type=Path, default=Path("runs/split.csv"), help="split CSV (made if absent)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--input-size", type=parse_size, default=None,
-                        help="HxW, divisible by 2**depth (default 448x592, or the --init-from card's size)")
+    parser.add_argument(
+        "--input-size",
+        type=parse_size,
+        default=None,
+        help="HxW, divisible by 2**depth (default 448x592, or the --init-from card's size)",
+    )
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--dropout", type=float, default=0.3)
@@ -59,13 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="use at most N train and N val images")
     parser.add_argument("--no-resume", action="store_true", help="start over even if run-dir has a run")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="a segmentation card (e.g. the shipped models/segmentation.json): start from its verified "
-                        "weights and U-Net shape, so CPU time spent in an earlier run is not lost; --input-size may "
-                        "differ from the card's (the U-Net is fully convolutional)")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="a segmentation card (e.g. the shipped models/segmentation.json): start from its verified "
+        "weights and U-Net shape, so CPU time spent in an earlier run is not lost; --input-size may "
+        "differ from the card's (the U-Net is fully convolutional)",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="fix the mask threshold (default: tune)")
     parser.add_argument(
-        "--tta", choices=("auto", "on", "off"), default="auto",
+        "--tta",
+        choices=("auto", "on", "off"),
+        default="auto",
         help="flip test-time augmentation at inference; auto keeps it if it helps on validation",
     )
 
@@ -83,11 +93,11 @@ def resolve_init(args: argparse.Namespace) -> Path | None:
     except ModelCardError as exc:
         raise WeightsUnavailableError(f"--init-from {args.init_from}: {exc}") from exc
     if card.kind != "segmentation":
-        raise WeightsUnavailableError(
-            f"--init-from {args.init_from} is a {card.kind!r} card, not a segmentation card")
+        raise WeightsUnavailableError(f"--init-from {args.init_from} is a {card.kind!r} card, not a segmentation card")
     if Path(weights).suffix != ".safetensors":
         raise WeightsUnavailableError(
-            f"--init-from {args.init_from}: {Path(weights).name} is not compact weights; ship the model first")
+            f"--init-from {args.init_from}: {Path(weights).name} is not compact weights; ship the model first"
+        )
     config = config_from_card(card)
     args.base_filters, args.depth, args.batch_norm = config.base_filters, config.depth, config.batch_norm
     args.dropout = config.dropout
@@ -270,8 +280,13 @@ def make_callbacks(
             state.elapsed_s = self._elapsed()
             self._last_epoch_s = time.monotonic() - self._epoch_start
             lr = float(np.asarray(self.model.optimizer.learning_rate))
-            row = {"epoch": epoch + 1, "loss": float(logs.get("loss", float("nan"))), "val_iou": val_iou,
-                   "lr": lr, "minutes": state.elapsed_s / 60}
+            row = {
+                "epoch": epoch + 1,
+                "loss": float(logs.get("loss", float("nan"))),
+                "val_iou": val_iou,
+                "lr": lr,
+                "minutes": state.elapsed_s / 60,
+            }
             state.history = [*(state.history or []), row]
             improved = val_iou > state.best_val_iou
             if improved:
@@ -283,7 +298,12 @@ def make_callbacks(
             state.save(run_dir / "state.json")
             log.info(
                 "epoch %d loss %.4f val_iou@0.5 %.4f%s lr %.2e %.1f min",
-                epoch + 1, row["loss"], val_iou, " (best)" if improved else "", lr, row["minutes"],
+                epoch + 1,
+                row["loss"],
+                val_iou,
+                " (best)" if improved else "",
+                lr,
+                row["minutes"],
             )
             if state.wait >= args.patience:
                 log.info("early stop: no val IoU gain for %d epochs", args.patience)
@@ -381,14 +401,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     steps = math.ceil(len(x_train) / args.batch_size)
     augment = None if args.no_augment else SegmentationAugment(seed=args.seed + state.epoch)
-    sequence = make_sequence(x_train, y_train, batch_size=args.batch_size, augment=augment,
-                             seed=args.seed + state.epoch)
-    callbacks = make_callbacks(args=args, state=state, run_dir=run_dir, val_images=x_val, val_masks=y_val,
-                               steps_per_epoch=steps)
+    sequence = make_sequence(
+        x_train, y_train, batch_size=args.batch_size, augment=augment, seed=args.seed + state.epoch
+    )
+    callbacks = make_callbacks(
+        args=args, state=state, run_dir=run_dir, val_images=x_val, val_masks=y_val, steps_per_epoch=steps
+    )
     budget_left = args.max_minutes is None or state.elapsed_s < args.max_minutes * 60
     if state.epoch < args.epochs and state.wait < args.patience and budget_left:
-        model.fit(sequence, epochs=args.epochs, initial_epoch=state.epoch, callbacks=callbacks,
-                  verbose=1 if progress else 2)
+        model.fit(
+            sequence, epochs=args.epochs, initial_epoch=state.epoch, callbacks=callbacks, verbose=1 if progress else 2
+        )
     best_path = run_dir / "best.keras"
     if not best_path.is_file():
         raise RuntimeError(f"no checkpoint in {run_dir}; training ran no full epoch - raise --max-minutes")
@@ -398,17 +421,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     options = {"off": [False], "on": [True], "auto": [False, True]}[args.tta]
     tuned = {}
     for tta in options:
-        probs = np.concatenate([
-            predict_small(best, x_val[i : i + 32], tta=tta) for i in range(0, len(x_val), 32)
-        ])
+        probs = np.concatenate([predict_small(best, x_val[i : i + 32], tta=tta) for i in range(0, len(x_val), 32)])
         tuned[tta] = tune_threshold(probs, val_samples, candidates=candidates, fixed=args.threshold)
     # Flips cost four passes; keep them only for a real gain on validation.
     use_tta = len(tuned) == 2 and (
         tuned[True][1]["val_best_thresholded_jaccard"] > tuned[False][1]["val_best_thresholded_jaccard"] + 0.002
     )
     if len(tuned) == 2:
-        log.info("val thresholded Jaccard without/with flip TTA: %.4f / %.4f",
-                 tuned[False][1]["val_best_thresholded_jaccard"], tuned[True][1]["val_best_thresholded_jaccard"])
+        log.info(
+            "val thresholded Jaccard without/with flip TTA: %.4f / %.4f",
+            tuned[False][1]["val_best_thresholded_jaccard"],
+            tuned[True][1]["val_best_thresholded_jaccard"],
+        )
     use_tta = use_tta or args.tta == "on"
     threshold, val_metrics = tuned[use_tta]
     preset = SegmentationPreset(config.input_size, hair_removal=args.hair_removal, tta=use_tta)
@@ -453,4 +477,3 @@ if __name__ == "__main__":
     _parser = argparse.ArgumentParser(prog="skintriage train-segmentation", description=__doc__)
     add_arguments(_parser)
     sys.exit(main(_parser.parse_args()))
-

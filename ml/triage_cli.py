@@ -186,9 +186,7 @@ def error_record(path: Path, message: str) -> dict[str, Any]:
     return {"file": str(path), "status": "error", "error": message}
 
 
-def triage_files(
-    pipeline: Any, paths: Sequence[Path], *, out_dir: Path, batch_size: int
-) -> Iterator[dict[str, Any]]:
+def triage_files(pipeline: Any, paths: Sequence[Path], *, out_dir: Path, batch_size: int) -> Iterator[dict[str, Any]]:
     """Records in input order, batch by batch; overlays and masks are written to out_dir on the way."""
     names = OutputNames(out_dir)
     for start in range(0, len(paths), batch_size):
@@ -219,7 +217,8 @@ def format_summary(record: dict[str, Any]) -> str:
         lines.append(f"{name}: {record['tier']} ({record['label']}) - {record['decision']}")
     if record.get("modality"):
         kind = {"dermoscopic": "a dermoscopy image", "clinical": "an ordinary (clinical) photo"}.get(
-            record["modality"], "unknown (no modality model installed)")
+            record["modality"], "unknown (no modality model installed)"
+        )
         score = f", P(ordinary photo) {record['p_clinical']:.2f}" if record.get("p_clinical") is not None else ""
         lines.append(f"  kind of photo judged: {kind}{score}")
     if probs:
@@ -268,8 +267,10 @@ def main(args: argparse.Namespace, settings: Any = None) -> int:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"error: cannot create the output folder {args.out}: {exc.strerror or exc}; pick another --out",
-              file=sys.stderr)
+        print(
+            f"error: cannot create the output folder {args.out}: {exc.strerror or exc}; pick another --out",
+            file=sys.stderr,
+        )
         return 2
     if not args.json:
         demo = " - DEMO models trained on synthetic images, not for medical use" if pipeline.demo else ""

@@ -63,7 +63,11 @@ def _conv_block(x, filters: int, config: UNetConfig, name: str):
     """Conv2D, Dropout, Conv2D (with optional batch norm) as in the study's blocks."""
     for i in range(2):
         x = keras.layers.Conv2D(
-            filters, 3, padding="same", kernel_initializer="he_normal", use_bias=not config.batch_norm,
+            filters,
+            3,
+            padding="same",
+            kernel_initializer="he_normal",
+            use_bias=not config.batch_norm,
             name=f"{name}_conv{i + 1}",
         )(x)
         if config.batch_norm:
@@ -142,9 +146,13 @@ def config_from_card(card: ModelCard) -> UNetConfig:
     """The UNetConfig a segmentation card records (its `architecture`)."""
     arch = card.architecture
     try:
-        return UNetConfig(input_size=tuple(arch["input_size"]), base_filters=int(arch["base_filters"]),
-                          depth=int(arch["depth"]), dropout=float(arch["dropout"]),
-                          batch_norm=bool(arch["batch_norm"]))
+        return UNetConfig(
+            input_size=tuple(arch["input_size"]),
+            base_filters=int(arch["base_filters"]),
+            depth=int(arch["depth"]),
+            dropout=float(arch["dropout"]),
+            batch_norm=bool(arch["batch_norm"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"segmentation card {card.name} does not describe its U-Net ({exc}); retrain it") from exc
 

@@ -119,9 +119,7 @@ def set_language(*, session: Session, user: User, language: str) -> None:
     user.language = language
 
 
-def mark_update_processed(
-    *, session: Session, chat_id: int, message_id: int, update_id: int | None = None
-) -> bool:
+def mark_update_processed(*, session: Session, chat_id: int, message_id: int, update_id: int | None = None) -> bool:
     """Remember a Telegram message by (chat id, message id); False when it was handled before (a repeated delivery).
 
     Not by update id: Telegram may start update ids again, which would make a new photo look like an old one.
@@ -189,7 +187,6 @@ def find_recent_duplicate(
     )
 
 
-
 def update_seen(*, session: Session, chat_id: int, message_id: int) -> bool:
     """Whether a Telegram message was already handled (a cheap check before downloading a photo)."""
     same = (ProcessedUpdate.chat_id == chat_id, ProcessedUpdate.message_id == message_id)
@@ -211,6 +208,7 @@ def find_recent_same_file(
         .order_by(Case.id.desc())
         .limit(1)
     )
+
 
 def create_case(
     *,
@@ -679,9 +677,7 @@ def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> Ou
     return message
 
 
-def release_outbox(
-    *, session: Session, message_id: int, error: str | None = None, wait_s: float | None = None
-) -> None:
+def release_outbox(*, session: Session, message_id: int, error: str | None = None, wait_s: float | None = None) -> None:
     """Let another attempt send the message (after a failed send), noting why; none before `wait_s` seconds."""
     not_before = utcnow() + timedelta(seconds=wait_s) if wait_s else None
     session.execute(

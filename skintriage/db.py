@@ -70,9 +70,7 @@ def make_engine(url: str, *, migrations: bool = False, settings: Settings | None
             from pathlib import Path
 
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url, hide_parameters=True, connect_args={"timeout": 30, "check_same_thread": False}
-        )
+        engine = create_engine(url, hide_parameters=True, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):

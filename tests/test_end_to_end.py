@@ -120,8 +120,14 @@ def _run_demo(tmp_path: Path, model_dir: Path | None) -> tuple[str, Path]:
     """`skintriage demo` in a child process on embedded defaults; MODEL_DIR None: the shipped models."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env.update({"DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)})
-    for key in ("DATABASE_URL", "CELERY_BROKER_URL", "TELEGRAM_BOT_TOKEN", "SKINTRIAGE_ENV", "ALLOW_DEMO_MODELS",
-                "MODEL_DIR"):
+    for key in (
+        "DATABASE_URL",
+        "CELERY_BROKER_URL",
+        "TELEGRAM_BOT_TOKEN",
+        "SKINTRIAGE_ENV",
+        "ALLOW_DEMO_MODELS",
+        "MODEL_DIR",
+    ):
         env.pop(key, None)
     if model_dir is not None:
         env["MODEL_DIR"] = str(model_dir)

@@ -59,9 +59,7 @@ def remove_orphans(*, settings: Settings, store: ImageStore, now: datetime | Non
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `skintriage purge-images`."""
-    parser.add_argument(
-        "--days", type=int, default=None, help="retention period in days (default: RETENTION_DAYS, 30)"
-    )
+    parser.add_argument("--days", type=int, default=None, help="retention period in days (default: RETENTION_DAYS, 30)")
 
 
 def main(args: argparse.Namespace) -> int:

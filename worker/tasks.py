@@ -273,9 +273,7 @@ def _retry_transient(task: Any, case_id: int, settings: Settings, exc: BaseExcep
         log.error("case %d: giving up retrying %s; the sweeper re-enqueues it later", case_id, type(exc).__name__)
         return "transient_error"
     countdown = backoff_s(retries)
-    log.warning(
-        "case %d: transient %s, retry %d in %.0f s", case_id, type(exc).__name__, retries + 1, countdown
-    )
+    log.warning("case %d: transient %s, retry %d in %.0f s", case_id, type(exc).__name__, retries + 1, countdown)
     raise task.retry(countdown=countdown, exc=exc)
 
 

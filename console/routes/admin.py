@@ -179,8 +179,13 @@ def unlock_operator(
             request.app.state.login_limiter.clear(address, target.username)
         target.failed_logins = 0
         target.locked_until = None
-        audit(session=db, actor="operator", action="operator.unlocked", operator_id=operator.id,
-              detail={"operator": target.id, "addresses": addresses})
+        audit(
+            session=db,
+            actor="operator",
+            action="operator.unlocked",
+            operator_id=operator.id,
+            detail={"operator": target.id, "addresses": addresses},
+        )
         db.commit()
     return RedirectResponse("/admin/operators", status_code=303)
 
@@ -200,7 +205,12 @@ def set_active(
     if target.id == operator.id:
         return _operators_page(request, db, error="You cannot deactivate yourself.", status_code=400)
     target.active = active == "1"
-    audit(session=db, actor="operator", action="operator.activated" if target.active else "operator.deactivated",
-          operator_id=operator.id, detail={"operator": target.id})
+    audit(
+        session=db,
+        actor="operator",
+        action="operator.activated" if target.active else "operator.deactivated",
+        operator_id=operator.id,
+        detail={"operator": target.id},
+    )
     db.commit()
     return RedirectResponse("/admin/operators", status_code=303)

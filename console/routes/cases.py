@@ -238,9 +238,11 @@ def _case_page(
     messages: list[OutboxMessage] = []
     reviews: list[Review] = []
     if not second_read:
-        messages = list(db.scalars(
-            select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(OutboxMessage.created_at)
-        ).all())
+        messages = list(
+            db.scalars(
+                select(OutboxMessage).where(OutboxMessage.case_id == case.id).order_by(OutboxMessage.created_at)
+            ).all()
+        )
         reviews = list(db.scalars(select(Review).where(Review.case_id == case.id).order_by(Review.created_at)).all())
     settings = request.app.state.settings
     return render(
@@ -340,8 +342,15 @@ def case_detail(
         claim = claim_case(session=db, case=case, operator=operator, seconds=seconds)
     db.commit()
     return _case_page(
-        request, db, case, notice=_notice(notice, saved, queue_empty=queue == "empty"), claim=claim,
-        second_read=blinded, blind_problem=problem, candidates=candidates, compare=chosen,
+        request,
+        db,
+        case,
+        notice=_notice(notice, saved, queue_empty=queue == "empty"),
+        claim=claim,
+        second_read=blinded,
+        blind_problem=problem,
+        candidates=candidates,
+        compare=chosen,
         compare_problem=compare_problem,
     )
 
@@ -378,7 +387,13 @@ def submit_review(
 
 
 def save_review(
-    request: Request, db: Session, case: Case, operator: Operator, form: ReviewInput, *, then: str,
+    request: Request,
+    db: Session,
+    case: Case,
+    operator: Operator,
+    form: ReviewInput,
+    *,
+    then: str,
     resumed: bool = False,
 ) -> Response:
     """Validate and store a review, release the operator's claim, queue the message, and say where to go next."""

@@ -73,8 +73,14 @@ def image(
     except StorageError:
         log.exception("image store failed for case %s", case.id)
         return Response("image store unavailable", status_code=503, media_type="text/plain")
-    audit(session=db, actor="operator", action="case.image_viewed", case_id=case.id, operator_id=operator.id,
-          detail={"kind": key.split("/", 1)[0]})
+    audit(
+        session=db,
+        actor="operator",
+        action="case.image_viewed",
+        case_id=case.id,
+        operator_id=operator.id,
+        detail={"kind": key.split("/", 1)[0]},
+    )
     db.commit()
     served = _browser_safe(data, key.rsplit(".", 1)[-1])
     if served is None:

@@ -39,8 +39,13 @@ def patient_detail(
             .order_by(Case.received_at.desc(), Case.id.desc())
         ).all()
     )
-    audit(session=db, actor="operator", action="patient.viewed", operator_id=operator.id,
-          detail={"user_id": patient.id, "cases": [c.id for c in cases]})
+    audit(
+        session=db,
+        actor="operator",
+        action="patient.viewed",
+        operator_id=operator.id,
+        detail={"user_id": patient.id, "cases": [c.id for c in cases]},
+    )
     db.commit()
     return render(
         request,

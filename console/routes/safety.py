@@ -26,7 +26,12 @@ def safety(
     return render(
         request,
         "safety.html",
-        {"report": report, "days": days, "rules": list(POSITIVE_RULES), "rule_words": RULE_WORDS,
-         "confidence": CONFIDENCE},
+        {
+            "report": report,
+            "days": days,
+            "rules": list(POSITIVE_RULES),
+            "rule_words": RULE_WORDS,
+            "confidence": CONFIDENCE,
+        },
         db=db,
     )

@@ -44,7 +44,9 @@ def upgrade() -> None:
             ["case_id"], ["cases.id"], name=op.f("fk_pending_reviews_case_id_cases"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
-            ["operator_id"], ["operators.id"], name=op.f("fk_pending_reviews_operator_id_operators"),
+            ["operator_id"],
+            ["operators.id"],
+            name=op.f("fk_pending_reviews_operator_id_operators"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pending_reviews")),

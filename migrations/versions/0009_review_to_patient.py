@@ -29,9 +29,7 @@ def upgrade() -> None:
     with op.batch_alter_table("cases") as batch:
         batch.add_column(sa.Column("booking_asked_at", skintriage.models.UTCDateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("booking_answer", sa.String(16), nullable=True))
-        batch.add_column(
-            sa.Column("booking_answered_at", skintriage.models.UTCDateTime(timezone=True), nullable=True)
-        )
+        batch.add_column(sa.Column("booking_answered_at", skintriage.models.UTCDateTime(timezone=True), nullable=True))
     # Messages sent before this revision went out as the operator's bare words: that is what the patient read.
     op.execute("UPDATE outbox_messages SET sent_text = text WHERE sent_at IS NOT NULL AND error IS NULL")
 

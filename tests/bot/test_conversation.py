@@ -314,10 +314,12 @@ def test_database_failing_after_the_case_is_committed_never_says_the_photo_was_n
     h.consent(128)
     with h.session() as session:
         # The case INSERT commits; marking it queued (an UPDATE) then fails as if the database went away.
-        session.execute(sql(
-            "CREATE TRIGGER fail_after_commit BEFORE UPDATE OF status ON cases "
-            "BEGIN INSERT INTO no_such_table VALUES (1); END"
-        ))
+        session.execute(
+            sql(
+                "CREATE TRIGGER fail_after_commit BEFORE UPDATE OF status ON cases "
+                "BEGIN INSERT INTO no_such_table VALUES (1); END"
+            )
+        )
         session.commit()
     since = h.patient.last_seq()
     h.patient.send_photo(128, lesion_photo(seed=22))
@@ -384,8 +386,15 @@ def test_an_update_the_library_cannot_parse_is_skipped_and_polling_goes_on(start
     since = h.patient.last_seq()
     # A message without chat and date: python-telegram-bot cannot parse it, and stock polling would
     # retry the same batch forever, logging the raw update (name, text) each time.
-    h.patient.inject_update({"message": {"message_id": 1, "text": "my name is Alice",
-                                         "from": {"id": 124, "is_bot": False, "first_name": "Alice"}}})
+    h.patient.inject_update(
+        {
+            "message": {
+                "message_id": 1,
+                "text": "my name is Alice",
+                "from": {"id": 124, "is_bot": False, "first_name": "Alice"},
+            }
+        }
+    )
     h.patient.send_sticker(124)
     h.wait_text(124, h.expect("en", "other.sticker"), since=since)
     assert [m.get("text") for m in h.patient.messages(124, since=since)] == [h.expect("en", "other.sticker")]
@@ -398,9 +407,9 @@ def test_database_faults_log_tracebacks_without_the_patients_telegram_ids(start_
     first, second = 7391046285, 7391046286  # private chats: the chat id is the user id
     with h.session() as session:
         # An IntegrityError on the INSERT of a new patient (parameters: user id, chat id, language).
-        session.execute(sql(
-            "CREATE TRIGGER refuse_users BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
-        ))
+        session.execute(
+            sql("CREATE TRIGGER refuse_users BEFORE INSERT ON users BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+        )
         session.commit()
     since = h.patient.last_seq()
     h.patient.send_command(first, "/start")

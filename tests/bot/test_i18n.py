@@ -86,7 +86,6 @@ def test_the_example_guidance_file_loads() -> None:
     assert texts.retake_reason("en", "blurry").startswith("The photo is blurry. Hold the phone steady with both")
 
 
-
 def korean_word_problems(text: str) -> list[str]:
     """What a Korean text says in the words patients misread: 사례 (a "case" reads as a case study; say 접수 번호),
     병변 (say 점 or 피부 부위), 피부과 without 전문의, 양성 alone (reads as "positive"; say 암이 아닌 것(양성)), and

@@ -77,8 +77,7 @@ def test_four_taps_are_stored_with_the_case_and_red_flags_make_a_low_photo_high(
     title, raised, alone = text.split("\n\n")[:3]
     assert title == f"Case #{case.id}: High concern: see a dermatologist soon"
     assert raised == (
-        "Your answers raise the urgency: “Grown bigger”, “Itches”. "
-        + h.expect("en", "answers.why.checklist", points=3)
+        "Your answers raise the urgency: “Grown bigger”, “Itches”. " + h.expect("en", "answers.why.checklist", points=3)
     )
     assert alone == "The photo alone was rated: Looks like a common mole."
     assert h.expect("en", "guidance.HIGH") in text and text.endswith(h.expect("en", "result.disclaimer"))

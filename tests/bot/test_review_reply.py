@@ -127,8 +127,9 @@ def test_the_review_is_composed_in_the_language_the_patient_has_when_it_is_sent(
     case_id = answered_case(h, 702, tier="HIGH", lang="en")
     message_id = review(h, case_id, ReviewInput(verdict="agree", urgency="urgent"))
     with h.session() as session:  # the patient switched to Korean after the review was saved
-        cases.set_language(session=session, user=session.scalar(select(User).where(User.telegram_user_id == 702)),
-                           language="ko")
+        cases.set_language(
+            session=session, user=session.scalar(select(User).where(User.telegram_user_id == 702)), language="ko"
+        )
         session.commit()
     since = h.patient.last_seq()
 
@@ -183,8 +184,9 @@ def test_a_clinicians_words_from_the_console_reach_the_patient_framed(start_bot)
     case_id = answered_case(h, 703, tier="LOW", lang="ko")
     with h.session() as session:
         operator = create_operator(session=session, username="rita", password="reviewer-password-1")
-        message = create_followup(session=session, case=session.get(Case, case_id), operator=operator,
-                                  text="내일 전화 주세요.")
+        message = create_followup(
+            session=session, case=session.get(Case, case_id), operator=operator, text="내일 전화 주세요."
+        )
         session.commit()
         message_id = message.id
     since = h.patient.last_seq()
@@ -193,7 +195,9 @@ def test_a_clinicians_words_from_the_console_reach_the_patient_framed(start_bot)
 
     text = h.patient.wait_for(703, lambda e: e["method"] == "sendMessage", since=since)["text"]
     assert text.split("\n\n") == [
-        f"접수 번호 #{case_id}: 서비스 의료진이 보낸 메시지", "내일 전화 주세요.", h.expect("ko", "result.disclaimer")
+        f"접수 번호 #{case_id}: 서비스 의료진이 보낸 메시지",
+        "내일 전화 주세요.",
+        h.expect("ko", "result.disclaimer"),
     ]
 
 
@@ -246,7 +250,8 @@ def test_the_booking_question_is_asked_once_after_the_delay_and_the_tapped_answe
 
     question = h.patient.wait_for(705, lambda e: e["method"] == "sendMessage", since=since)
     assert question["text"].split("\n\n") == [
-        visible(TEXTS.get("en", "booking.question", case_id=case_id)), h.expect("en", "result.disclaimer")
+        visible(TEXTS.get("en", "booking.question", case_id=case_id)),
+        h.expect("en", "result.disclaimer"),
     ]
     assert "Have you booked an appointment with a dermatologist?" in question["text"]
     assert buttons(question) == [
@@ -256,8 +261,7 @@ def test_the_booking_question_is_asked_once_after_the_delay_and_the_tapped_answe
     ]
     since = h.patient.last_seq()
     h.patient.press_button(705, question["message_id"], f"booking:{case_id}:not_yet")
-    h.wait_text(705, "\n\n".join([h.expect("en", "booking.not_yet"), h.expect("en", "result.disclaimer")]),
-                since=since)
+    h.wait_text(705, "\n\n".join([h.expect("en", "booking.not_yet"), h.expect("en", "result.disclaimer")]), since=since)
     (case,) = h.cases(705)
     assert case.booking_answer == "not_yet" and case.booking_answered_at is not None
     events = h.patient.sent(705, since=since)

@@ -16,11 +16,25 @@ CURRENT = {"segmentation": "unet-aaaaaaaaaaaa", "classifier": "resnet50-bbbbbbbb
 OLD = {"segmentation": "unet-aaaaaaaaaaaa", "classifier": "resnet50-000000000000"}
 # What ml.measurements stores for a case (LesionMeasurements.to_dict), for the a_high case.
 MEASUREMENTS = {
-    "asymmetry_major_axis": 0.3141, "asymmetry_minor_axis": 0.0523, "compactness": 1.4212, "convexity_ratio": 1.0371,
-    "colour_count": 3, "colours": ["light_brown", "dark_brown", "blue_grey"],
-    "colour_shares": {"white": 0.0, "red": 0.01, "light_brown": 0.52, "dark_brown": 0.38, "blue_grey": 0.09,
-                      "black": 0.0},
-    "diameter_px": 110.4, "diameter_share": 0.345, "area_px": 9000, "area_share": 0.117188, "touches_border": True,
+    "asymmetry_major_axis": 0.3141,
+    "asymmetry_minor_axis": 0.0523,
+    "compactness": 1.4212,
+    "convexity_ratio": 1.0371,
+    "colour_count": 3,
+    "colours": ["light_brown", "dark_brown", "blue_grey"],
+    "colour_shares": {
+        "white": 0.0,
+        "red": 0.01,
+        "light_brown": 0.52,
+        "dark_brown": 0.38,
+        "blue_grey": 0.09,
+        "black": 0.0,
+    },
+    "diameter_px": 110.4,
+    "diameter_share": 0.345,
+    "area_px": 9000,
+    "area_share": 0.117188,
+    "touches_border": True,
     "version": 1,
 }
 
@@ -133,8 +147,11 @@ def seed(url: str, store, *, now=None) -> Seeded:  # noqa: ANN001
                 model_versions=versions,
                 timings_ms={},
                 measurements=MEASUREMENTS if name == "a_high" else None,
-                reply_text=(f"Result for case {name}: please see a dermatologist.\nThis is not a diagnosis."
-                            if finished else None),
+                reply_text=(
+                    f"Result for case {name}: please see a dermatologist.\nThis is not a diagnosis."
+                    if finished
+                    else None
+                ),
                 **keys,
             )
             session.add(case)
@@ -143,7 +160,5 @@ def seed(url: str, store, *, now=None) -> Seeded:  # noqa: ANN001
             if name == "a_high":
                 out.keys = {k: v for k, v in keys.items() if v}
         out.operators["rita"] = create_operator(session=session, username=REVIEWER[0], password=REVIEWER[1]).id
-        out.operators["adam"] = create_operator(
-            session=session, username=ADMIN[0], password=ADMIN[1], role="admin"
-        ).id
+        out.operators["adam"] = create_operator(session=session, username=ADMIN[0], password=ADMIN[1], role="admin").id
     return out

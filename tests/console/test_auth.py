@@ -22,8 +22,12 @@ def test_login_goes_to_the_page_the_operator_asked_for(client, seeded):
     assert 'name="next" value="/cases?tier=HIGH"' in form.text
     response = client.post(
         "/login",
-        data={"username": REVIEWER[0], "password": REVIEWER[1], "csrf_token": csrf_of(form.text),
-              "next": "/cases?tier=HIGH"},
+        data={
+            "username": REVIEWER[0],
+            "password": REVIEWER[1],
+            "csrf_token": csrf_of(form.text),
+            "next": "/cases?tier=HIGH",
+        },
     )
     assert response.status_code == 303
     assert response.headers["location"] == "/cases?tier=HIGH"
@@ -47,9 +51,7 @@ def test_login_replaces_the_anonymous_session_and_its_csrf_token(client, seeded,
     with session_scope(console_db_url) as s:
         rita = s.get(Operator, seeded.operators["rita"])
         assert rita.last_login_at is not None
-        assert s.scalars(select(AuditEvent.action).where(AuditEvent.operator_id == rita.id)).all() == [
-            "operator.login"
-        ]
+        assert s.scalars(select(AuditEvent.action).where(AuditEvent.operator_id == rita.id)).all() == ["operator.login"]
 
 
 def test_logout_ends_this_and_every_earlier_session(app, reviewer, seeded, console_db_url):

@@ -343,7 +343,7 @@ def layer_transform(page, pane: str) -> tuple[float, float, float]:  # noqa: ANN
     matrix = page.eval_on_selector(f"{pane} .zoom-layer", "el => getComputedStyle(el).transform")
     if matrix == "none":
         return 1.0, 0.0, 0.0
-    a, _, _, _, e, f = (float(v) for v in matrix[matrix.index("(") + 1:-1].split(","))
+    a, _, _, _, e, f = (float(v) for v in matrix[matrix.index("(") + 1 : -1].split(","))
     return a, e, f
 
 
@@ -448,8 +448,7 @@ def test_zoom_outline_comparison_and_patient_page(browser, live_console):
     lbox, rbox = left.bounding_box(), right.bounding_box()  # where they are now the page has scrolled
     page.mouse.move(lbox["x"] + lbox["width"] * 0.6, lbox["y"] + lbox["height"] * 0.6)
     page.mouse.wheel(0, -300)
-    page.wait_for_function(
-        "() => document.querySelectorAll('#compare .zoom-pane')[1].dataset.scale !== '1.250'")
+    page.wait_for_function("() => document.querySelectorAll('#compare .zoom-pane')[1].dataset.scale !== '1.250'")
     left_t, right_t = (layer_transform(page, f"#compare figure:nth-child({i}) .zoom-pane") for i in (1, 2))
     assert left_t[0] > 1.25 and left_t == right_t
     page.keyboard.press("0")  # the keys now zoom the comparison, the last one used
@@ -548,14 +547,17 @@ def test_failed_and_retake_lane_and_a_cannot_assess_verdict(browser, live_consol
     with session_scope(url) as s:
         saved = s.scalars(select(Review)).one()
         assert (saved.case_id, saved.verdict, saved.agrees, saved.corrected_label) == (
-            c["b_retake"], "cannot_assess", False, None)
+            c["b_retake"],
+            "cannot_assess",
+            False,
+            None,
+        )
     assert queue_ids(page, base, "retake") == [c["b_failed"]]
     assert queue_ids(page, base) == review
     page.context.close()
 
 
-def test_a_review_sent_after_the_session_expired_is_saved_after_logging_in_again(browser, live_console,
-                                                                                  monkeypatch):
+def test_a_review_sent_after_the_session_expired_is_saved_after_logging_in_again(browser, live_console, monkeypatch):
     """The reviewer types a review, the session idles out, Ctrl+Enter lands on the login form, which says the
     review is kept; logging in saves it and goes on to the next case."""
     import console.auth
@@ -594,7 +596,11 @@ def test_a_review_sent_after_the_session_expired_is_saved_after_logging_in_again
     with session_scope(url) as s:
         review = s.scalars(select(Review)).one()
         assert (review.case_id, review.verdict, review.corrected_label, review.note) == (
-            queue[0], "disagree", "NV", "Typed while the session ran out.")
+            queue[0],
+            "disagree",
+            "NV",
+            "Typed while the session ran out.",
+        )
     page.context.close()
 
 

@@ -116,7 +116,7 @@ def test_case_page_shows_images_probabilities_timeline_history_and_reply(reviewe
 
 def test_case_page_shows_the_lesion_measurements_when_present(reviewer, seeded):
     html = reviewer.get(f"/cases/{seeded.cases['a_high']}").text
-    table = html[html.index('id="measurements"'):html.index("</table>", html.index('id="measurements"'))]
+    table = html[html.index('id="measurements"') : html.index("</table>", html.index('id="measurements"'))]
     assert "Asymmetry, major / minor axis</th><td>0.31 / 0.05" in table
     assert "Border compactness</th><td>1.42" in table
     assert "Border convexity</th><td>1.04" in table
@@ -137,7 +137,7 @@ def test_case_page_shows_the_kind_of_photo_and_why_the_tier(reviewer, seeded, co
         case = s.get(Case, seeded.cases["a_medium"])
         case.modality, case.tier_reason = "clinical", "clinical_photo"
     html = reviewer.get(f"/cases/{seeded.cases['a_medium']}").text
-    line = html[html.index('id="modality"'):html.index("</p>", html.index('id="modality"'))]
+    line = html[html.index('id="modality"') : html.index("</p>", html.index('id="modality"'))]
     assert "ordinary (clinical) photo" in line and "never told LOW" in line and "clinical_photo" in line
     assert "not recorded" in reviewer.get(f"/cases/{seeded.cases['a_low']}").text  # triaged before the check
 
@@ -152,11 +152,11 @@ def test_case_page_shows_the_patients_answers_their_checklist_score_and_the_tier
         case.patient_answers = {"site": "palm_sole", "change": "size", "symptoms": "bleeds", "age": "skip"}
         case.told_tier = "HIGH"
     html = reviewer.get(f"/cases/{seeded.cases['a_low']}").text
-    table = html[html.index('id="patient-answers"'):html.index("</table>", html.index('id="patient-answers"'))]
+    table = html[html.index('id="patient-answers"') : html.index("</table>", html.index('id="patient-answers"'))]
     assert "<th>Where on the body</th><td>palm sole</td>" in table and "<th>Age</th><td>skip</td>" in table
-    checklist = html[html.index('id="checklist"'):html.index("</p>", html.index('id="checklist"'))]
+    checklist = html[html.index('id="checklist"') : html.index("</p>", html.index('id="checklist"'))]
     assert "<strong>3 points</strong> (oozing 1, size 2)" in checklist and "diameter 7mm, inflammation" in checklist
-    tier = html[html.index('id="answered-tier"'):html.index("</p>", html.index('id="answered-tier"'))]
+    tier = html[html.index('id="answered-tier"') : html.index("</p>", html.index('id="answered-tier"'))]
     assert "<strong>HIGH</strong>, raised from LOW by change:size, symptoms:bleeds (<code>checklist</code>)" in tier
     assert "acral" in tier and "Told the patient: <strong>HIGH</strong>" in tier
     assert "The patient has not answered the questions." in reviewer.get(f"/cases/{seeded.cases['a_medium']}").text
@@ -186,8 +186,13 @@ def test_review_is_stored_and_audited(reviewer, seeded, console_db_url):
     token = csrf_of(reviewer.get(f"/cases/{case_id}").text)
     response = reviewer.post(
         f"/cases/{case_id}/reviews",
-        data={"csrf_token": token, "verdict": "disagree", "corrected_label": "NV", "urgency": "routine",
-              "note": "Symmetric, regular network."},
+        data={
+            "csrf_token": token,
+            "verdict": "disagree",
+            "corrected_label": "NV",
+            "urgency": "routine",
+            "note": "Symmetric, regular network.",
+        },
     )
     assert response.status_code == 303
     assert response.headers["location"].startswith(f"/cases/{case_id}?notice=reviewed")
@@ -219,8 +224,12 @@ def test_review_with_words_goes_to_the_outbox_and_the_reply_queue(reviewer, seed
     token = csrf_of(reviewer.get(f"/cases/{case_id}").text)
     response = reviewer.post(
         f"/cases/{case_id}/reviews",
-        data={"csrf_token": token, "verdict": "agree", "urgency": "soon",
-              "message": "Пожалуйста, запишитесь к дерматологу в течение месяца."},
+        data={
+            "csrf_token": token,
+            "verdict": "agree",
+            "urgency": "soon",
+            "message": "Пожалуйста, запишитесь к дерматологу в течение месяца.",
+        },
     )
     assert response.status_code == 303
     assert "notice=sent" in response.headers["location"]
@@ -232,7 +241,10 @@ def test_review_with_words_goes_to_the_outbox_and_the_reply_queue(reviewer, seed
         assert message.text.startswith("Пожалуйста") and message.sent_text is None
         event = s.scalars(select(AuditEvent).where(AuditEvent.action == "message.queued")).one()
         assert event.detail == {
-            "message_id": message.id, "kind": "review", "language": "ru", "chars": len(message.text)
+            "message_id": message.id,
+            "kind": "review",
+            "language": "ru",
+            "chars": len(message.text),
         }
         assert "text" not in event.detail
     # The filesystem broker under DATA_DIR now holds the job for the reply sender.
@@ -270,7 +282,7 @@ def test_csv_export_has_every_filtered_case_and_is_audited(reviewer, seeded, con
 def test_csv_cells_cannot_become_spreadsheet_formulas():
     from console.export import safe_cell
 
-    assert safe_cell("=HYPERLINK(\"http://x\")").startswith("'=")
+    assert safe_cell('=HYPERLINK("http://x")').startswith("'=")
     assert safe_cell("+1") == "'+1"
     assert safe_cell("@SUM(A1)") == "'@SUM(A1)"
     assert safe_cell(-0.5) == "-0.5000"
@@ -307,8 +319,9 @@ def _mel_bar(html: str) -> tuple[float, float, float]:
 
 
 @pytest.mark.parametrize("margin", ["0.05", "0.12"])
-def test_melanoma_bar_shades_where_the_policy_answers_uncertain(monkeypatch, settings_env, console_db_url, store,
-                                                               seeded, margin):
+def test_melanoma_bar_shades_where_the_policy_answers_uncertain(
+    monkeypatch, settings_env, console_db_url, store, seeded, margin
+):
     """The shaded band and the threshold line are checked against ml.policy.decide_tier itself: just below
     the band is not UNCERTAIN, inside it is, and the threshold line (the band's end) starts HIGH."""
     from fastapi.testclient import TestClient
@@ -458,7 +471,7 @@ def test_dashboard_counts_cannot_assess_apart_from_agreement(reviewer, seeded):
         assert reviewer.post(f"/cases/{case_id}/reviews", data={"csrf_token": token, **fields}).status_code == 303
     html = reviewer.get("/dashboard").text
     assert '<span id="stat-cannot-assess">1</span> could not be assessed' in html
-    table = html[html.index('id="agreement"'):html.index("</table>", html.index('id="agreement"'))]
+    table = html[html.index('id="agreement"') : html.index("</table>", html.index('id="agreement"'))]
     # a_high (MEL) is left out of the agreement table; a_medium's agreement is in it.
     assert re.search(r"<tr><th>MEL</th><td>0</td><td>0</td>", table)
 
@@ -599,7 +612,7 @@ def test_a_korean_patients_answer_is_shown_as_sent_and_in_english_beside_it(revi
 
     def block(element_id: str) -> str:
         start = page.index(f'id="{element_id}"')
-        return html_lib.unescape(page[page.index(">", start) + 1:page.index("</pre>", start)])
+        return html_lib.unescape(page[page.index(">", start) + 1 : page.index("</pre>", start)])
 
     hangul = re.compile("[\uac00-\ud7a3]")
     korean, english = block("reply-text"), block("reply-text-en")

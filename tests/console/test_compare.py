@@ -13,14 +13,14 @@ from tests.console.test_safety import add_reviews
 
 def options(html: str) -> list[int]:
     """Case numbers offered by the comparison's select, in order."""
-    select_html = html[html.index('id="compare-with"'):html.index("</select>", html.index('id="compare-with"'))]
+    select_html = html[html.index('id="compare-with"') : html.index("</select>", html.index('id="compare-with"'))]
     return [int(n) for n in re.findall(r'<option value="(\d+)"', select_html)]
 
 
 def compare_box(html: str) -> str:
     """The comparison's two frames and their captions (not the strip of earlier cases below them)."""
     start = html.index('id="compare"')
-    return html[start:html.index("shows the lesion larger.</p>", start)]
+    return html[start : html.index("shows the lesion larger.</p>", start)]
 
 
 def case_views(url: str) -> list[dict]:
@@ -37,7 +37,7 @@ def test_viewer_has_zoom_controls_and_every_image_in_its_frames(reviewer, seeded
     html = reviewer.get(f"/cases/{seeded.cases['a_high']}").text
     for control in ("zoom-in", "zoom-out", "zoom-reset", "viewer-keys"):
         assert f'id="{control}"' in html
-    viewer = html[html.index('id="viewer"'):html.index('id="viewer-keys"')]
+    viewer = html[html.index('id="viewer"') : html.index('id="viewer-keys"')]
     assert viewer.count('class="zoom-pane"') == 4  # photo, outline, mask, Grad-CAM keep one zoom
     assert 'data-aspect="1.3333333333333333"' in viewer  # 320×240: the frame has the photo's shape
     # The review shortcuts and the viewer's keys do not share a key.
@@ -50,7 +50,7 @@ def test_the_candidates_are_the_patients_earlier_cases_with_a_photo(reviewer, se
     assert options(html) == [c["a_medium"], c["a_low"]]
     assert "not yet linked as photos of the same spot" in html
     box = compare_box(html)
-    assert "hidden" in box[:box.index(">")]  # nothing chosen: closed, and no photo loaded
+    assert "hidden" in box[: box.index(">")]  # nothing chosen: closed, and no photo loaded
     assert not re.search(r'\ssrc="', box)
     # Boris's cases before b_retake: b_failed has no photo and is not offered, nor are later or other patients'.
     boris = reviewer.get(f"/cases/{c['b_retake']}").text
@@ -62,7 +62,7 @@ def test_compare_shows_both_raw_photos_and_is_audited(reviewer, seeded, console_
     c = seeded.cases
     html = reviewer.get(f"/cases/{c['a_high']}", params={"compare": str(c["a_low"])}).text
     box = compare_box(html)
-    assert "hidden" not in box[:box.index(">")]
+    assert "hidden" not in box[: box.index(">")]
     assert f'src="/cases/{c["a_high"]}/images/{seeded.keys["image_key"]}"' in box
     assert f'src="/cases/{c["a_low"]}/images/{image_key(console_db_url, c["a_low"])}"' in box
     assert "overlay" not in box and "mask" not in box  # raw photos, no outline
@@ -95,9 +95,9 @@ def test_a_blinded_read_keeps_its_blind_while_comparing(admin_client, seeded, co
     add_reviews(console_db_url, seeded)
     html = admin_client.get(f"/cases/{c['a_medium']}", params={"read": "second", "compare": str(c["a_low"])}).text
     assert 'id="second-read"' in html
-    form = html[html.index('id="compare-form"'):html.index("</form>", html.index('id="compare-form"'))]
+    form = html[html.index('id="compare-form"') : html.index("</form>", html.index('id="compare-form"'))]
     assert '<input type="hidden" name="read" value="second">' in form
-    assert f'?compare={c["a_low"]}&amp;read=second#compare' in html
+    assert f"?compare={c['a_low']}&amp;read=second#compare" in html
     assert case_views(console_db_url) == [{"read": "second", "compare": c["a_low"]}]
 
 
@@ -107,5 +107,5 @@ def test_a_case_sent_as_a_reply_to_an_earlier_one_says_same_spot_and_links_to_it
     with session_scope(console_db_url) as s:
         s.get(Case, c["a_high"]).previous_case_id = c["a_medium"]
     html = reviewer.get(f"/cases/{c['a_high']}").text
-    line = html[html.index('id="same-spot"'):html.index("</p>", html.index('id="same-spot"'))]
+    line = html[html.index('id="same-spot"') : html.index("</p>", html.index('id="same-spot"'))]
     assert f'Same spot as <a href="/cases/{c["a_medium"]}">case #{c["a_medium"]}</a>' in line

@@ -293,13 +293,20 @@ def _review_after_the_session_ended(monkeypatch, client, case_id: int):  # noqa:
     clock.offset += client.app.state.settings.console_session_idle_s + 1
     return client.post(
         f"/cases/{case_id}/reviews",
-        data={"csrf_token": token, "verdict": "disagree", "corrected_label": "NV", "urgency": "soon",
-              "note": "Typed for ten minutes.", "then": "next"},
+        data={
+            "csrf_token": token,
+            "verdict": "disagree",
+            "corrected_label": "NV",
+            "urgency": "soon",
+            "note": "Typed for ten minutes.",
+            "then": "next",
+        },
     )
 
 
-def test_a_review_sent_after_the_session_ended_is_saved_after_logging_in_again(monkeypatch, app, seeded,
-                                                                                console_db_url):
+def test_a_review_sent_after_the_session_ended_is_saved_after_logging_in_again(
+    monkeypatch, app, seeded, console_db_url
+):
     from skintriage.models import PendingReview, Review
 
     case_id = seeded.cases["b_uncertain"]
@@ -310,8 +317,11 @@ def test_a_review_sent_after_the_session_ended_is_saved_after_logging_in_again(m
         with session_scope(console_db_url) as s:
             assert s.scalars(select(Review)).all() == []
             kept = s.scalars(select(PendingReview)).one()
-            assert (kept.operator_id, kept.case_id, kept.form["note"]) == (seeded.operators["rita"], case_id,
-                                                                           "Typed for ten minutes.")
+            assert (kept.operator_id, kept.case_id, kept.form["note"]) == (
+                seeded.operators["rita"],
+                case_id,
+                "Typed for ten minutes.",
+            )
         page = c.get(response.headers["location"]).text
         assert f"your review of case #{case_id} was saved. It is kept" in page
         # Logging in again saves it and goes on as Save and next would have.
@@ -321,7 +331,12 @@ def test_a_review_sent_after_the_session_ended_is_saved_after_logging_in_again(m
         with session_scope(console_db_url) as s:
             review = s.scalars(select(Review)).one()
             assert (review.case_id, review.operator_id, review.verdict, review.corrected_label, review.note) == (
-                case_id, seeded.operators["rita"], "disagree", "NV", "Typed for ten minutes.")
+                case_id,
+                seeded.operators["rita"],
+                "disagree",
+                "NV",
+                "Typed for ten minutes.",
+            )
             assert s.scalars(select(PendingReview)).all() == []
         # Used once: logging in again saves nothing more.
         assert login(c, *REVIEWER).headers["location"] == "/cases"
@@ -341,6 +356,7 @@ def test_a_kept_review_is_saved_only_for_the_operator_who_wrote_it(monkeypatch, 
     # Without a session naming an operator nothing is kept: the post is refused as before.
     with TestClient(app, follow_redirects=False) as anonymous:
         token = csrf_of(anonymous.get("/login").text)
-        response = anonymous.post(f"/cases/{seeded.cases['a_high']}/reviews",
-                                  data={"csrf_token": token, "verdict": "agree"})
+        response = anonymous.post(
+            f"/cases/{seeded.cases['a_high']}/reviews", data={"csrf_token": token, "verdict": "agree"}
+        )
         assert response.status_code == 401

@@ -16,7 +16,7 @@ from tests.console.test_safety import add_reviews
 
 def listed(html: str) -> list[int]:
     """Case numbers in the patient page's table, in order."""
-    table = html[html.index('id="patient-cases"'):html.index("</table>", html.index('id="patient-cases"'))]
+    table = html[html.index('id="patient-cases"') : html.index("</table>", html.index('id="patient-cases"'))]
     return [int(n) for n in re.findall(r'<a href="/cases/(\d+)" class="case-link">', table)]
 
 
@@ -51,8 +51,16 @@ def test_the_page_shows_tier_status_and_each_review(reviewer, seeded, console_db
     c = seeded.cases
     add_reviews(console_db_url, seeded)
     with session_scope(console_db_url) as s:
-        s.add(Review(case_id=c["a_high"], operator_id=seeded.operators["adam"], agrees=False, verdict="cannot_assess",
-                     blinded=True, created_at=utcnow() - timedelta(minutes=1)))
+        s.add(
+            Review(
+                case_id=c["a_high"],
+                operator_id=seeded.operators["adam"],
+                agrees=False,
+                verdict="cannot_assess",
+                blinded=True,
+                created_at=utcnow() - timedelta(minutes=1),
+            )
+        )
     html = reviewer.get(f"/patients/{seeded.users['anna']}").text
     rows = {int(m.group(1)): m.group(0) for m in re.finditer(r'<tr data-case="(\d+)".*?</tr>', html, re.S)}
     assert set(rows) == {c["a_high"], c["a_medium"], c["a_low"]}
@@ -111,8 +119,9 @@ def test_seeing_the_patient_page_ends_a_blinded_read_of_its_reviewed_cases(admin
     page = admin_client.get(f"/cases/{c['a_medium']}?read=second")
     assert 'id="second-read"' not in page.text
     assert "on its patient&#39;s page" in page.text
-    posted = admin_client.post(f"/cases/{c['a_medium']}/reviews",
-                               data={"csrf_token": csrf_of(page.text), "verdict": "agree", "read": "second"})
+    posted = admin_client.post(
+        f"/cases/{c['a_medium']}/reviews", data={"csrf_token": csrf_of(page.text), "verdict": "agree", "read": "second"}
+    )
     assert posted.status_code == 400
     with session_scope(console_db_url) as s:
         assert not s.scalars(select(Review).where(Review.blinded.is_(True))).all()

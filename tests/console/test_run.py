@@ -44,7 +44,10 @@ def test_console_command_serves_the_login_page(settings_env: Path, sqlite_url):
     env = {**os.environ, "DATABASE_URL": sqlite_url, "DATA_DIR": str(settings_env / "data"), "LOG_JSON": "true"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "skintriage.cli", "console", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:

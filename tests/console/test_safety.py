@@ -52,18 +52,32 @@ def add_reviews(url: str, seeded: Seeded) -> dict[str, int]:
         s.add(bea)
         s.flush()
         ops["bea"] = bea.id
-        for minutes, (name, op, verdict, label) in enumerate([
-            ("a_high", "rita", "agree", "MEL"),
-            ("b_high_old", "adam", "disagree", "NV"),
-            ("b_uncertain", "rita", "agree", "MEL"),
-            ("a_medium", "rita", "disagree", "MEL"),
-            ("a_low", "rita", "agree", "NV"),
-            ("a_low", "adam", "disagree", "MEL"),
-        ]):
-            s.add(Review(case_id=c[name], operator_id=ops[op], agrees=verdict == "agree", verdict=verdict,
-                         corrected_label=label, created_at=t0 + timedelta(minutes=minutes)))
-        kinds = {"a_high": "dermoscopic", "b_high_old": "dermoscopic",
-                 "b_uncertain": "clinical", "a_medium": "clinical"}
+        for minutes, (name, op, verdict, label) in enumerate(
+            [
+                ("a_high", "rita", "agree", "MEL"),
+                ("b_high_old", "adam", "disagree", "NV"),
+                ("b_uncertain", "rita", "agree", "MEL"),
+                ("a_medium", "rita", "disagree", "MEL"),
+                ("a_low", "rita", "agree", "NV"),
+                ("a_low", "adam", "disagree", "MEL"),
+            ]
+        ):
+            s.add(
+                Review(
+                    case_id=c[name],
+                    operator_id=ops[op],
+                    agrees=verdict == "agree",
+                    verdict=verdict,
+                    corrected_label=label,
+                    created_at=t0 + timedelta(minutes=minutes),
+                )
+            )
+        kinds = {
+            "a_high": "dermoscopic",
+            "b_high_old": "dermoscopic",
+            "b_uncertain": "clinical",
+            "a_medium": "clinical",
+        }
         for name, kind in kinds.items():
             s.execute(update(Case).where(Case.id == c[name]).values(modality=kind))
     return ops
@@ -85,8 +99,17 @@ def add_second_reads(url: str, seeded: Seeded, ops: dict[str, int]) -> None:
     ]
     with session_scope(url) as s:
         for minutes, (name, op, verdict, label) in enumerate(reads):
-            s.add(Review(case_id=c[name], operator_id=ops[op], agrees=verdict == "agree", verdict=verdict,
-                         corrected_label=label, blinded=True, created_at=t0 + timedelta(minutes=minutes)))
+            s.add(
+                Review(
+                    case_id=c[name],
+                    operator_id=ops[op],
+                    agrees=verdict == "agree",
+                    verdict=verdict,
+                    corrected_label=label,
+                    blinded=True,
+                    created_at=t0 + timedelta(minutes=minutes),
+                )
+            )
 
 
 def filtered(url: str, query: str) -> set[int]:
@@ -149,7 +172,9 @@ def test_sensitivity_specificity_missed_and_breakdowns(seeded_db):
     assert (current.tp, current.fn, current.fp, current.tn) == (2, 1, 1, 0)
     by_modality = {b.key: b for b in report.by_modality}
     assert {k: (b.cases, b.melanomas) for k, b in by_modality.items()} == {
-        "dermoscopic": (2, 1), "clinical": (2, 2), "not recorded": (1, 1)
+        "dermoscopic": (2, 1),
+        "clinical": (2, 2),
+        "not recorded": (1, 1),
     }
     clinical = by_modality["clinical"].by_rule
     assert clinical[HIGH].sensitivity.share == 0.0 and clinical[BOTH].sensitivity.share == 0.5
@@ -163,8 +188,15 @@ def test_sensitivity_specificity_missed_and_breakdowns(seeded_db):
     assert filtered(url, "disagreement=any&tier=HIGH") == {c["b_high_old"]}
     # A case whose reviewer cannot assess it gives no label and leaves the figures.
     with session_scope(url) as s:
-        s.add(Review(case_id=c["a_high"], operator_id=seeded.operators["rita"], agrees=False,
-                     verdict="cannot_assess", created_at=utcnow()))
+        s.add(
+            Review(
+                case_id=c["a_high"],
+                operator_id=seeded.operators["rita"],
+                agrees=False,
+                verdict="cannot_assess",
+                created_at=utcnow(),
+            )
+        )
     with session_scope(url) as s:
         later = compute_safety(session=s, days=30)
     assert later.cannot_assess == 1 and len(later.judged) == 4 and later.overall[HIGH].tp == 0
@@ -189,10 +221,14 @@ def test_second_reads_give_kappa_and_never_change_the_reference(seeded_db):
         report = compute_safety(session=s, days=30)
         dashboard = compute_stats(session=s, days=30)
     reads = report.second_reads
-    assert reads.pairs == sorted([
-        (c["a_high"], "MEL", "MEL"), (c["b_high_old"], "NV", "NV"), (c["b_uncertain"], "MEL", "NV"),
-        (c["a_medium"], "MEL", "OTHER"),
-    ])
+    assert reads.pairs == sorted(
+        [
+            (c["a_high"], "MEL", "MEL"),
+            (c["b_high_old"], "NV", "NV"),
+            (c["b_uncertain"], "MEL", "NV"),
+            (c["a_medium"], "MEL", "OTHER"),
+        ]
+    )
     assert (reads.cannot_assess, reads.waiting) == (1, 0)
     assert reads.agreed == Proportion(2, 4)
     # Three labels: po = 2/4, pe = (3*1 + 1*2 + 0*1)/16 = 5/16, kappa = (8/16 - 5/16)/(11/16) = 3/11.

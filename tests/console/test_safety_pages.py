@@ -44,8 +44,8 @@ def test_safety_page_shows_the_figures_and_links_the_missed_melanomas(reviewer, 
     overall = html.split('id="safety-overall"')[1].split("</table>")[0]
     high_row, both_row = overall.split('data-rule="high"')[1], overall.split('data-rule="high_or_uncertain"')[1]
     low, high = textbook_wilson(1, 4)
-    assert f"25.0 %</span> <span class=\"hint\">(1/4; {percent(low)}–{percent(high)})" in high_row
-    assert "50.0 %</span> <span class=\"hint\">(2/4;" in both_row
+    assert f'25.0 %</span> <span class="hint">(1/4; {percent(low)}–{percent(high)})' in high_row
+    assert '50.0 %</span> <span class="hint">(2/4;' in both_row
     missed = html.split('id="safety-missed"')[1].split("</table>")[0]
     assert case_ids(missed) == [c["a_medium"], c["a_low"]]
     assert 'id="missed-as-list"' in html and "disagreement=missed_mel" in html
@@ -76,8 +76,13 @@ def test_case_list_filters_disagreements(reviewer, seeded, console_db_url):
 
 def test_blinded_second_read_hides_the_first_review_and_is_stored_as_blinded(reviewer, admin_client, seeded):
     case_id = seeded.cases["a_high"]
-    first = review(reviewer, case_id, verdict="agree", note="Rita thinks this is a melanoma",
-                   message="Please see a dermatologist this week.")
+    first = review(
+        reviewer,
+        case_id,
+        verdict="agree",
+        note="Rita thinks this is a melanoma",
+        message="Please see a dermatologist this week.",
+    )
     assert first.status_code == 303
 
     lane = admin_client.get("/cases", params={"view": "second"})
@@ -95,19 +100,27 @@ def test_blinded_second_read_hides_the_first_review_and_is_stored_as_blinded(rev
 
     saved = admin_client.post(
         f"/cases/{case_id}/reviews",
-        data={"csrf_token": csrf_of(blind.text), "verdict": "disagree", "corrected_label": "NV", "read": "second",
-              "then": "next"},
+        data={
+            "csrf_token": csrf_of(blind.text),
+            "verdict": "disagree",
+            "corrected_label": "NV",
+            "read": "second",
+            "then": "next",
+        },
     )
     assert saved.status_code == 303
     assert saved.headers["location"] == f"/cases/{case_id}?notice=reviewed#reviews"
     with session_scope(admin_client.app.state.database_url) as s:
         rows = s.scalars(select(Review).where(Review.case_id == case_id).order_by(Review.id)).all()
         assert [(r.blinded, r.verdict, r.corrected_label) for r in rows] == [
-            (False, "agree", "MEL"), (True, "disagree", "NV")
+            (False, "agree", "MEL"),
+            (True, "disagree", "NV"),
         ]
-        details = s.scalars(select(AuditEvent.detail).where(
-            AuditEvent.case_id == case_id, AuditEvent.operator_id == seeded.operators["adam"]
-        ).order_by(AuditEvent.id)).all()
+        details = s.scalars(
+            select(AuditEvent.detail)
+            .where(AuditEvent.case_id == case_id, AuditEvent.operator_id == seeded.operators["adam"])
+            .order_by(AuditEvent.id)
+        ).all()
     assert details[0] == {"read": "second"}
     assert details[1]["blinded"] is True and details[1]["verdict"] == "disagree"
     with session_scope(admin_client.app.state.database_url) as s:
@@ -167,8 +180,9 @@ def test_a_kept_review_keeps_its_second_read(console_db_url, seeded):
 
     form = ReviewInput(verdict="disagree", corrected_label="NV", read="second")
     with session_scope(console_db_url) as s:
-        token = keep_review(session=s, operator_id=seeded.operators["adam"], case_id=seeded.cases["a_high"],
-                            form=form, then="")
+        token = keep_review(
+            session=s, operator_id=seeded.operators["adam"], case_id=seeded.cases["a_high"], form=form, then=""
+        )
     with session_scope(console_db_url) as s:
         kept = take_review(session=s, token=token, operator_id=seeded.operators["adam"], max_age_s=600)
     assert kept == (seeded.cases["a_high"], form, "")

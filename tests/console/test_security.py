@@ -72,12 +72,25 @@ def state(url: str) -> tuple[int, int, int, int]:
 
 def test_the_route_table_is_what_these_tests_cover(app):
     assert set(routes(app)) == {
-        ("GET", "/login"), ("POST", "/login"), ("POST", "/logout"), ("GET", "/healthz"),
-        ("GET", "/"), ("GET", "/cases"), ("GET", "/cases/export.csv"), ("GET", "/cases/{case_id}"),
-        ("POST", "/cases/{case_id}/reviews"), ("POST", "/cases/{case_id}/messages"),
-        ("GET", "/cases/{case_id}/images/{key}"), ("GET", "/patients/{user_id}"),
-        ("GET", "/dashboard"), ("GET", "/dashboard/charts/{name}.png"), ("GET", "/safety"), ("GET", "/audit"),
-        ("GET", "/admin/operators"), ("POST", "/admin/operators"), ("POST", "/admin/operators/{operator_id}/unlock"),
+        ("GET", "/login"),
+        ("POST", "/login"),
+        ("POST", "/logout"),
+        ("GET", "/healthz"),
+        ("GET", "/"),
+        ("GET", "/cases"),
+        ("GET", "/cases/export.csv"),
+        ("GET", "/cases/{case_id}"),
+        ("POST", "/cases/{case_id}/reviews"),
+        ("POST", "/cases/{case_id}/messages"),
+        ("GET", "/cases/{case_id}/images/{key}"),
+        ("GET", "/patients/{user_id}"),
+        ("GET", "/dashboard"),
+        ("GET", "/dashboard/charts/{name}.png"),
+        ("GET", "/safety"),
+        ("GET", "/audit"),
+        ("GET", "/admin/operators"),
+        ("POST", "/admin/operators"),
+        ("POST", "/admin/operators/{operator_id}/unlock"),
         ("POST", "/admin/operators/{operator_id}/active"),
     }
 
@@ -165,7 +178,8 @@ def test_every_form_rejects_a_missing_or_wrong_csrf_token(app, admin_client, see
 def test_csrf_token_in_a_header_is_accepted_for_scripts(reviewer, seeded, console_db_url):
     token = csrf_of(reviewer.get("/cases").text)
     response = reviewer.post(
-        f"/cases/{seeded.cases['a_high']}/messages", data={"message": "Please call us."},
+        f"/cases/{seeded.cases['a_high']}/messages",
+        data={"message": "Please call us."},
         headers={"X-CSRF-Token": token},
     )
     assert response.status_code == 303
@@ -234,7 +248,7 @@ def test_static_folder_holds_no_images_and_cannot_be_escaped(client):
 SQL_PAYLOADS = [
     "' OR '1'='1",
     "HIGH' OR 1=1 --",
-    "\"; DROP TABLE cases; --",
+    '"; DROP TABLE cases; --',
     "1; DELETE FROM operators",
     "%",
     "_",
@@ -242,7 +256,16 @@ SQL_PAYLOADS = [
     "') UNION SELECT username, password_hash FROM operators --",
 ]
 CASE_FILTERS = [
-    "tier", "status", "reviewed", "date_from", "date_to", "model_version", "view", "disagreement", "page", "per_page"
+    "tier",
+    "status",
+    "reviewed",
+    "date_from",
+    "date_to",
+    "model_version",
+    "view",
+    "disagreement",
+    "page",
+    "per_page",
 ]
 AUDIT_FILTERS = ["action", "case_id", "operator_id", "date_from", "date_to", "page"]
 

@@ -14,9 +14,7 @@ SYNTHETIC_LESIONS = (("mel", 6), ("nv", 8), ("bkl", 3), ("bcc", 2), ("akiec", 1)
 SYNTHETIC_SIZE = (64, 80)  # height, width
 
 
-def draw_lesion(
-    rng: np.random.Generator, size: tuple[int, int], dark: float
-) -> tuple[np.ndarray, np.ndarray]:
+def draw_lesion(rng: np.random.Generator, size: tuple[int, int], dark: float) -> tuple[np.ndarray, np.ndarray]:
     """One RGB image of a dark ellipse on skin-coloured noise, and its 0/255 mask."""
     h, w = size
     skin = np.array([205, 160, 140], dtype=np.float32) + rng.normal(0, 12, 3)

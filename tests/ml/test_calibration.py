@@ -119,8 +119,12 @@ def test_energy_threshold_never_refuses_more_held_out_photos_than_promised(n: in
 
 def test_ood_operating_point_records_threshold_percentile_count_and_refused_share():
     op = ood_operating_point(_with_energies(np.arange(1.0, 201.0)), 99.5)
-    assert op == {"ood_energy_threshold": pytest.approx(199.0), "ood_percentile": 99.5,
-                  "ood_val_images": 200, "ood_val_refused": pytest.approx(0.005)}
+    assert op == {
+        "ood_energy_threshold": pytest.approx(199.0),
+        "ood_percentile": 99.5,
+        "ood_val_images": 200,
+        "ood_val_refused": pytest.approx(0.005),
+    }
 
 
 @pytest.mark.parametrize("percentile", [0.0, -1.0, 100.5])

@@ -20,9 +20,32 @@ from ml.modelcard import CLASSIFIER_CARD, ModelCard, ModelCardError
 
 # Settings that let ResNet50 memorise ~30 images within a few epochs: no smoothing, light
 # augmentation, constant learning rate; the strong profile's regularisers are for real data.
-FAST = ["--size", "32", "--weights", "none", "--batch-size", "8", "--threads", "1", "--augment", "light",
-        "--label-smoothing", "0", "--balance", "none", "--ema", "0", "--schedule", "constant", "--warmup", "0",
-        "--lr", "1e-3", "--optimizer", "adamw"]
+FAST = [
+    "--size",
+    "32",
+    "--weights",
+    "none",
+    "--batch-size",
+    "8",
+    "--threads",
+    "1",
+    "--augment",
+    "light",
+    "--label-smoothing",
+    "0",
+    "--balance",
+    "none",
+    "--ema",
+    "0",
+    "--schedule",
+    "constant",
+    "--warmup",
+    "0",
+    "--lr",
+    "1e-3",
+    "--optimizer",
+    "adamw",
+]
 
 
 def _args(parser_module, argv: list[str]) -> argparse.Namespace:
@@ -32,8 +55,18 @@ def _args(parser_module, argv: list[str]) -> argparse.Namespace:
 
 
 def _train_argv(data: Path, root: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--out", str(root / "model"), "--run-dir", str(root / "run"),
-            "--split-csv", str(root / "split.csv"), *FAST, *extra]
+    return [
+        "--data",
+        str(data),
+        "--out",
+        str(root / "model"),
+        "--run-dir",
+        str(root / "run"),
+        "--split-csv",
+        str(root / "split.csv"),
+        *FAST,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +74,17 @@ def trained(synthetic_ham: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     """One 8-epoch training run shared by the tests below: (workdir, train() result)."""
     root = tmp_path_factory.mktemp("cls_train")
     result = train_classifier.train(
-        _args(train_classifier, _train_argv(synthetic_ham, root, "--epochs", "8", "--input", "whole",
-                                              "--ood-percentile", "99.5")))
+        _args(
+            train_classifier,
+            _train_argv(synthetic_ham, root, "--epochs", "8", "--input", "whole", "--ood-percentile", "99.5"),
+        )
+    )
     return root, result
 
 
 def test_reference_profile_matches_the_study():
     s = train_classifier.PROFILES["reference"]
-    assert (s["optimizer"], s["lr"], s["batch_size"], s["patience"], s["label_smoothing"]) == (
-        "sgd", 1e-3, 64, 50, 0.0)
+    assert (s["optimizer"], s["lr"], s["batch_size"], s["patience"], s["label_smoothing"]) == ("sgd", 1e-3, 64, 50, 0.0)
     assert s["epochs"] == 999
 
 
@@ -150,8 +185,10 @@ def test_resume_continues_from_the_last_checkpoint(trained, synthetic_ham: Path,
 
 
 def test_time_budget_stops_cleanly_and_crop_input_is_recorded(synthetic_ham: Path, tmp_path: Path):
-    args = _args(train_classifier, _train_argv(synthetic_ham, tmp_path, "--epochs", "50", "--input", "crop",
-                                               "--max-minutes", "0.0001"))
+    args = _args(
+        train_classifier,
+        _train_argv(synthetic_ham, tmp_path, "--epochs", "50", "--input", "crop", "--max-minutes", "0.0001"),
+    )
     result = train_classifier.train(args)
     card = ModelCard.load(Path(result["card"]))
     assert card.training["epochs_run"] == 1
@@ -162,9 +199,20 @@ def test_time_budget_stops_cleanly_and_crop_input_is_recorded(synthetic_ham: Pat
 
 def test_evaluate_classifier_writes_json_markdown_and_plots(trained, synthetic_ham: Path, tmp_path: Path):
     root, _ = trained
-    args = _args(evaluate_classifier, ["--card", str(root / "model" / CLASSIFIER_CARD), "--data",
-                                       str(synthetic_ham), "--split-csv", str(root / "split.csv"),
-                                       "--out", str(tmp_path / "report"), "--tta"])
+    args = _args(
+        evaluate_classifier,
+        [
+            "--card",
+            str(root / "model" / CLASSIFIER_CARD),
+            "--data",
+            str(synthetic_ham),
+            "--split-csv",
+            str(root / "split.csv"),
+            "--out",
+            str(tmp_path / "report"),
+            "--tta",
+        ],
+    )
     assert evaluate_classifier.main(args) == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["tta"] is True
@@ -220,8 +268,16 @@ def test_calibrate_ood_rewrites_an_existing_card_in_place(trained, synthetic_ham
     trained_op = dict(before.operating_point)
     before.operating_point = {k: v for k, v in trained_op.items() if not k.startswith("ood_")}
     before.save(card_path)  # as a card written before train-classifier calibrated the OOD check
-    argv = ["--model-dir", str(model_dir), "--data", str(synthetic_ham), "--split-csv", str(root / "split.csv"),
-            "--threads", "1"]
+    argv = [
+        "--model-dir",
+        str(model_dir),
+        "--data",
+        str(synthetic_ham),
+        "--split-csv",
+        str(root / "split.csv"),
+        "--threads",
+        "1",
+    ]
 
     assert evaluate_classifier.main(_args(evaluate_classifier, [*argv, "--calibrate-ood"])) == 0
 
@@ -247,8 +303,12 @@ def test_calibrate_ood_refuses_the_test_split_and_a_foreign_split(trained, synth
     card = str(root / "model" / CLASSIFIER_CARD)
     before = (root / "model" / CLASSIFIER_CARD).read_text()
     base = ["--card", card, "--data", str(synthetic_ham), "--calibrate-ood"]
-    assert evaluate_classifier.main(
-        _args(evaluate_classifier, [*base, "--split-csv", str(root / "split.csv"), "--split", "test"])) == 2
+    assert (
+        evaluate_classifier.main(
+            _args(evaluate_classifier, [*base, "--split-csv", str(root / "split.csv"), "--split", "test"])
+        )
+        == 2
+    )
     other = tmp_path / "split.csv"
     other.write_text((root / "split.csv").read_text() + "\n")
     assert evaluate_classifier.main(_args(evaluate_classifier, [*base, "--split-csv", str(other)])) == 2

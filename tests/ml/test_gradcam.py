@@ -70,8 +70,12 @@ def test_the_pipeline_adds_the_heatmap_of_the_reported_label(pipeline: Pipeline)
     assert result.tier is not Tier.RETAKE
     assert Image.open(io.BytesIO(result.heatmap_jpeg)).format == "JPEG"
     assert result.timings_ms["explain"] > 0
-    again = explain(pipeline.classifier, np.asarray(Image.open(MEL_PHOTO).convert("RGB")),
-                    mask=np.asarray(Image.open(io.BytesIO(result.mask_png))) > 0, label=result.label)
+    again = explain(
+        pipeline.classifier,
+        np.asarray(Image.open(MEL_PHOTO).convert("RGB")),
+        mask=np.asarray(Image.open(io.BytesIO(result.mask_png))) > 0,
+        label=result.label,
+    )
     assert (HEATMAP_EMPTY_FLAG in result.quality_flags) == again.shows_nothing
 
 

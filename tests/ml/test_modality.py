@@ -72,8 +72,18 @@ def _synthetic_datasets(root: Path, synthetic_ham: Path) -> Path:
     for i in range(60):
         name = f"pad_PAT_{i}_{i}_1.jpg"
         cv2.imwrite(str(pad / "images" / name), cv2.cvtColor(phone_like(rng), cv2.COLOR_RGB2BGR))
-        rows.append({"file": name, "label3": ("NV", "MEL", "OTHER")[i % 3], "patient_id": f"PAT_{i}",
-                     "lesion_id": str(i), "age": "50", "region": "BACK", "itch": "False", "bleed": ""})
+        rows.append(
+            {
+                "file": name,
+                "label3": ("NV", "MEL", "OTHER")[i % 3],
+                "patient_id": f"PAT_{i}",
+                "lesion_id": str(i),
+                "age": "50",
+                "region": "BACK",
+                "itch": "False",
+                "bleed": "",
+            }
+        )
     with open(pad / "metadata.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -93,11 +103,22 @@ def _fit(tmp_path: Path, synthetic_ham: Path) -> tuple[dict, Path]:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = tmp_path / "models"
-    args = parser.parse_args([
-        "--ham", str(synthetic_ham), "--pad", str(_synthetic_datasets(tmp_path, synthetic_ham)),
-        "--split-csv", str(tmp_path / "split.csv"), "--out", str(out), "--cache", str(tmp_path / "f.npz"),
-        "--folds", "3",
-    ])
+    args = parser.parse_args(
+        [
+            "--ham",
+            str(synthetic_ham),
+            "--pad",
+            str(_synthetic_datasets(tmp_path, synthetic_ham)),
+            "--split-csv",
+            str(tmp_path / "split.csv"),
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "f.npz"),
+            "--folds",
+            "3",
+        ]
+    )
     return fit(args), out
 
 

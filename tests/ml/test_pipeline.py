@@ -53,9 +53,20 @@ def _decoded(data: bytes | None) -> Image.Image:
 
 def _assert_same(batched: TriageResult, single: TriageResult) -> None:
     """Two results of the same photo agree (batched model calls may differ in float rounding only)."""
-    for name in ("tier", "label", "retake_reason", "quality_flags", "image_width", "image_height",
-                 "lesion_area_px", "lesion_diameter_px", "model_versions", "demo_model", "mel_threshold",
-                 "measurements"):
+    for name in (
+        "tier",
+        "label",
+        "retake_reason",
+        "quality_flags",
+        "image_width",
+        "image_height",
+        "lesion_area_px",
+        "lesion_diameter_px",
+        "model_versions",
+        "demo_model",
+        "mel_threshold",
+        "measurements",
+    ):
         assert getattr(batched, name) == getattr(single, name), name
     assert list(batched.probabilities) == list(single.probabilities)
     for label, p in single.probabilities.items():
@@ -321,8 +332,9 @@ def test_photo_above_the_cards_ood_energy_threshold_is_a_not_skin_retake(pipelin
     threshold = (energy[familiar] + energy[unfamiliar]) / 2
     card_path = model_copy / CLASSIFIER_CARD
     card = ModelCard.load(card_path)
-    card.operating_point.update(ood_energy_threshold=threshold, ood_percentile=99.5, ood_val_images=40,
-                                ood_val_refused=0.0)
+    card.operating_point.update(
+        ood_energy_threshold=threshold, ood_percentile=99.5, ood_val_images=40, ood_val_refused=0.0
+    )
     card.save(card_path)
 
     strict = Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu", threads=1)  # verifies the card

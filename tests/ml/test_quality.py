@@ -154,9 +154,16 @@ def test_sharp_but_flat_drawing_is_not_skin() -> None:
     _metric_between(report, "flat_fraction", CONFIG.max_sharp_flat_fraction, CONFIG.max_flat_fraction)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((450, 600), np.uint8), np.zeros((450, 600, 4), np.uint8),
-                                 np.zeros((450, 600, 3), np.float32), [[0, 0, 0]]],
-                         ids=["grey-2d", "rgba", "float", "list"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((450, 600), np.uint8),
+        np.zeros((450, 600, 4), np.uint8),
+        np.zeros((450, 600, 3), np.float32),
+        [[0, 0, 0]],
+    ],
+    ids=["grey-2d", "rgba", "float", "list"],
+)
 def test_check_image_refuses_anything_but_hxwx3_uint8(bad: object) -> None:
     with pytest.raises(ValueError, match="expected an HxWx3 uint8 RGB image.*decode with ml.decode"):
         check_image(bad)  # type: ignore[arg-type]
@@ -218,8 +225,9 @@ def test_unsure_only_for_unsure_flags() -> None:
 
 def test_merged_report_later_failure_wins_and_flags_add_up() -> None:
     first = QualityReport(flags=["borderline_skin"], metrics={"sharpness": 50.0})
-    second = QualityReport(reason=RetakeReason.NO_LESION, flags=["borderline_skin", "uncertain_mask"],
-                           metrics={"lesion_fraction": 0.0})
+    second = QualityReport(
+        reason=RetakeReason.NO_LESION, flags=["borderline_skin", "uncertain_mask"], metrics={"lesion_fraction": 0.0}
+    )
     merged = first.merged(second)
     assert merged.reason is RetakeReason.NO_LESION
     assert merged.flags == ["borderline_skin", "uncertain_mask"]

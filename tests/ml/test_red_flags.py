@@ -54,8 +54,10 @@ def test_red_flags_make_any_tier_high_and_name_the_answers() -> None:
     assert high.tier == "HIGH" and not high.raised and high.reason is None
 
 
-@pytest.mark.parametrize(("answers", "scope"), [({"age": "child"}, "child"), ({"site": "nail"}, "nail"),
-                                                 ({"site": "mouth_genitals"}, "mouth_genitals")])
+@pytest.mark.parametrize(
+    ("answers", "scope"),
+    [({"age": "child"}, "child"), ({"site": "nail"}, "nail"), ({"site": "mouth_genitals"}, "mouth_genitals")],
+)
 def test_out_of_scope_goes_to_a_doctor_with_the_reason(answers: dict[str, str], scope: str) -> None:
     for tier in ("LOW", "MEDIUM", "RETAKE", None):
         result = answered_tier(tier, answers)

@@ -22,11 +22,31 @@ from ml.unet import Segmenter, UNetConfig, build_unet
 def _args(data: Path, tmp: Path, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return parser.parse_args([
-        "--data", str(data), "--out", str(tmp / "models"), "--run-dir", str(tmp / "run"),
-        "--split", str(tmp / "split.csv"), "--input-size", "32x40", "--base-filters", "4", "--depth", "2",
-        "--dropout", "0.1", "--batch-size", "4", "--lr", "5e-3", *extra,
-    ])
+    return parser.parse_args(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(tmp / "models"),
+            "--run-dir",
+            str(tmp / "run"),
+            "--split",
+            str(tmp / "split.csv"),
+            "--input-size",
+            "32x40",
+            "--base-filters",
+            "4",
+            "--depth",
+            "2",
+            "--dropout",
+            "0.1",
+            "--batch-size",
+            "4",
+            "--lr",
+            "5e-3",
+            *extra,
+        ]
+    )
 
 
 def _loss_on(model, images, masks) -> float:
@@ -139,8 +159,21 @@ def test_init_from_a_shipped_card_starts_from_its_weights_and_shape(synthetic_ha
     start = Segmenter.from_card(shipped).model.get_weights()
 
     # Other shape flags are overridden by the card's; a learning rate of ~0 keeps the weights where they began.
-    args = _args(synthetic_ham, tmp_path / "second", "--epochs", "1", "--no-augment", "--lr", "1e-12",
-                 "--base-filters", "8", "--depth", "3", "--init-from", str(shipped))
+    args = _args(
+        synthetic_ham,
+        tmp_path / "second",
+        "--epochs",
+        "1",
+        "--no-augment",
+        "--lr",
+        "1e-12",
+        "--base-filters",
+        "8",
+        "--depth",
+        "3",
+        "--init-from",
+        str(shipped),
+    )
     card = train(args)
     assert card["architecture"]["base_filters"] == 4 and card["architecture"]["depth"] == 2
     after = keras.saving.load_model(tmp_path / "second" / "run" / "last.keras", compile=False).get_weights()
@@ -154,7 +187,13 @@ def test_init_from_refuses_a_card_of_another_kind(synthetic_ham, tmp_path):
 
     card = tmp_path / "classifier.json"
     (tmp_path / "w.safetensors").write_bytes(b"x")
-    ModelCard(kind="classifier", name="c", labels=["MEL", "NV", "OTHER"], input_size=[8, 8],
-              weights_file="w.safetensors", weights_sha256=hashlib.sha256(b"x").hexdigest()).save(card)
+    ModelCard(
+        kind="classifier",
+        name="c",
+        labels=["MEL", "NV", "OTHER"],
+        input_size=[8, 8],
+        weights_file="w.safetensors",
+        weights_sha256=hashlib.sha256(b"x").hexdigest(),
+    ).save(card)
     with pytest.raises(ValueError, match="'classifier' card, not a segmentation card"):
         train(_args(synthetic_ham, tmp_path, "--epochs", "1", "--init-from", str(card)))

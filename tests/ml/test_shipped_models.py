@@ -53,9 +53,24 @@ def test_skintriage_triage_with_the_shipped_models_names_the_kind_of_photo(tmp_p
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k != "MODEL_DIR"}
     env.update({"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)})
     proc = subprocess.run(
-        [sys.executable, "-m", "skintriage.cli", "triage", str(derm), str(phone), "--json", "--out",
-         str(tmp_path / "out"), "--threads", "1"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "skintriage.cli",
+            "triage",
+            str(derm),
+            str(phone),
+            "--json",
+            "--out",
+            str(tmp_path / "out"),
+            "--threads",
+            "1",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]

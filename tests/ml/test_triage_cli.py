@@ -44,12 +44,31 @@ def triaged(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     out = tmp / "out"
     files = [PHOTO, PHOTO, noise, tmp / "missing.jpg"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update({"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT),
-                "ALLOW_DEMO_MODELS": "false"})
-    argv = ["triage", *map(str, files), "--json", "--model-dir", str(demo_model_dir), "--allow-demo",
-            "--out", str(out), "--batch-size", "2", "--threads", "1"]
-    proc = subprocess.run([sys.executable, "-m", "skintriage.cli", *argv], env=env, cwd=tmp,
-                          capture_output=True, text=True, timeout=300)
+    env.update(
+        {
+            "KERAS_BACKEND": "tensorflow",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONPATH": str(ROOT),
+            "ALLOW_DEMO_MODELS": "false",
+        }
+    )
+    argv = [
+        "triage",
+        *map(str, files),
+        "--json",
+        "--model-dir",
+        str(demo_model_dir),
+        "--allow-demo",
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--threads",
+        "1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "skintriage.cli", *argv], env=env, cwd=tmp, capture_output=True, text=True, timeout=300
+    )
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     return {"proc": proc, "records": lines, "files": files, "out": out}
 
@@ -132,21 +151,44 @@ def test_demo_models_are_refused_unless_allowed(demo_model_dir, tmp_path, capsys
 
 
 def test_human_summary_names_tier_reason_and_files():
-    base = {"file": "a.jpg", "status": "triaged", "probabilities": {}, "mel_threshold": 0.4, "quality_flags": [],
-            "lesion_area_px": None, "overlay_jpeg": None, "mask_png": None,
-            "timings_ms": {"decode": 2.0, "quality": 0.0, "segment": 0.0, "classify": 0.0, "overlay": 0.0,
-                           "total": 2.5}}
+    base = {
+        "file": "a.jpg",
+        "status": "triaged",
+        "probabilities": {},
+        "mel_threshold": 0.4,
+        "quality_flags": [],
+        "lesion_area_px": None,
+        "overlay_jpeg": None,
+        "mask_png": None,
+        "timings_ms": {"decode": 2.0, "quality": 0.0, "segment": 0.0, "classify": 0.0, "overlay": 0.0, "total": 2.5},
+    }
     retake = format_summary({**base, "tier": "RETAKE", "retake_reason": "blurry", "decision": "retake: blurry"})
     assert retake.splitlines()[0] == "a.jpg: RETAKE (blurry)"
-    done = format_summary({
-        **base, "tier": "HIGH", "label": "MEL", "decision": "P(MEL)=0.9", "retake_reason": None,
-        "probabilities": {"MEL": 0.9, "NV": 0.05, "OTHER": 0.05}, "lesion_area_px": 1200,
-        "lesion_diameter_px": 41.0, "image_width": 600, "image_height": 450, "overlay_jpeg": "o/a.overlay.jpg",
-        "mask_png": "o/a.mask.png",
-        "measurements": {"asymmetry_major_axis": 0.31, "asymmetry_minor_axis": 0.05, "compactness": 1.42,
-                         "convexity_ratio": 1.03, "colour_count": 2, "colours": ["light_brown", "dark_brown"],
-                         "diameter_share": 0.25},
-    })
+    done = format_summary(
+        {
+            **base,
+            "tier": "HIGH",
+            "label": "MEL",
+            "decision": "P(MEL)=0.9",
+            "retake_reason": None,
+            "probabilities": {"MEL": 0.9, "NV": 0.05, "OTHER": 0.05},
+            "lesion_area_px": 1200,
+            "lesion_diameter_px": 41.0,
+            "image_width": 600,
+            "image_height": 450,
+            "overlay_jpeg": "o/a.overlay.jpg",
+            "mask_png": "o/a.mask.png",
+            "measurements": {
+                "asymmetry_major_axis": 0.31,
+                "asymmetry_minor_axis": 0.05,
+                "compactness": 1.42,
+                "convexity_ratio": 1.03,
+                "colour_count": 2,
+                "colours": ["light_brown", "dark_brown"],
+                "diameter_share": 0.25,
+            },
+        }
+    )
     assert "measurements: asymmetry 0.31/0.05, compactness 1.42, convexity 1.03" in done
     assert "colours 2 (light_brown, dark_brown), diameter 25% of the longer side" in done
     assert "a.jpg: HIGH (MEL)" in done and "MEL 0.900" in done and "1,200 px" in done and "o/a.overlay.jpg" in done

@@ -27,8 +27,13 @@ def tiny_card(tmp_path_factory) -> Path:
     model = build_unet(TINY)
     out = tmp_path_factory.mktemp("tiny_unet")
     _, card_path = save_segmentation_model(
-        model, out, config=TINY, preset=SegmentationPreset(TINY.input_size), threshold=0.5,
-        training={"split_hash": "0" * 16}, metrics={},
+        model,
+        out,
+        config=TINY,
+        preset=SegmentationPreset(TINY.input_size),
+        threshold=0.5,
+        training={"split_hash": "0" * 16},
+        metrics={},
     )
     return card_path
 
@@ -122,15 +127,20 @@ np.savez(sys.argv[4], a=probs[0], b=probs[1])
 def test_weights_give_the_same_masks_under_tensorflow_and_torch(tiny_card, tmp_path):
     rng = np.random.default_rng(3)
     inputs = tmp_path / "inputs.npz"
-    np.savez(inputs, a=rng.integers(0, 256, (45, 60, 3), dtype=np.uint8),
-             b=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    np.savez(
+        inputs, a=rng.integers(0, 256, (45, 60, 3), dtype=np.uint8), b=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    )
     results = {}
     for backend in ("tensorflow", "torch"):
         out = tmp_path / f"{backend}.npz"
         env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
         proc = subprocess.run(
             [sys.executable, "-c", _PREDICT, str(tiny_card), str(inputs), backend, str(out)],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         results[backend] = np.load(out)

@@ -40,9 +40,7 @@ def _unhealthy(proc: Any) -> dict[str, Any] | None:
 @pytest.mark.parametrize("fault", ["run", "load"])
 def test_models_failing_on_a_worker_leave_the_case_to_a_healthy_worker(make_service, fault: str) -> None:
     svc = make_service(**SWEEP)
-    broken = svc.start_worker(
-        "broken-worker", fault=fault, expect_models=fault == "run", WORKER_MAX_INFRA_FAILURES="2"
-    )
+    broken = svc.start_worker("broken-worker", fault=fault, expect_models=fault == "run", WORKER_MAX_INFRA_FAILURES="2")
     svc.start_bot()
     user_id = next(_patients)
     svc.consent(user_id)

@@ -70,9 +70,10 @@ def test_duplicate_photo_within_window_is_found(db_url, store):
         dup = cases.find_recent_duplicate(session=session, user=user, sha256=first.image_sha256, window_s=60)
         assert dup is not None and dup.id == first.id
         later = utcnow() + timedelta(seconds=120)
-        assert cases.find_recent_duplicate(
-            session=session, user=user, sha256=first.image_sha256, window_s=60, now=later
-        ) is None
+        assert (
+            cases.find_recent_duplicate(session=session, user=user, sha256=first.image_sha256, window_s=60, now=later)
+            is None
+        )
 
 
 def test_claim_is_exclusive_and_counts_attempts(db_url, store):
@@ -225,7 +226,8 @@ def test_photos_are_held_once_each_up_to_the_cap_and_handed_back_when_the_patien
         given = select(AuditEvent).where(AuditEvent.action == "consent.given").order_by(AuditEvent.id)
         details = [e.detail for e in session.scalars(given)]
         assert [(d["version"], d["previous_version"], d["pending_photos"]) for d in details] == [
-            ("old", None, 0), ("new", "old", cases.MAX_PENDING_PHOTOS)
+            ("old", None, 0),
+            ("new", "old", cases.MAX_PENDING_PHOTOS),
         ]
 
 

@@ -23,9 +23,7 @@ def _claimed_case(session, store, *, owner="host:1"):
     user = cases.get_or_create_user(session=session, telegram_user_id=2001, chat_id=2001, language="en")
     case = cases.create_case(session=session, user=user, image=store.put(lesion_photo(64, 48)))
     session.commit()
-    claim = cases.claim_for_processing(
-        session=session, case_id=case.id, max_attempts=3, stale_after_s=300, owner=owner
-    )
+    claim = cases.claim_for_processing(session=session, case_id=case.id, max_attempts=3, stale_after_s=300, owner=owner)
     assert claim.outcome == cases.Claim.CLAIMED
     return case.id
 
@@ -253,12 +251,18 @@ def test_save_result_stores_the_lesion_measurements_as_json(db_url, store):
     with session_factory(db_url)() as session:
         case_id = _claimed_case(session, store)
         fields = {"tier": "LOW", "label": "NV", "lesion_area_px": measured["area_px"], "measurements": measured}
-        assert cases.save_result(session=session, case_id=case_id, status=CaseStatus.DONE, fields=fields,
-                                 owner="host:1")
+        assert cases.save_result(
+            session=session, case_id=case_id, status=CaseStatus.DONE, fields=fields, owner="host:1"
+        )
         session.commit()
         rejected_id = _claimed_case(session, store, owner="host:2")
-        assert cases.save_result(session=session, case_id=rejected_id, status=CaseStatus.REJECTED,
-                                 fields={"tier": "RETAKE", "retake_reason": "blurry"}, owner="host:2")
+        assert cases.save_result(
+            session=session,
+            case_id=rejected_id,
+            status=CaseStatus.REJECTED,
+            fields={"tier": "RETAKE", "retake_reason": "blurry"},
+            owner="host:2",
+        )
         session.commit()
     with session_factory(db_url)() as session:
         case = session.get(Case, case_id)

@@ -11,7 +11,14 @@ from skintriage import migrate
 from skintriage.models import Base
 
 TABLES = {
-    "users", "cases", "reviews", "operators", "audit_events", "outbox_messages", "processed_updates", "service_leases",
+    "users",
+    "cases",
+    "reviews",
+    "operators",
+    "audit_events",
+    "outbox_messages",
+    "processed_updates",
+    "service_leases",
 }
 
 
@@ -52,15 +59,19 @@ def test_0006_gives_handled_updates_their_chat_and_message(db_url: str) -> None:
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
-                "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
-            ))
-            conn.execute(text(
-                "INSERT INTO cases (id, user_id, status, attempts, language, source_update_id, source_message_id, "
-                "image_sha256, received_at, quality_flags, model_versions, timings_ms, demo_model) "
-                "VALUES (1, 1, 'done', 1, 'en', 900, 17, 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
-            ))
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
+                    "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO cases (id, user_id, status, attempts, language, source_update_id, source_message_id, "
+                    "image_sha256, received_at, quality_flags, model_versions, timings_ms, demo_model) "
+                    "VALUES (1, 1, 'done', 1, 'en', 900, 17, 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
+                )
+            )
             conn.execute(text("INSERT INTO processed_updates (update_id, at) VALUES (900, CURRENT_TIMESTAMP)"))
             conn.execute(text("INSERT INTO processed_updates (update_id, at) VALUES (901, CURRENT_TIMESTAMP)"))
         migrate.upgrade(db_url)
@@ -84,15 +95,19 @@ def test_0008_adds_patient_answers_and_told_tier_and_reverts_keeping_the_cases(d
     try:
         assert "patient_answers" not in {c["name"] for c in inspect(engine).get_columns("cases")}
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
-                "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
-            ))
-            conn.execute(text(
-                "INSERT INTO cases (id, user_id, status, attempts, language, image_sha256, received_at, "
-                "quality_flags, model_versions, timings_ms, demo_model) "
-                "VALUES (1, 1, 'done', 1, 'en', 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
-            ))
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
+                    "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO cases (id, user_id, status, attempts, language, image_sha256, received_at, "
+                    "quality_flags, model_versions, timings_ms, demo_model) "
+                    "VALUES (1, 1, 'done', 1, 'en', 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
+                )
+            )
         migrate.upgrade(db_url)
         from sqlalchemy.orm import Session
 
@@ -157,15 +172,19 @@ def test_0012_leaves_earlier_consent_without_a_version_and_reverts_keeping_the_p
     try:
         assert "consent_version" not in {c["name"] for c in inspect(engine).get_columns("users")}
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO users (id, telegram_user_id, chat_id, language, consent_at, created_at) "
-                "VALUES (1, 4242, 4343, 'ko', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-            ))
-            conn.execute(text(
-                "INSERT INTO cases (id, user_id, status, attempts, language, image_sha256, received_at, "
-                "quality_flags, model_versions, timings_ms, demo_model) "
-                "VALUES (1, 1, 'done', 1, 'ko', 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
-            ))
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, telegram_user_id, chat_id, language, consent_at, created_at) "
+                    "VALUES (1, 4242, 4343, 'ko', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO cases (id, user_id, status, attempts, language, image_sha256, received_at, "
+                    "quality_flags, model_versions, timings_ms, demo_model) "
+                    "VALUES (1, 1, 'done', 1, 'ko', 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
+                )
+            )
         migrate.upgrade(db_url, "0012")
         assert migrate.current(db_url) == "0012"
         held = [{"file_id": "AgAD", "file_unique_id": "u1", "file_size": 123, "message_id": 7, "update_id": 9,
@@ -200,19 +219,25 @@ def test_0014_records_photos_under_way_and_reverts(db_url: str) -> None:
         assert "pending_intakes" not in inspect(engine).get_table_names()
         migrate.upgrade(db_url)
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
-                "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
-            ))
-            conn.execute(text(
-                "INSERT INTO pending_intakes (user_id, chat_id, message_id, received_at) "
-                "VALUES (1, 4343, 7, CURRENT_TIMESTAMP)"
-            ))
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
+                    "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO pending_intakes (user_id, chat_id, message_id, received_at) "
+                    "VALUES (1, 4343, 7, CURRENT_TIMESTAMP)"
+                )
+            )
         with pytest.raises(IntegrityError), engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO pending_intakes (user_id, chat_id, message_id, received_at) "
-                "VALUES (1, 4343, 7, CURRENT_TIMESTAMP)"
-            ))
+            conn.execute(
+                text(
+                    "INSERT INTO pending_intakes (user_id, chat_id, message_id, received_at) "
+                    "VALUES (1, 4343, 7, CURRENT_TIMESTAMP)"
+                )
+            )
         migrate.downgrade(db_url, "0012")
         assert "pending_intakes" not in inspect(engine).get_table_names()
         with engine.connect() as conn:
@@ -236,10 +261,12 @@ def test_0015_links_a_case_to_the_earlier_case_of_its_spot_and_reverts_keeping_t
     try:
         assert "previous_case_id" not in {c["name"] for c in inspect(engine).get_columns("cases")}
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
-                "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
-            ))
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
+                    "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
+                )
+            )
             conn.execute(text(insert.format(id=1, extra="", value="")))
         migrate.upgrade(db_url)
         assert migrate.current(db_url) == "0015"
