@@ -123,7 +123,7 @@ def test_connecting_to_a_hung_server_gives_up_after_the_connect_timeout(proxy) -
 
 
 def test_the_worker_claim_on_a_hung_server_is_a_transient_error_and_the_case_waits(proxy, pg_url, tmp_path) -> None:
-    from worker.tasks import _is_transient
+    from worker.failures import Failure, classify
 
     tcp, url = proxy
     direct = sessionmaker(make_engine(pg_url), expire_on_commit=False)
@@ -144,7 +144,7 @@ def test_the_worker_claim_on_a_hung_server_is_a_transient_error_and_the_case_wai
 
     error, took = timed(claim, tcp)
     assert isinstance(error, OperationalError), error
-    assert _is_transient(error), "the task retries transient errors: a hung database must be one"
+    assert classify(error) is Failure.TRANSIENT, "the task retries transient errors: a hung database must be one"
     assert took < 8, f"took {took:.1f} s"
     with direct() as session:
         row = session.get(Case, case.id)
