@@ -48,7 +48,7 @@ def test_the_candidates_are_the_patients_earlier_cases_with_a_photo(reviewer, se
     c = seeded.cases
     html = reviewer.get(f"/cases/{c['a_high']}").text
     assert options(html) == [c["a_medium"], c["a_low"]]
-    assert "not yet linked as photos of the same spot" in html
+    assert "Only photos sent as a reply to an earlier answer are linked as the same spot" in html
     box = compare_box(html)
     assert "hidden" in box[: box.index(">")]  # nothing chosen: closed, and no photo loaded
     assert not re.search(r'\ssrc="', box)
