@@ -11,6 +11,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -130,4 +131,28 @@ def redis_url() -> str:
     client.flushdb()
     yield url
     client.flushdb()
+    client.close()
+
+
+if TYPE_CHECKING:
+    from devtools.local_api import LocalBotAPI, LocalBotAPIClient
+
+BOT_TOKEN = "123456:TEST-local-bot-api-token-abcdef"
+
+
+@pytest.fixture
+def local_api() -> Iterator[LocalBotAPI]:
+    """A local Bot API server (devtools.local_api) on a free port, in a background thread."""
+    from devtools.local_api import LocalBotAPI
+
+    api = LocalBotAPI(BOT_TOKEN).start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def patient(local_api: LocalBotAPI) -> Iterator[LocalBotAPIClient]:
+    """The simulated patient's side of the local server."""
+    client = local_api.client()
+    yield client
     client.close()

@@ -29,24 +29,6 @@ from devtools.local_api import LocalBotAPI, LocalBotAPIClient
 from skintriage.models import Case, User
 from skintriage.settings import Settings, get_settings
 
-TOKEN = "123456:TEST-local-bot-api-token-abcdef"
-
-
-@pytest.fixture
-def local_api() -> Iterator[LocalBotAPI]:
-    """A local Bot API server on a free port, in a background thread."""
-    api = LocalBotAPI(TOKEN).start()
-    yield api
-    api.stop()
-
-
-@pytest.fixture
-def patient(local_api: LocalBotAPI) -> Iterator[LocalBotAPIClient]:
-    """The simulated patient's side of the local server."""
-    client = local_api.client()
-    yield client
-    client.close()
-
 
 @dataclass
 class Harness:
