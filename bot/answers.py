@@ -10,7 +10,6 @@ so first.
 from __future__ import annotations
 
 import html
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from ml.lesion_change import Direction, LesionChange, compare, measurable
 from ml.red_flags import REASON_ACRAL, REASON_CHECKLIST, REASON_OUT_OF_SCOPE, AnsweredTier, answered_tier, urgency_index
 from skintriage import cases
 from skintriage.models import Case, CaseStatus
-
-log = logging.getLogger(__name__)
 
 CAPTION_LIMIT = MessageLimit.CAPTION_LENGTH
 TEXT_LIMIT = MessageLimit.MAX_TEXT_LENGTH

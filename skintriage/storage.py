@@ -70,6 +70,9 @@ class ImageStore(Protocol):
     def written_before(self, key: str, cutoff: datetime) -> bool:
         """Whether the image under key exists and was last written (or put again) before cutoff."""
 
+    def remove_stale_temporaries(self, cutoff: datetime) -> int:
+        """Delete half-written files older than cutoff; return how many."""
+
 
 def _prepare(data: bytes, kind: str, ext: str) -> tuple[str, str]:
     if kind not in KINDS:
@@ -238,6 +241,10 @@ class S3ImageStore:
             return self.client.head_object(Bucket=self.bucket, Key=key)["LastModified"] < cutoff
         except ClientError:
             return False
+
+    def remove_stale_temporaries(self, cutoff: datetime) -> int:
+        """Nothing to do: an S3 put is atomic, a failed one leaves no object."""
+        return 0
 
     def stored_before(self, cutoff: datetime) -> Iterator[str]:
         """Keys of the images last written before cutoff (objects that are not our keys are left alone)."""

@@ -41,9 +41,7 @@ def purge_once(*, settings: Settings, store: ImageStore | None = None) -> int:
 def remove_orphans(*, settings: Settings, store: ImageStore, now: datetime | None = None) -> int:
     """Delete images older than the grace period that no case names, and stale temporaries; return how many."""
     cutoff = (now or datetime.now(UTC)) - timedelta(hours=settings.orphan_grace_hours)
-    removed = 0
-    if hasattr(store, "remove_stale_temporaries"):  # only a local folder has half-written files
-        removed += store.remove_stale_temporaries(cutoff)
+    removed = store.remove_stale_temporaries(cutoff)
     keys = list(store.stored_before(cutoff))
     with session_factory(settings.resolved_database_url)() as session:
         orphans = cases.unreferenced_image_keys(session=session, keys=keys)
