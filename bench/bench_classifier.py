@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ml.classifier import Classifier, build_resnet50, export_weights  # noqa: E402
-from ml.labels import LABELS  # noqa: E402
 from ml.modelcard import CLASSIFIER_CARD, ModelCard  # noqa: E402
+from skintriage.vocabulary import LABELS  # noqa: E402
 
 
 def _peak_rss_mib() -> float:

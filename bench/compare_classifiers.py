@@ -34,7 +34,7 @@ from ml.classification_metrics import (
 )
 from ml.data import read_split_csv
 from ml.frameworks import load_torch_first
-from ml.labels import LABELS, MEL_INDEX
+from skintriage.vocabulary import LABELS, MEL_INDEX
 
 SENSITIVITIES = (SENSITIVITY_TARGET, 0.94, 0.98)
 

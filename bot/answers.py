@@ -18,11 +18,11 @@ from sqlalchemy.orm import Session
 from telegram.constants import MessageLimit  # Telegram's length limits: constants only, no client
 
 from bot.i18n import Html, Texts
-from ml.labels import Tier
 from ml.lesion_change import Direction, LesionChange, compare, measurable
 from ml.red_flags import REASON_ACRAL, REASON_CHECKLIST, REASON_OUT_OF_SCOPE, AnsweredTier, answered_tier, urgency_index
 from skintriage import cases
 from skintriage.models import Case, CaseStatus
+from skintriage.vocabulary import Modality, OutboxKind, Tier
 
 CAPTION_LIMIT = MessageLimit.CAPTION_LENGTH
 TEXT_LIMIT = MessageLimit.MAX_TEXT_LENGTH
@@ -73,8 +73,8 @@ UNCERTAIN_WHY = {
     "gate_unsure": "uncertain.borderline_photo",
     "clinical_photo": "uncertain.ordinary_photo",  # an ordinary photo is never told LOW (ml.policy)
 }
-# The kind of photo the models judged (ml.modality.Modality) -> the line that says so.
-PHOTO_KIND = {"dermoscopic": "result.kind_dermoscopic", "clinical": "result.kind_clinical"}
+# The kind of photo the models judged -> the line that says so.
+PHOTO_KIND = {Modality.DERMOSCOPIC: "result.kind_dermoscopic", Modality.CLINICAL: "result.kind_clinical"}
 # Near the melanoma line an UNCERTAIN answer takes HIGH's guidance: the same timeframe, in the same words.
 NEAR_LINE_REASONS = frozenset({"near_threshold", "mel_most_likely"})
 # Answers after which the deployment may promise a clinician's look (REVIEW_PROMISE_HOURS).
@@ -331,4 +331,4 @@ def queue_answers_followup(*, session: Session, case: Case, texts: Texts) -> int
     tier, text = found
     if not cases.raise_told_tier(session=session, case_ids=[c.id for c in album], was=answer.told_tier, tier=tier):
         return None
-    return cases.queue_patient_message(session=session, case=answer, kind="answers", text=text).id
+    return cases.queue_patient_message(session=session, case=answer, kind=OutboxKind.ANSWERS, text=text).id

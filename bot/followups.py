@@ -19,11 +19,11 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.answers import NEAR_LINE_REASONS
 from bot.i18n import DEFAULT_LANGUAGE, Html, Texts
-from ml.labels import Tier
-from skintriage.models import BOOKING_ANSWERS, Case, OutboxMessage, Review
+from skintriage.models import Case, OutboxMessage, Review
+from skintriage.vocabulary import BOOKING_ANSWERS, Label, OutboxKind, ReviewVerdict, Tier
 
 # A corrected label -> the tier whose guidance says what to do about it (the same words as the bot's answers).
-LABEL_TIER = {"MEL": Tier.HIGH, "OTHER": Tier.MEDIUM, "NV": Tier.LOW}
+LABEL_TIER = {Label.MEL: Tier.HIGH, Label.OTHER: Tier.MEDIUM, Label.NV: Tier.LOW}
 BOOKING_PREFIX = "booking"
 BOOKING_PATTERN = rf"^{BOOKING_PREFIX}:(\d{{1,12}}):({'|'.join(BOOKING_ANSWERS)})$"
 
@@ -62,7 +62,7 @@ def review_advice(review: Review, case: Case, *, texts: Texts, lang: str) -> Htm
         return texts.get(lang, "review.cannot_assess_advice")
     if review.urgency:
         return texts.get(lang, f"review.urgency.{review.urgency}")
-    if review.verdict == "agree":
+    if review.verdict == ReviewVerdict.AGREE:
         return answer_guidance(case, texts=texts, lang=lang)
     return texts.guidance(lang, LABEL_TIER.get(review.corrected_label or "", Tier.UNCERTAIN))
 
@@ -120,11 +120,11 @@ def compose_booking(message: OutboxMessage, *, texts: Texts, lang: str) -> Outgo
 def compose(message: OutboxMessage, *, texts: Texts) -> Outgoing:
     """The patient's text for an outbox message, in their language now (its rows must be loaded or attached)."""
     lang = language_of(message)
-    if message.kind == "review":
+    if message.kind == OutboxKind.REVIEW:
         return Outgoing(compose_review(message, texts=texts, lang=lang))
-    if message.kind == "booking":
+    if message.kind == OutboxKind.BOOKING:
         return compose_booking(message, texts=texts, lang=lang)
-    if message.kind == "answers":
+    if message.kind == OutboxKind.ANSWERS:
         # Composed by the bot when it was queued (bot.delivery.answers_followup), disclaimer included; plain text.
         return Outgoing(html.escape(message.text, quote=False))
     return Outgoing(compose_followup(message, texts=texts, lang=lang))

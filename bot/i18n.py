@@ -23,8 +23,8 @@ from pathlib import Path
 
 from babel.messages.pofile import read_po
 
-from ml.labels import RetakeReason, Tier
 from skintriage.exceptions import ConfigurationError
+from skintriage.vocabulary import RetakeReason, Tier
 
 log = logging.getLogger(__name__)
 

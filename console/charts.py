@@ -6,14 +6,15 @@ import io
 import threading
 
 from console.stats import DashboardStats
+from skintriage.vocabulary import Tier
 
 CHARTS = ("cases_per_day", "reply_time", "agreement")
 TIER_COLOURS = {
-    "HIGH": "#c0392b",
-    "UNCERTAIN": "#8e44ad",
-    "MEDIUM": "#e67e22",
-    "LOW": "#27ae60",
-    "RETAKE": "#7f8c8d",
+    Tier.HIGH: "#c0392b",
+    Tier.UNCERTAIN: "#8e44ad",
+    Tier.MEDIUM: "#e67e22",
+    Tier.LOW: "#27ae60",
+    Tier.RETAKE: "#7f8c8d",
     "none": "#bdc3c7",
 }
 # matplotlib's font cache and text layout are not thread-safe; routes run in a thread pool.

@@ -19,8 +19,8 @@ from sqlalchemy.sql.selectable import ScalarSelect
 from starlette.datastructures import QueryParams
 
 from console.claims import free_for
-from ml.labels import Tier
 from skintriage.models import Case, CaseStatus, Review, utcnow
+from skintriage.vocabulary import Label, ReviewVerdict, Tier
 
 # Order of the "needs review" queue: the riskiest first, then the ones a doctor may have to act on.
 QUEUE_TIERS: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
@@ -28,7 +28,6 @@ QUEUE_TIERS: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW
 RETAKE_LANE_STATUSES: tuple[str, ...] = (CaseStatus.REJECTED, CaseStatus.FAILED)
 # Tiers that tell the patient nothing urgent: a melanoma the reviewer sees in one of these was missed by the model.
 MISSED_TIERS: tuple[str, ...] = (Tier.LOW, Tier.MEDIUM)
-MELANOMA = "MEL"
 # view=second: reviewed cases waiting for a blinded second read (console/safety.py compares the two reads).
 VIEWS: tuple[str, ...] = ("all", "review", "retake", "second")
 # disagreement=any: the reviewers' verdict (the latest unblinded review) disagrees with the model;
@@ -96,14 +95,14 @@ def disagreement_clause(kind: str) -> ColumnElement[bool]:
     ref = aliased(Review)
     conditions: list[ColumnElement[bool]] = [ref.id == reference_review_id()]
     if kind == "any":
-        conditions.append(ref.verdict == "disagree")
+        conditions.append(ref.verdict == ReviewVerdict.DISAGREE)
     else:
         # As console.stats.reviewer_label: the model's label when the reviewer agrees, the correction otherwise.
-        label = case((ref.verdict == "agree", Case.label), else_=ref.corrected_label)
+        label = case((ref.verdict == ReviewVerdict.AGREE, Case.label), else_=ref.corrected_label)
         conditions.extend(
             [
-                ref.verdict != "cannot_assess",
-                label == MELANOMA,
+                ref.verdict != ReviewVerdict.CANNOT_ASSESS,
+                label == Label.MEL,
                 Case.status == CaseStatus.DONE,
                 Case.tier.in_(MISSED_TIERS),
             ]

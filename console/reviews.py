@@ -8,14 +8,18 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ml.labels import LABELS
 from skintriage.cases import audit
-from skintriage.models import REVIEW_VERDICTS, AuditEvent, Case, Operator, OutboxMessage, Review
+from skintriage.models import AuditEvent, Case, Operator, OutboxMessage, Review
+from skintriage.vocabulary import LABELS, REVIEW_VERDICTS, BookingAnswer, OutboxKind, ReviewVerdict
 
 log = logging.getLogger(__name__)
 
 # How each verdict reads on the case page, the dashboard and the audit log.
-VERDICT_WORDS: dict[str, str] = {"agree": "agrees", "disagree": "disagrees", "cannot_assess": "cannot assess"}
+VERDICT_WORDS: dict[str, str] = {
+    ReviewVerdict.AGREE: "agrees",
+    ReviewVerdict.DISAGREE: "disagrees",
+    ReviewVerdict.CANNOT_ASSESS: "cannot assess",
+}
 # How soon the patient should see a doctor, in the operator's judgement.
 URGENCIES: dict[str, str] = {
     "routine": "Routine: next regular skin check",
@@ -23,17 +27,17 @@ URGENCIES: dict[str, str] = {
     "urgent": "Urgent: within a week",
     "same_day": "Same day",
 }
-# The outbox's kinds of message (skintriage.models.OUTBOX_KINDS) and the patient's booking answers, as shown.
+# The outbox's kinds of message and the patient's booking answers, as shown.
 MESSAGE_KINDS: dict[str, str] = {
-    "followup": "Clinician's message",
-    "review": "Review told to the patient",
-    "booking": "Booking question",
-    "answers": "The patient's answers raised the urgency",
+    OutboxKind.FOLLOWUP: "Clinician's message",
+    OutboxKind.REVIEW: "Review told to the patient",
+    OutboxKind.BOOKING: "Booking question",
+    OutboxKind.ANSWERS: "The patient's answers raised the urgency",
 }
 BOOKING_WORDS: dict[str, str] = {
-    "booked": "booked an appointment",
-    "not_yet": "not booked yet",
-    "declined": "does not want to book",
+    BookingAnswer.BOOKED: "booked an appointment",
+    BookingAnswer.NOT_YET: "not booked yet",
+    BookingAnswer.DECLINED: "does not want to book",
 }
 NOTE_MAX = 4000
 MESSAGE_MAX = 2000  # Telegram allows 4096; leave room for the bot's header and disclaimer
@@ -45,7 +49,7 @@ SECOND_READ = "second"
 class ReviewInput:
     """A review form as submitted."""
 
-    verdict: str  # one of REVIEW_VERDICTS: "agree" | "disagree" | "cannot_assess"
+    verdict: str  # one of REVIEW_VERDICTS (vocabulary.ReviewVerdict)
     corrected_label: str = ""
     urgency: str = ""
     note: str = ""
@@ -58,15 +62,15 @@ def validate_review(form: ReviewInput, *, case: Case) -> list[str]:
     errors: list[str] = []
     if form.verdict not in REVIEW_VERDICTS:
         errors.append("Choose agree, disagree or cannot assess.")
-    if form.verdict == "cannot_assess" and form.corrected_label:
+    if form.verdict == ReviewVerdict.CANNOT_ASSESS and form.corrected_label:
         errors.append("You could not assess the case, so give no label; choose disagree to correct the model.")
     if form.corrected_label and form.corrected_label not in LABELS:
         errors.append(f"Corrected label must be one of {', '.join(LABELS)}.")
-    if form.verdict == "disagree" and not form.corrected_label:
+    if form.verdict == ReviewVerdict.DISAGREE and not form.corrected_label:
         errors.append("When you disagree, give the label you think is right.")
-    if form.verdict == "disagree" and form.corrected_label and form.corrected_label == case.label:
+    if form.verdict == ReviewVerdict.DISAGREE and form.corrected_label and form.corrected_label == case.label:
         errors.append("The corrected label equals the model's; choose agree instead.")
-    if form.verdict == "agree" and form.corrected_label and form.corrected_label != case.label:
+    if form.verdict == ReviewVerdict.AGREE and form.corrected_label and form.corrected_label != case.label:
         errors.append("You agreed but gave a different label; choose disagree to correct it.")
     if form.urgency and form.urgency not in URGENCIES:
         errors.append(f"Urgency must be one of {', '.join(URGENCIES)}.")
@@ -127,9 +131,9 @@ def record_review(*, session: Session, case: Case, operator: Operator, form: Rev
     review = Review(
         case_id=case.id,
         operator_id=operator.id,
-        agrees=form.verdict == "agree",
+        agrees=form.verdict == ReviewVerdict.AGREE,
         verdict=form.verdict,
-        corrected_label=form.corrected_label or (case.label if form.verdict == "agree" else None),
+        corrected_label=form.corrected_label or (case.label if form.verdict == ReviewVerdict.AGREE else None),
         urgency=form.urgency or None,
         note=form.note.strip() or None,
         blinded=form.read == SECOND_READ,
@@ -165,7 +169,7 @@ def create_review_message(
     "cannot assess" says so and what to do. The text is composed in the patient's language when it is sent
     (bot.followups), from the review as it is then.
     """
-    return _queue(session=session, case=case, operator=operator, kind="review", text=words, review=review)
+    return _queue(session=session, case=case, operator=operator, kind=OutboxKind.REVIEW, text=words, review=review)
 
 
 def create_followup(*, session: Session, case: Case, operator: Operator, text: str) -> OutboxMessage:
@@ -173,7 +177,7 @@ def create_followup(*, session: Session, case: Case, operator: Operator, text: s
 
     The patient reads them with the case number, "a clinician of the service" and the disclaimer (bot.followups).
     """
-    return _queue(session=session, case=case, operator=operator, kind="followup", text=text)
+    return _queue(session=session, case=case, operator=operator, kind=OutboxKind.FOLLOWUP, text=text)
 
 
 def _queue(

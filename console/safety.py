@@ -17,10 +17,10 @@ from datetime import date, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from console.filters import MELANOMA, MISSED_TIERS, QUEUE_TIERS
+from console.filters import MISSED_TIERS, QUEUE_TIERS
 from console.stats import period_bounds, reference_reviews, reviewer_label
-from ml.labels import LABELS, Tier
 from skintriage.models import Case, CaseStatus, Operator, Review
+from skintriage.vocabulary import LABELS, Label, Tier
 
 CONFIDENCE = 0.95
 # Which tiers count as the model saying "melanoma", by rule.
@@ -111,7 +111,7 @@ class JudgedCase:
     @property
     def reviewer_says_mel(self) -> bool:
         """The reviewers' label is melanoma."""
-        return self.reviewer_label == MELANOMA
+        return self.reviewer_label == Label.MEL
 
     def model_says_mel(self, rule: str) -> bool:
         """The model's tier counts as melanoma under `rule` (a POSITIVE_RULES key)."""
@@ -182,7 +182,7 @@ class SecondReads:
     def kappa_melanoma(self) -> float | None:
         """Cohen's kappa over melanoma or not."""
         return cohen_kappa(
-            [str(a == MELANOMA) for _, a, _ in self.pairs], [str(b == MELANOMA) for _, _, b in self.pairs]
+            [str(a == Label.MEL) for _, a, _ in self.pairs], [str(b == Label.MEL) for _, _, b in self.pairs]
         )
 
 

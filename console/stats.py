@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from console.filters import QUEUE_TIERS
-from ml.labels import LABELS, Tier
 from skintriage.models import Case, CaseStatus, Review, utcnow
+from skintriage.vocabulary import LABELS, ReviewVerdict, Tier
 
 DAYS_MAX = 366
 
@@ -96,9 +96,9 @@ def reference_reviews(*, session: Session, since: datetime, until: datetime) -> 
 def reviewer_label(review: Review, model_label: str | None) -> str | None:
     """The label a review gives the lesion: the model's when it agrees, its correction otherwise; None for
     "cannot assess" (and for a disagreement that named no label)."""
-    if review.verdict == "cannot_assess":
+    if review.verdict == ReviewVerdict.CANNOT_ASSESS:
         return None
-    return model_label if review.verdict == "agree" else review.corrected_label
+    return model_label if review.verdict == ReviewVerdict.AGREE else review.corrected_label
 
 
 def compute_stats(*, session: Session, days: int = 30, today: date | None = None) -> DashboardStats:
@@ -132,7 +132,7 @@ def compute_stats(*, session: Session, days: int = 30, today: date | None = None
     confusion: dict[tuple[str, str], int] = {}
     cannot_assess = 0
     for case_id, review in latest.items():
-        if review.verdict == "cannot_assess":
+        if review.verdict == ReviewVerdict.CANNOT_ASSESS:
             # Neither agreement nor disagreement: counted on its own, outside the agreement table.
             cannot_assess += 1
             continue

@@ -16,8 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ml.labels import LABELS, MEL_INDEX
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard
+from skintriage.vocabulary import LABELS, MEL_INDEX, Label
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,15 @@ def synthetic_lesion_photo(seed: int, label: str, size: tuple[int, int] = PHOTO_
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     light = 1 + rng.uniform(-0.12, 0.12) * (xx / w - 0.5) + rng.uniform(-0.12, 0.12) * (yy / h - 0.5)
     image = skin[None, None, :] * light[..., None] + rng.normal(0, 5, (h, w, 3))
-    irregularity = {"MEL": 0.9, "NV": 0.15, "OTHER": 0.45}[label]
+    irregularity = {Label.MEL: 0.9, Label.NV: 0.15, Label.OTHER: 0.45}[label]
     mask = _shape_mask(rng, size, irregularity)
     jitter = rng.normal(0, 10, 3)
-    if label == "MEL":
+    if label == Label.MEL:
         # Variegated dark brown to blue-black, the multicolour pattern of melanoma.
         base = np.array([62.0, 42.0, 44.0]) + jitter
         blotch = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 3)
         colour = base[None, None, :] + blotch[..., None] * np.array([40, 35, 60]) + rng.normal(0, 8, (h, w, 3))
-    elif label == "NV":
+    elif label == Label.NV:
         # Uniform medium brown.
         colour = np.array([140.0, 96.0, 70.0]) + jitter + rng.normal(0, 5, (h, w, 3))
     else:

@@ -6,14 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from ml.labels import LABELS, MEL_INDEX
+from skintriage.vocabulary import LABELS, MEL_INDEX, Label
 
 # Class prevalence of the full HAM10000 dataset (the sample over-represents MEL and OTHER);
 # accuracy reweighted to it is comparable with the reference study's accuracy.
 # Melanoma sensitivity every operating point and report is measured against.
 SENSITIVITY_TARGET = 0.9
 
-FULL_HAM10000_PREVALENCE: dict[str, float] = {"MEL": 0.111, "NV": 0.670, "OTHER": 0.219}
+FULL_HAM10000_PREVALENCE: dict[str, float] = {Label.MEL: 0.111, Label.NV: 0.670, Label.OTHER: 0.219}
 
 
 def _labels_array(y_true: np.ndarray | list[int], n_classes: int) -> np.ndarray:
@@ -223,7 +223,7 @@ def summarize(probs: np.ndarray, y_true: np.ndarray, *, mel_threshold: float | N
             label: {k: float(prf[k][i]) for k in ("precision", "recall", "f1", "support")}
             for i, label in enumerate(LABELS)
         },
-        "mel_auc": aucs["MEL"],
+        "mel_auc": aucs[Label.MEL],
         "macro_auc": float(np.nanmean(list(aucs.values()))),
         "auc": aucs,
         "confusion_matrix": cm.tolist(),

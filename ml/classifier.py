@@ -16,8 +16,8 @@ from ml.calibration import softmax
 from ml.cls_preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_rgb_uint8, fit_to_input, tta_views
 from ml.crop import DEFAULT_MARGIN, crop_to_lesion
 from ml.errors import ModelUnavailableError
-from ml.labels import LABELS, MEL_INDEX
 from ml.modelcard import ModelCard, ModelCardError, name_by_hash
+from skintriage.vocabulary import LABELS, MEL_INDEX
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.labels import DX_TO_LABEL, LABELS, label_for_dx
+from ml.labels import DX_TO_LABEL, label_for_dx
+from skintriage.vocabulary import LABELS
 
 log = logging.getLogger(__name__)
 

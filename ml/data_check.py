@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from ml.data import DatasetError, Problem, Sample, scan_ham10000
-from ml.labels import LABELS
+from skintriage.vocabulary import LABELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

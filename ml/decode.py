@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ml.errors import InvalidImageError
-from ml.labels import RetakeReason
+from skintriage.vocabulary import RetakeReason
 
 try:  # HEIC/HEIF (iPhone photos); without the plugin those uploads are reported as unreadable.
     import pillow_heif

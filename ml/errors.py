@@ -7,7 +7,7 @@ MLError
 
 from __future__ import annotations
 
-from ml.labels import RetakeReason
+from skintriage.vocabulary import RetakeReason
 
 
 class MLError(Exception):

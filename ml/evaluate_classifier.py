@@ -32,8 +32,8 @@ from ml.classification_metrics import (
 )
 from ml.classifier import Classifier
 from ml.data import SPLITS, Sample, read_image_rgb, read_mask, read_split_csv, split_hash
-from ml.labels import LABELS
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard, ModelCardError
+from skintriage.vocabulary import LABELS, Label
 
 log = logging.getLogger(__name__)
 
@@ -186,13 +186,13 @@ def calibrate_threshold(
 ) -> dict[str, Any]:
     """The card's melanoma operating point chosen on these (validation) photos with a sensitivity bound."""
     from ml.classification_metrics import sensitivity_specificity
-    from ml.labels import MEL_INDEX
     from ml.train_classifier import operating_threshold
+    from skintriage.vocabulary import MEL_INDEX
 
     target = float(classifier.card.operating_point.get("target_sensitivity", 0.9))
     logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
     p_mel = softmax(logits, classifier.temperature)[:, MEL_INDEX]
-    is_mel = np.array([s.label == "MEL" for s in samples])
+    is_mel = np.array([s.label == Label.MEL for s in samples])
     rule = operating_threshold(
         is_mel, p_mel, np.array([s.lesion_id for s in samples]), target=target, confidence=confidence
     )
@@ -283,7 +283,7 @@ def plot_roc(result: dict[str, Any], path: Path, title: str) -> None:
             curve["fpr"],
             curve["tpr"],
             label=f"{label} (AUC {metrics['auc'][label]:.3f})",
-            linewidth=2 if label == "MEL" else 1,
+            linewidth=2 if label == Label.MEL else 1,
         )
     op = metrics["operating_point"]
     ax.plot(

@@ -9,7 +9,7 @@ import torch
 
 from ml.classifier import Classifier
 from ml.cls_preprocess import fit_to_input
-from ml.labels import LABELS
+from skintriage.vocabulary import LABELS
 
 # A normalised map whose peak is this low had no positive evidence at all (Grad-CAM's ReLU
 # zeroed it, or the raw map was constant before min-max scaling).

@@ -1,23 +1,25 @@
-"""The one place that pins the class order, the HAM10000 label mapping and the risk tiers."""
+"""HAM10000's diagnoses mapped to the classifier's classes.
+
+The classes, their index order and the risk tiers are the domain's words: skintriage.vocabulary holds
+them (it imports nothing, so ml/ may use it). LABELS and MEL_INDEX are named here too for
+ml/train_classifier.py until it imports them from there.
+"""
 
 from __future__ import annotations
 
-from enum import StrEnum
+from skintriage.vocabulary import LABELS, MEL_INDEX, Label
 
-# Index order of the classifier's output. Changing it silently turns melanoma into nevus:
-# tests pin it, model cards record it and loading refuses a card whose order differs.
-LABELS: tuple[str, ...] = ("MEL", "NV", "OTHER")
-MEL_INDEX = LABELS.index("MEL")
+__all__ = ["DX_TO_LABEL", "LABELS", "MEL_INDEX", "label_for_dx"]
 
 # HAM10000's seven diagnoses merged into three classes, as in the reference study.
 DX_TO_LABEL: dict[str, str] = {
-    "mel": "MEL",
-    "nv": "NV",
-    "bkl": "OTHER",
-    "bcc": "OTHER",
-    "akiec": "OTHER",
-    "vasc": "OTHER",
-    "df": "OTHER",
+    "mel": Label.MEL,
+    "nv": Label.NV,
+    "bkl": Label.OTHER,
+    "bcc": Label.OTHER,
+    "akiec": Label.OTHER,
+    "vasc": Label.OTHER,
+    "df": Label.OTHER,
 }
 
 
@@ -27,27 +29,3 @@ def label_for_dx(dx: str) -> str:
     if key not in DX_TO_LABEL:
         raise ValueError(f"unknown HAM10000 diagnosis {dx!r}; expected one of {sorted(DX_TO_LABEL)}")
     return DX_TO_LABEL[key]
-
-
-class Tier(StrEnum):
-    """Risk tier that decides the guidance a patient gets."""
-
-    HIGH = "HIGH"
-    MEDIUM = "MEDIUM"
-    LOW = "LOW"
-    UNCERTAIN = "UNCERTAIN"
-    RETAKE = "RETAKE"
-
-
-class RetakeReason(StrEnum):
-    """Why a photo cannot be judged; each has its own advice to the patient."""
-
-    UNREADABLE = "unreadable"
-    TOO_SMALL = "too_small"
-    TOO_LARGE = "too_large"
-    BLURRY = "blurry"
-    TOO_DARK = "too_dark"
-    WASHED_OUT = "washed_out"
-    NO_LESION = "no_lesion"
-    LESION_TOO_LARGE = "lesion_too_large"
-    NOT_SKIN = "not_skin"

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ml.modelcard import ModelCard, ModelCardError
+from skintriage.vocabulary import Modality
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,6 @@ FEATURE_VERSION = 3
 TEXTURE_SIDE = 192  # skin lines, pores and hair look different under a dermatoscope's magnification
 _AB_RANGE = (96.0, 192.0)  # OpenCV 8-bit Lab: a and b are 128 when neutral; skin lies within this range
 _RING_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.2, 1.5)  # radius over half the side: the last two are the corners
-
-
-class Modality(StrEnum):
-    """The kind of photo the models judged (stored with every case, said in every answer)."""
-
-    DERMOSCOPIC = "dermoscopic"
-    CLINICAL = "clinical"
-    UNKNOWN = "unknown"  # no modality model installed
 
 
 def _centre_square(rgb: np.ndarray) -> np.ndarray:

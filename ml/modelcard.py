@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.labels import LABELS
+from skintriage.vocabulary import LABELS
 
 SEGMENTATION_CARD = "segmentation.json"
 CLASSIFIER_CARD = "classifier.json"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ml.data import DatasetError
-from ml.labels import LABELS
+from skintriage.vocabulary import LABELS
 
 PAD_METADATA = "metadata.csv"
 PAD_IMAGES = "images"

@@ -23,14 +23,14 @@ import numpy as np
 from ml.decode import decode_image
 from ml.errors import InvalidImageError, ModelUnavailableError
 from ml.frameworks import load_torch_first
-from ml.labels import LABELS, RetakeReason, Tier
 from ml.measurements import LesionMeasurements, measure_lesion
-from ml.modality import MODALITY_CARD, Modality, ModalityModel, ModalityVerdict
+from ml.modality import MODALITY_CARD, ModalityModel, ModalityVerdict
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard, ModelCardError
 from ml.overlay import draw_outline, encode_jpeg, encode_mask_png, geometry
 from ml.policy import Decision, PolicyConfig, decide_tier
 from ml.quality import QualityConfig, QualityReport, check_image, check_mask
 from ml.result import TriageResult
+from skintriage.vocabulary import LABELS, Modality, RetakeReason, Tier
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ml.labels import LABELS, MEL_INDEX, Tier
+from skintriage.vocabulary import LABELS, MEL_INDEX, Label, Modality, Tier
 
 # Most likely class (below every alert and doubt rule) -> tier.
-TIER_FOR_LABEL: dict[str, Tier] = {"MEL": Tier.UNCERTAIN, "NV": Tier.LOW, "OTHER": Tier.MEDIUM}
+TIER_FOR_LABEL: dict[str, Tier] = {Label.MEL: Tier.UNCERTAIN, Label.NV: Tier.LOW, Label.OTHER: Tier.MEDIUM}
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,6 @@ REASONS: tuple[str, ...] = (
     REASON_ABOVE_THRESHOLD, REASON_NEAR_THRESHOLD, REASON_LOW_CONFIDENCE, REASON_GATE_UNSURE,
     REASON_MEL_MOST_LIKELY, REASON_MOST_LIKELY, REASON_CLINICAL_PHOTO,
 )  # fmt: skip
-CLINICAL = "clinical"  # ml.modality.Modality.CLINICAL, kept as a plain string so the policy imports nothing
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ def decide_tier(
     top_label = LABELS[top]
     if p_mel >= threshold:
         return Decision(
-            Tier.HIGH, "MEL", f"P(MEL)={p_mel:.3f} >= operating threshold {threshold:.3f}", REASON_ABOVE_THRESHOLD
+            Tier.HIGH, Label.MEL, f"P(MEL)={p_mel:.3f} >= operating threshold {threshold:.3f}", REASON_ABOVE_THRESHOLD
         )
     if p_mel >= threshold - config.uncertain_margin:
         return Decision(
@@ -153,7 +152,7 @@ def decide_tier(
             tier, top_label, f"MEL most likely but P(MEL)={p_mel:.3f} below threshold {threshold:.3f}",
             REASON_MEL_MOST_LIKELY,
         )  # fmt: skip
-    if tier is Tier.LOW and modality == CLINICAL:
+    if tier is Tier.LOW and modality == Modality.CLINICAL:
         return Decision(
             Tier.UNCERTAIN, top_label,
             f"{top_label} most likely ({float(p[top]):.3f}), but an ordinary photo is never told LOW",

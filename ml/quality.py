@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ml.labels import RetakeReason
+from skintriage.vocabulary import RetakeReason
 
 # Flags that mean "the gate passed the photo but is not sure"; the policy answers UNCERTAIN.
 UNSURE_FLAGS: frozenset[str] = frozenset(

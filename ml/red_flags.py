@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Tier values (ml.labels.Tier), as plain strings so this module imports nothing.
-HIGH, UNCERTAIN, MEDIUM, LOW, RETAKE = "HIGH", "UNCERTAIN", "MEDIUM", "LOW", "RETAKE"
+from skintriage.vocabulary import Tier
+
 # Most urgent first; a tier not in here (RETAKE, None) ranks after all of them.
-URGENCY: tuple[str, ...] = (HIGH, UNCERTAIN, MEDIUM, LOW)
+URGENCY: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
 
 SKIP = "skip"
 # Question -> its options, in the order the bot asks and shows them (each question also has SKIP).
@@ -154,12 +154,12 @@ def answered_tier(tier: str | None, answers: Mapping[str, str] | None) -> Answer
     def raise_to(new: str, reason: str, by: tuple[str, ...]) -> AnsweredTier:
         return AnsweredTier(new, reason, by, checklist, scope)
 
-    if checklist.urgent and tier != HIGH:
-        return raise_to(HIGH, REASON_CHECKLIST, checklist.answers)
-    if out_of_scope and urgency_index(tier) > urgency_index(UNCERTAIN):
-        return raise_to(UNCERTAIN, REASON_OUT_OF_SCOPE, out_of_scope)
-    if judged and tier == LOW and ACRAL in given:
-        return raise_to(UNCERTAIN, REASON_ACRAL, (":".join(ACRAL),))
-    if judged and tier == LOW and checklist.points > 0:
-        return raise_to(UNCERTAIN, REASON_CHANGING, checklist.answers)
+    if checklist.urgent and tier != Tier.HIGH:
+        return raise_to(Tier.HIGH, REASON_CHECKLIST, checklist.answers)
+    if out_of_scope and urgency_index(tier) > urgency_index(Tier.UNCERTAIN):
+        return raise_to(Tier.UNCERTAIN, REASON_OUT_OF_SCOPE, out_of_scope)
+    if judged and tier == Tier.LOW and ACRAL in given:
+        return raise_to(Tier.UNCERTAIN, REASON_ACRAL, (":".join(ACRAL),))
+    if judged and tier == Tier.LOW and checklist.points > 0:
+        return raise_to(Tier.UNCERTAIN, REASON_CHANGING, checklist.answers)
     return AnsweredTier(tier, None, (), checklist, scope)

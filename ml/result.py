@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ml.labels import RetakeReason, Tier
+from skintriage.vocabulary import RetakeReason, Tier
 
 if TYPE_CHECKING:
     from ml.measurements import LesionMeasurements

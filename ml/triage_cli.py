@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.errors import ModelUnavailableError
+from skintriage.vocabulary import Modality, Tier
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def format_summary(record: dict[str, Any]) -> str:
         return f"{name}: error: {record['error']}"
     probs = record["probabilities"]
     lines = []
-    if record["tier"] == "RETAKE":
+    if record["tier"] == Tier.RETAKE:
         reason = record["retake_reason"]
         # The pipeline's reason reads "retake: <reason> (<detail>)"; show only what adds to the reason.
         detail = record["decision"].removeprefix(f"retake: {reason}").strip()
@@ -216,7 +217,7 @@ def format_summary(record: dict[str, Any]) -> str:
     else:
         lines.append(f"{name}: {record['tier']} ({record['label']}) - {record['decision']}")
     if record.get("modality"):
-        kind = {"dermoscopic": "a dermoscopy image", "clinical": "an ordinary (clinical) photo"}.get(
+        kind = {Modality.DERMOSCOPIC: "a dermoscopy image", Modality.CLINICAL: "an ordinary (clinical) photo"}.get(
             record["modality"], "unknown (no modality model installed)"
         )
         score = f", P(ordinary photo) {record['p_clinical']:.2f}" if record.get("p_clinical") is not None else ""

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from skintriage.cases import album_of, audit, get_user, get_user_case
 from skintriage.exceptions import CaseNotFound
-from skintriage.models import BOOKING_ANSWERS, Case, CaseStatus, OutboxMessage, Review, utcnow
+from skintriage.models import Case, CaseStatus, OutboxMessage, Review, utcnow
+from skintriage.vocabulary import BOOKING_ANSWERS, Label, OutboxKind, ReviewVerdict, Tier
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def _still_advised(review: Review | None) -> bool:
     if review.urgency:
         return review.urgency != "routine"
     # Agreeing keeps the HIGH advice; "cannot assess" sends the patient to a dermatologist in person.
-    return review.verdict != "disagree" or review.corrected_label == "MEL"
+    return review.verdict != ReviewVerdict.DISAGREE or review.corrected_label == Label.MEL
 
 
 # A question is asked only this long after it became due: after an outage of the periodic job, or when the
@@ -44,7 +45,7 @@ def due_cases(*, session: Session, after: timedelta, now: datetime | None = None
         select(Case)
         .where(
             Case.status == CaseStatus.DONE,
-            Case.tier == "HIGH",
+            Case.tier == Tier.HIGH,
             Case.booking_asked_at.is_(None),
             Case.reply_text.is_not(None),  # the answer reached the patient (not undeliverable)
             Case.delivered_at <= now - after,
@@ -80,7 +81,7 @@ def queue_question(*, session: Session, case_id: int, now: datetime | None = Non
         .execution_options(synchronize_session=False)
     )
     user = case.user
-    message = OutboxMessage(user_id=user.id, case_id=case.id, chat_id=user.chat_id, kind="booking", text="")
+    message = OutboxMessage(user_id=user.id, case_id=case.id, chat_id=user.chat_id, kind=OutboxKind.BOOKING, text="")
     session.add(message)
     session.flush()
     audit(session=session, actor="system", action="booking.asked", case_id=case.id, detail={"message_id": message.id})

@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from skintriage.vocabulary import Label, OutboxKind, ReviewVerdict
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -143,8 +145,8 @@ class Case(Base):
     delay_notice_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     # Result.
-    tier: Mapped[str | None] = mapped_column(String(16))
-    label: Mapped[str | None] = mapped_column(String(16))
+    tier: Mapped[str | None] = mapped_column(String(16))  # vocabulary.Tier
+    label: Mapped[str | None] = mapped_column(String(16))  # vocabulary.Label
     tier_reason: Mapped[str | None] = mapped_column(String(32))  # ml.policy REASON_*: why this tier, put into words
     prob_mel: Mapped[float | None] = mapped_column(Float)
     prob_nv: Mapped[float | None] = mapped_column(Float)
@@ -153,7 +155,7 @@ class Case(Base):
     lesion_area_px: Mapped[int | None] = mapped_column(Integer)
     lesion_diameter_px: Mapped[float | None] = mapped_column(Float)
     quality_flags: Mapped[list[str]] = mapped_column(JSON, default=list)
-    retake_reason: Mapped[str | None] = mapped_column(String(32))
+    retake_reason: Mapped[str | None] = mapped_column(String(32))  # vocabulary.RetakeReason
     mask_key: Mapped[str | None] = mapped_column(String(128))
     overlay_key: Mapped[str | None] = mapped_column(String(128))
     heatmap_key: Mapped[str | None] = mapped_column(String(128))
@@ -161,7 +163,7 @@ class Case(Base):
     timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     # Lesion asymmetry, border, colours and size from the mask (ml.measurements.LesionMeasurements.to_dict).
     measurements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # The kind of photo judged (ml.modality.Modality: dermoscopic, clinical, unknown); None before this was checked.
+    # The kind of photo judged (vocabulary.Modality: dermoscopic, clinical, unknown); None before this was checked.
     modality: Mapped[str | None] = mapped_column(String(16))
     demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -187,7 +189,7 @@ class Case(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     # After a HIGH answer the bot asks whether the patient booked a dermatologist (skintriage.booking): when it
-    # queued the question, and the button the patient tapped (BOOKING_ANSWERS) and when.
+    # queued the question, and the button the patient tapped (vocabulary.BookingAnswer) and when.
     booking_asked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     booking_answer: Mapped[str | None] = mapped_column(String(16))
     booking_answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -204,7 +206,7 @@ class Case(Base):
         """Per-class probabilities keyed by label, empty when not classified."""
         if self.prob_mel is None:
             return {}
-        return {"MEL": self.prob_mel, "NV": self.prob_nv or 0.0, "OTHER": self.prob_other or 0.0}
+        return {Label.MEL: self.prob_mel, Label.NV: self.prob_nv or 0.0, Label.OTHER: self.prob_other or 0.0}
 
 
 class Operator(Base):
@@ -223,14 +225,9 @@ class Operator(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-# What a reviewer can say about the model's answer: it is right, it is wrong (and the right label), or the
-# photo does not allow a judgement (blurred, no lesion, failed case); the last counts in no agreement figure.
-REVIEW_VERDICTS: tuple[str, ...] = ("agree", "disagree", "cannot_assess")
-
-
 def _verdict_from_agrees(context: Any) -> str:
     """Default verdict for rows built with `agrees` alone (written before verdicts, or by tests)."""
-    return "agree" if context.get_current_parameters().get("agrees") else "disagree"
+    return ReviewVerdict.AGREE if context.get_current_parameters().get("agrees") else ReviewVerdict.DISAGREE
 
 
 class Review(Base):
@@ -242,7 +239,7 @@ class Review(Base):
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
     operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
     agrees: Mapped[bool] = mapped_column(Boolean)  # False for "cannot_assess" too: read `verdict` to tell them apart
-    verdict: Mapped[str] = mapped_column(String(16), default=_verdict_from_agrees)  # see REVIEW_VERDICTS
+    verdict: Mapped[str] = mapped_column(String(16), default=_verdict_from_agrees)  # vocabulary.ReviewVerdict
     corrected_label: Mapped[str | None] = mapped_column(String(16))
     urgency: Mapped[str | None] = mapped_column(String(32))
     note: Mapped[str | None] = mapped_column(Text)
@@ -253,11 +250,6 @@ class Review(Base):
 
     case: Mapped[Case] = relationship(back_populates="reviews")
     operator: Mapped[Operator | None] = relationship()
-
-
-OUTBOX_KINDS: tuple[str, ...] = ("followup", "review", "booking")
-# The patient's answers to "Have you booked an appointment with a dermatologist?" (skintriage.booking).
-BOOKING_ANSWERS: tuple[str, ...] = ("booked", "not_yet", "declined")
 
 
 class PendingReview(Base):
@@ -277,9 +269,10 @@ class PendingReview(Base):
 class OutboxMessage(Base):
     """A message to a patient that is not a case result, sent by the reply queue.
 
-    Kinds (OUTBOX_KINDS): "followup" (an operator's own words in `text`), "review" (what a review changes for
-    the patient; `text` holds the reviewer's optional words) and "booking" (the question whether the patient
-    booked a dermatologist). The patient's text is composed in their language when it is sent
+    Kinds (vocabulary.OutboxKind): "followup" (an operator's own words in `text`), "review" (what a review
+    changes for the patient; `text` holds the reviewer's optional words), "booking" (the question whether the
+    patient booked a dermatologist) and "answers" (the patient's answers raised the urgency; the bot composed
+    `text`, disclaimer included). The patient's text is composed in their language when it is sent
     (bot.followups) and kept in `sent_text`.
     """
 
@@ -291,7 +284,7 @@ class OutboxMessage(Base):
     operator_id: Mapped[int | None] = mapped_column(ForeignKey("operators.id", ondelete="SET NULL"))
     chat_id: Mapped[int] = mapped_column(BigInteger)
     review_id: Mapped[int | None] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(32), default="followup")
+    kind: Mapped[str] = mapped_column(String(32), default=OutboxKind.FOLLOWUP)
     text: Mapped[str] = mapped_column(Text)  # the operator's own words ("" when none)
     sent_text: Mapped[str | None] = mapped_column(Text)  # what the patient read, exactly (set once sent)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

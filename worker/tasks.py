@@ -32,6 +32,7 @@ from skintriage.models import Case, CaseStatus
 from skintriage.observability import CASES, DELIVERIES, INFERENCE, QUEUE_WAIT
 from skintriage.settings import Settings, get_settings
 from skintriage.storage import ImageStore, make_store
+from skintriage.vocabulary import Label, Tier
 from worker import booking, enqueue, health, pipeline_cache, retention, sweeper
 from worker.celery_app import BOOKING_TASK, DELIVER_TASK, OUTBOX_TASK, PURGE_TASK, SWEEP_TASK, TRIAGE_TASK
 from worker.failures import Failure, classify
@@ -160,7 +161,7 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
 
         fields = _result_fields(result, store=store, total_ms=elapsed * 1000)
         fields["tier_reason"] = tier_reason(result, settings=settings)
-        status = CaseStatus.REJECTED if fields["tier"] == "RETAKE" else CaseStatus.DONE
+        status = CaseStatus.REJECTED if fields["tier"] == Tier.RETAKE else CaseStatus.DONE
         saved = cases.save_result(session=session, case_id=case_id, status=status, fields=fields, owner=owner)
         session.commit()
     except Exception as exc:
@@ -203,9 +204,9 @@ def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[s
     fields: dict[str, Any] = {
         "tier": str(result.tier),
         "label": result.label,
-        "prob_mel": probs.get("MEL"),
-        "prob_nv": probs.get("NV"),
-        "prob_other": probs.get("OTHER"),
+        "prob_mel": probs.get(Label.MEL),
+        "prob_nv": probs.get(Label.NV),
+        "prob_other": probs.get(Label.OTHER),
         "mel_threshold": result.mel_threshold,
         "lesion_area_px": result.lesion_area_px,
         "lesion_diameter_px": result.lesion_diameter_px,
@@ -246,7 +247,7 @@ def tier_reason(result: Any, *, settings: Settings) -> str | None:
     own = getattr(result, "tier_reason", None) or getattr(result, "reason", None)
     if own:
         return str(own)
-    if not result.probabilities or not result.mel_threshold or str(result.tier) == "RETAKE":
+    if not result.probabilities or not result.mel_threshold or str(result.tier) == Tier.RETAKE:
         return None
     decision = decide_tier(
         result.probabilities,

@@ -45,12 +45,12 @@ from console.reviews import (
     validate_message,
     validate_review,
 )
-from ml.labels import LABELS
 from ml.policy import PolicyConfig
 from ml.red_flags import QUESTIONS, UNMAPPED, AnsweredTier, answered_tier
 from skintriage.cases import audit
 from skintriage.models import Case, CaseStatus, Operator, OutboxMessage, Review, utcnow
 from skintriage.settings import Settings
+from skintriage.vocabulary import LABELS, Tier
 
 router = APIRouter()
 
@@ -105,7 +105,7 @@ def _patient_answers(case: Case) -> tuple[list[tuple[str, str]], AnsweredTier] |
         return None
     answers = case.patient_answers
     rows = [(QUESTION_WORDS[q], answers.get(q, "not answered").replace("_", " ")) for q in QUESTIONS]
-    photo_tier = {CaseStatus.DONE: case.tier, CaseStatus.REJECTED: "RETAKE"}.get(case.status)
+    photo_tier = {CaseStatus.DONE: case.tier, CaseStatus.REJECTED: Tier.RETAKE}.get(case.status)
     return rows, answered_tier(photo_tier, answers)
 
 

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session
 from console.charts import CHARTS, render_chart
 from console.deps import current_operator, get_db, render
 from console.stats import DAYS_MAX, compute_stats
-from ml.labels import LABELS
 from skintriage.models import Operator
+from skintriage.vocabulary import LABELS
 
 router = APIRouter()
 

@@ -10,11 +10,11 @@ from telegram.error import NetworkError
 from bot.answers import compose, telegram_length, urgency_rank, visible
 from bot.delivery import deliver_case, make_bot, send_outbox_message
 from bot.i18n import Texts
-from ml.labels import RetakeReason, Tier
 from skintriage import cases
 from skintriage.models import Case, CaseStatus, OutboxMessage
 from skintriage.settings import Settings
 from skintriage.storage import LocalImageStore
+from skintriage.vocabulary import RetakeReason, Tier
 from tests.factories import lesion_photo
 
 TEXTS = Texts.load()

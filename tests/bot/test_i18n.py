@@ -8,8 +8,8 @@ import pytest
 
 from bot.i18n import LANGUAGES, Texts, language_for, placeholders
 from devtools.local_api import plain_text
-from ml.labels import RetakeReason, Tier
 from skintriage.exceptions import ConfigurationError
+from skintriage.vocabulary import RetakeReason, Tier
 
 TEXTS = Texts.load()
 

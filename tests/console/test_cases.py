@@ -327,10 +327,10 @@ def test_melanoma_bar_shades_where_the_policy_answers_uncertain(
     from fastapi.testclient import TestClient
 
     from console.app import create_app
-    from ml.labels import Tier
     from ml.policy import PolicyConfig, decide_tier
     from skintriage.models import Case
     from skintriage.settings import get_settings
+    from skintriage.vocabulary import Tier
     from tests.console.seed import REVIEWER
     from tests.console.session_helpers import login
 

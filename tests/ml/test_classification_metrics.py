@@ -17,7 +17,7 @@ from ml.classification_metrics import (
     summarize,
     threshold_for_sensitivity,
 )
-from ml.labels import LABELS
+from skintriage.vocabulary import LABELS
 
 Y_TRUE = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
 Y_PRED = np.array([0, 0, 1, 1, 1, 1, 2, 2, 2, 0])

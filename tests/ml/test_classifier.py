@@ -16,9 +16,9 @@ from ml.crop import crop_to_lesion, lesion_box
 from ml.data import read_ham10000
 from ml.errors import ModelUnavailableError
 from ml.gradcam import explain, judge_map
-from ml.labels import LABELS, MEL_INDEX
 from ml.modelcard import CLASSIFIER_CARD, ModelCard
 from ml.train_classifier import label_indices
+from skintriage.vocabulary import LABELS, MEL_INDEX
 
 INPUT = 32
 

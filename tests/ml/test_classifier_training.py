@@ -15,8 +15,8 @@ from ml import evaluate_classifier, train_classifier
 from ml.calibration import energy_threshold
 from ml.classifier import Classifier
 from ml.data import read_split_csv
-from ml.labels import LABELS
 from ml.modelcard import CLASSIFIER_CARD, ModelCard, ModelCardError
+from skintriage.vocabulary import LABELS
 
 # Settings that let ResNet50 memorise ~30 images within a few epochs: no smoothing, light
 # augmentation, constant learning rate; the strong profile's regularisers are for real data.

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ml.decode import ImageInfo, decode_image, probe_image
 from ml.errors import InvalidImageError
-from ml.labels import RetakeReason
+from skintriage.vocabulary import RetakeReason
 
 LIMIT = 40_000_000
 

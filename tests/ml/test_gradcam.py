@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from ml.gradcam import DIFFUSE_SHARE, explain, judge_map
-from ml.labels import LABELS, Tier
 from ml.pipeline import HEATMAP_EMPTY_FLAG, Pipeline
+from skintriage.vocabulary import LABELS, Tier
 from tests.stack import ROOT, demo_model_dir
 
 __all__ = ["demo_model_dir"]

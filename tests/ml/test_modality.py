@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from ml.modality import MODALITY_CARD, N_FEATURES, Modality, ModalityModel, photo_features
+from ml.modality import MODALITY_CARD, N_FEATURES, ModalityModel, photo_features
 from ml.modelcard import ModelCardError
 from ml.pad_data import pad_split, read_pad
 from ml.train_modality import add_arguments, fit
+from skintriage.vocabulary import Modality
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 

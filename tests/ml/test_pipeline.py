@@ -12,13 +12,13 @@ import pytest
 from PIL import Image, ImageOps
 
 from ml.errors import ModelUnavailableError
-from ml.labels import LABELS, RetakeReason, Tier
 from ml.modality import MODALITY_CARD
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard
 from ml.pipeline import STAGES, UNLIKE_LESION_PHOTOS_FLAG, Pipeline, load_verified_card
 from ml.policy import decide_tier
 from ml.quality import QualityReport
 from ml.result import TriageResult
+from skintriage.vocabulary import LABELS, RetakeReason, Tier
 from tests.factories import lesion_photo
 from tests.stack import ROOT, demo_model_dir
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ml.labels import LABELS, Tier
 from ml.policy import TIER_FOR_LABEL, PolicyConfig, decide_tier
+from skintriage.vocabulary import LABELS, Tier
 
 # Operating threshold from a classifier card; the default policy has margin 0.05 and min_confidence 0.5.
 T = 0.3

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ml.decode import decode_image
-from ml.labels import RetakeReason
 from ml.quality import UNSURE_FLAGS, QualityConfig, QualityReport, check_image, check_mask
+from skintriage.vocabulary import RetakeReason
 from tests.factories import lesion_photo
 
 CONFIG = QualityConfig()

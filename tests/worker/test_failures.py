@@ -8,8 +8,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from ml.errors import InvalidImageError, ModelUnavailableError
-from ml.labels import RetakeReason
 from skintriage.exceptions import ImageNotFound, InfrastructureError, InvalidKey, StorageError
+from skintriage.vocabulary import RetakeReason
 from worker.failures import Failure, classify
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ml.labels import RetakeReason, Tier
 from ml.result import TriageResult
 from skintriage.settings import Settings
+from skintriage.vocabulary import RetakeReason, Tier
 from worker.tasks import tier_reason
 
 SETTINGS = Settings(UNCERTAIN_MARGIN=0.05, MIN_CONFIDENCE=0.5)
