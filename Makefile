@@ -27,12 +27,13 @@ lint: env
 
 env: $(STAMP)
 
+# Every role's extra (pyproject.toml: worker, cpu, console, train, demo, test) for development.
 # torch first: pip takes the pinned wheels from this machine's disk, and a bare `torch` requirement
 # resolved later would otherwise look for another build.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[cpu,demo,test]'
+	$(BIN)/pip install -e '.[worker,cpu,console,train,demo,test]'
 	@touch $(STAMP)
 
 # The console's browser tests drive Debian's Chromium through Playwright (no browser download).

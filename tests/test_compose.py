@@ -107,6 +107,43 @@ def test_dockerfiles_exist_for_every_build(compose: dict) -> None:
             assert (ROOT / service["build"]["dockerfile"]).is_file(), name
 
 
+# The model stack, by distribution (pyproject.toml's `worker`, `cpu` and `gpu` extras).
+MODEL_STACK = {"torch", "torchvision", "tensorflow", "tensorflow-cpu", "keras", "opencv-python-headless", "grad-cam"}
+CPU_SERVICES = {"bot", "worker-replies", "beat", "console", "migrate"}
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower() for req in requirements}
+
+
+def _pip_installed_extras(dockerfile: Path) -> set[str]:
+    """The extras a Dockerfile's `pip install '.[a,b]'` lines name ("" for a bare `pip install .`)."""
+    extras = set()
+    for match in re.finditer(r"pip install\s+'?\.(?:\[([\w,-]+)\])?'?", dockerfile.read_text()):
+        extras |= set((match.group(1) or "").split(","))
+    return extras
+
+
+def test_the_cpu_image_serves_the_light_roles_and_installs_no_model_stack(compose: dict) -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert not _requirement_names(project["dependencies"]) & MODEL_STACK
+    for name in CPU_SERVICES:
+        assert compose["services"][name].get("build", {}).get("dockerfile", "docker/Dockerfile.cpu") == (
+            "docker/Dockerfile.cpu"
+        ), name
+        assert compose["services"][name]["image"] == "skintriage-cpu:latest", name
+    dockerfile = ROOT / "docker/Dockerfile.cpu"
+    installed = _pip_installed_extras(dockerfile)
+    assert installed == {"console"}
+    assert not any(_requirement_names(extras[extra]) & MODEL_STACK for extra in installed)
+    assert not re.search(r"torch|tensorflow|keras|opencv", dockerfile.read_text().split("FROM", 1)[1].lower())
+    gpu = _pip_installed_extras(ROOT / "docker/Dockerfile.gpu")
+    assert {"worker", "gpu"} <= gpu and "cpu" not in gpu
+
+
 def settings_env_names() -> set[str]:
     fields = Settings.model_fields.values()
     return {field.validation_alias for field in fields if isinstance(field.validation_alias, str)}

@@ -103,3 +103,32 @@ def test_import_contracts_and_declared_dependencies_hold(name: str) -> None:
     env = {**os.environ, "NO_COLOR": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, f"`{' '.join(TOOLS[name])}` failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+
+
+# What the CPU image (docker/Dockerfile.cpu) runs: the bot, the reply sender, beat, the console, migrations.
+CPU_ROLE_MODULES = (
+    "skintriage.cli", "bot.run", "bot.app", "bot.handlers", "bot.delivery", "console.run", "console.app",
+    "console.charts", "console.safety", "worker.run", "worker.beat", "worker.tasks", "worker.sweeper",
+    "worker.retention", "worker.booking", "skintriage.migrate",
+)  # fmt: skip
+MODEL_STACK_MODULES = ("torch", "torchvision", "tensorflow", "keras", "cv2", "pytorch_grad_cam", "safetensors", "tqdm")
+_BLOCK_AND_IMPORT = """
+import importlib, importlib.abc, sys
+blocked = set(sys.argv[1].split(","))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"{name} is not installed in the CPU image")
+sys.meta_path.insert(0, Block())
+for module in sys.argv[2:]:
+    importlib.import_module(module)
+"""
+
+
+def test_the_cpu_roles_import_without_the_model_stack() -> None:
+    # As in the CPU image, where the `worker`, `cpu` and `train` extras are not installed.
+    command = [sys.executable, "-c", _BLOCK_AND_IMPORT, ",".join(MODEL_STACK_MODULES), *CPU_ROLE_MODULES]
+    proc = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
