@@ -48,3 +48,15 @@ def assert_no_metadata(data: bytes) -> None:
     assert len(img.getexif()) == 0 and not img.getexif().get_ifd(0x8825)
     assert not {"exif", "xmp", "comment", "XML:com.adobe.xmp"} & set(img.info)
     assert b"PhoneMaker" not in data and b"Exif\x00\x00" not in data
+
+
+def claimed_case(session, store, *, owner: str = "host:1") -> int:
+    """A committed case of patient 2001, claimed for processing by `owner` (first attempt); its id."""
+    from skintriage import cases
+
+    user = cases.get_or_create_user(session=session, telegram_user_id=2001, chat_id=2001, language="en")
+    case = cases.create_case(session=session, user=user, image=store.put(lesion_photo(64, 48)))
+    session.commit()
+    claim = cases.claim_for_processing(session=session, case_id=case.id, max_attempts=3, stale_after_s=300, owner=owner)
+    assert claim.outcome == cases.Claim.CLAIMED
+    return case.id

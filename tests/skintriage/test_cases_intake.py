@@ -1,4 +1,4 @@
-"""Case-service functions the bot added: seen updates and the same Telegram file."""
+"""Intake, on SQLite and PostgreSQL: Telegram updates seen once, and the same photo sent again by the same patient."""
 
 from __future__ import annotations
 
