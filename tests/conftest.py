@@ -47,6 +47,16 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture(autouse=True)
+def _log_secrets_stay_with_their_test() -> Iterator[None]:
+    """Forget the secrets a test registered for log redaction (in-process CLI mains register theirs)."""
+    from skintriage import logconfig
+
+    before = set(logconfig._extra_secrets)
+    yield
+    logconfig._extra_secrets.intersection_update(before)
+
+
 @pytest.fixture
 def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point DATA_DIR and MODEL_DIR at temporary folders and reset the cached settings."""

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from skintriage import logconfig
 from skintriage.exceptions import ConfigurationError
 from skintriage.logconfig import RedactingFilter, configure_logging, redact, register_secret
 from skintriage.settings import Settings
@@ -39,11 +40,14 @@ def test_demo_environment_accepts_placeholders(monkeypatch):
     Settings().check_secrets()
 
 
-def test_bot_token_and_url_passwords_are_redacted():
+def test_bot_token_and_url_passwords_are_redacted(monkeypatch):
     token = "123456789:AAH" + "x" * 32
     text = f"POST https://api.telegram.org/bot{token}/sendMessage to postgresql://user:hunter2@db/x"
     out = redact(text)
     assert token not in out and "hunter2" not in out
+    # The registry is process-wide: a secret registered here would be redacted from every later test's logs.
+    monkeypatch.setattr(logconfig, "_extra_secrets", set())
+    assert redact("key=s3cr3t-value") == "key=s3cr3t-value"
     register_secret("s3cr3t-value")
     assert "s3cr3t-value" not in redact("key=s3cr3t-value")
 
