@@ -9,9 +9,11 @@ treats work as stuck after STUCK_AFTER_S, both shortened here so that recovery h
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
-import time
+import urllib.error
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from skintriage.models import Case, CaseStatus, utcnow
 from skintriage.settings import Settings
 from tests.factories import lesion_photo
 from tests.reliability.conftest import Service, wait
+from worker.celery_app import SWEEP_TASK
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.postgres]
 
@@ -53,6 +56,36 @@ def _held_jobs(svc: Service) -> set[bytes]:
         return set(client.hkeys("unacked"))
     finally:
         client.close()
+
+
+def _probe(port: int) -> dict | None:
+    """The worker's /healthz report (a 503 carries one too); None while it does not answer.
+
+    Its broker check may take a few seconds against a dead Redis (one retry), hence the longer timeout.
+    """
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=15) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+    except OSError:
+        return None
+
+
+def _wait_probe(svc: Service, check: str, *, down: bool, name: str = "worker") -> dict:
+    """Wait until the worker's /healthz reports `check` ("broker", "database") down (or up again)."""
+
+    def seen() -> dict | None:
+        report = _probe(svc.procs[name].health_port)  # type: ignore[attr-defined]
+        return report if report and (report.get(check) != "ok") == down else None
+
+    return wait(seen, timeout=60, what=f"the {name}'s probe saying the {check} is {'down' if down else 'up'}")
+
+
+def _finished_sweeps(svc: Service) -> int:
+    """How many sweep jobs the worker has logged as finished (succeeded or raised) so far."""
+    lines = svc.log("worker").splitlines()
+    return sum(1 for line in lines if f"{SWEEP_TASK}[" in line and (" succeeded in " in line or " raised " in line))
 
 
 def _slow_analysis_started(svc: Service, name: str, case_id: int) -> bool:
@@ -109,7 +142,8 @@ def test_redis_down_while_photos_arrive_keeps_the_cases_and_answers_each_once(ma
         row = svc.case(case.id)
         assert row.status == CaseStatus.RECEIVED, "a case the broker never saw stays received for the sweeper"
         assert row.delay_notice_at is not None and row.acknowledged_at is not None
-    time.sleep(3)  # the sweeper tries (and fails) to enqueue them meanwhile; nothing may crash
+    # The worker notices the broker is gone and keeps answering its probe; nothing may crash meanwhile.
+    _wait_probe(svc, "broker", down=True)
     svc.assert_alive()
 
     svc.redis.start()  # empty: the jobs the bot could not publish exist only as rows
@@ -149,7 +183,10 @@ def test_database_unreachable_says_temporarily_unavailable_and_recovers(make_ser
     svc.client.send_command(user_id, "/history")
     svc.wait_text(user_id, svc.expect("error.unavailable"), since=since, timeout=60)
     assert svc.cases(user_id) == []
-    time.sleep(3)  # the worker's sweeps fail meanwhile; nothing may crash
+    # The worker's own probe finds the database gone and a sweep runs without it; nothing may crash meanwhile.
+    sweeps = _finished_sweeps(svc)
+    _wait_probe(svc, "database", down=True)
+    wait(lambda: _finished_sweeps(svc) > sweeps, timeout=60, what="a sweep run while the database is cut")
     svc.assert_alive()
 
     proxy.restore()
@@ -320,8 +357,10 @@ def test_damaged_model_is_refused_and_the_case_waits_for_a_good_one(
     user_id = next(_patients)
     svc.consent(user_id)
     case, ack_seq = _photo_case(svc, user_id, seed=81, since=svc.client.last_seq())
-    wait(lambda: f"Case {case.id} stays queued" in svc.log("worker"), timeout=60, what="the job refused")
-    time.sleep(8)  # retries and sweeps happen meanwhile; none may analyse the case with the damaged model
+    refused = f"Case {case.id} stays queued"
+    wait(lambda: refused in svc.log("worker"), timeout=60, what="the job refused")
+    # Tried again (the job's retry or the sweeper's duplicate) and refused again: never analysed with it.
+    wait(lambda: svc.log("worker").count(refused) >= 2, timeout=90, what="the job tried again and refused again")
     waiting = svc.case(case.id)
     assert waiting.status == CaseStatus.QUEUED and waiting.attempts == 0
     assert waiting.tier is None and waiting.delivered_at is None
