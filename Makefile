@@ -7,7 +7,7 @@ STAMP := $(VENV)/.skintriage-installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test env lint chromium
+.PHONY: demo test quick env lint chromium
 
 demo: env
 	$(BIN)/skintriage demo $(DEMO_ARGS)
@@ -18,6 +18,10 @@ test: env chromium
 	$(BIN)/lint-imports
 	$(BIN)/deptry .
 	$(BIN)/pytest tests/ $(PYTEST_ARGS)
+
+# The quick round: every test but those marked slow (processes, training, the demo models, the browser).
+quick: env
+	$(BIN)/pytest tests/ -m "not slow" $(PYTEST_ARGS)
 
 lint: env
 	$(BIN)/ruff check .

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.factories import lesion_photo
 
 SLOW_DOWNLOAD_S = 12.0
 
 
+@pytest.mark.slow
 def test_a_chat_stuck_on_a_slow_download_does_not_hold_up_another_patients_photo(start_bot) -> None:
     h = start_bot(BOT_CONCURRENT_CHATS=3)
     busy, other = 6101, 6102

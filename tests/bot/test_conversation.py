@@ -97,6 +97,7 @@ def test_start_introduces_the_service_and_asks_for_consent_in_the_telegram_langu
     assert set(h.patient.status()["commands"]) == {'{"type": "default"}|', '{"type": "default"}|ko'}
 
 
+@pytest.mark.slow
 def test_photo_before_consent_is_not_analysed_and_the_patient_is_asked_to_resend(start_bot) -> None:
     h = start_bot()
     h.patient.send_photo(102, lesion_photo(seed=1))
@@ -112,6 +113,7 @@ def test_photo_before_consent_is_not_analysed_and_the_patient_is_asked_to_resend
     h.wait_startswith(102, h.expect("en", "consent.already"))
 
 
+@pytest.mark.slow
 def test_language_can_be_switched_and_later_answers_follow_it(start_bot) -> None:
     h = start_bot()
     h.consent(103, "en")
@@ -132,6 +134,7 @@ def test_language_can_be_switched_and_later_answers_follow_it(start_bot) -> None
 # --- photo intake ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_photo_after_consent_is_stored_committed_queued_and_acknowledged(start_bot) -> None:
     h = start_bot()
     h.consent(110)
@@ -153,6 +156,7 @@ def test_photo_after_consent_is_stored_committed_queued_and_acknowledged(start_b
     assert len(list((h.settings.broker_folder / "queue").iterdir())) == 1  # one job on the filesystem broker
 
 
+@pytest.mark.slow
 def test_image_files_png_and_heic_start_cases_with_their_bytes_unchanged(start_bot) -> None:
     h = start_bot()
     h.consent(111)
@@ -169,6 +173,7 @@ def test_image_files_png_and_heic_start_cases_with_their_bytes_unchanged(start_b
     assert (heic_case.image_width, heic_case.image_height) == (400, 300)
 
 
+@pytest.mark.slow
 def test_photo_sent_as_a_file_is_stored_without_exif_or_gps_and_upright(start_bot) -> None:
     h = start_bot()
     h.consent(125)
@@ -182,6 +187,7 @@ def test_photo_sent_as_a_file_is_stored_without_exif_or_gps_and_upright(start_bo
     assert Image.open(io.BytesIO(stored)).size == (300, 400) == (case.image_width, case.image_height)
 
 
+@pytest.mark.slow
 def test_unsupported_corrupt_tiny_and_oversized_images_get_a_reason_and_no_case(start_bot) -> None:
     h = start_bot(MAX_IMAGE_PIXELS=200_000)
     h.consent(112)
@@ -202,6 +208,7 @@ def test_unsupported_corrupt_tiny_and_oversized_images_get_a_reason_and_no_case(
     assert h.cases(112) == []
 
 
+@pytest.mark.slow
 def test_file_over_the_size_limit_is_refused_without_downloading_it(start_bot) -> None:
     h = start_bot(MAX_FILE_BYTES=50_000)
     h.consent(113)
@@ -214,6 +221,7 @@ def test_file_over_the_size_limit_is_refused_without_downloading_it(start_bot) -
     assert h.cases(113) == []
 
 
+@pytest.mark.slow
 def test_same_update_delivered_twice_and_same_photo_sent_twice_make_one_case(start_bot) -> None:
     h = start_bot()
     h.consent(114)
@@ -251,6 +259,7 @@ def test_same_update_delivered_twice_and_same_photo_sent_twice_make_one_case(sta
     assert len(h.cases(114)) == 1
 
 
+@pytest.mark.slow
 def test_a_new_photo_under_a_restarted_update_id_starts_a_new_case(start_bot) -> None:
     """Telegram may number updates from the start again: repeats are known by chat and message, not update id."""
     h = start_bot()
@@ -268,6 +277,7 @@ def test_a_new_photo_under_a_restarted_update_id_starts_a_new_case(start_bot) ->
     assert len(h.cases(126)) == 2
 
 
+@pytest.mark.slow
 def test_rate_limit_and_cases_in_flight_cap(start_bot) -> None:
     h = start_bot(RATE_LIMIT_PHOTOS=2, MAX_IN_FLIGHT=1)
     h.consent(115)
@@ -284,6 +294,7 @@ def test_rate_limit_and_cases_in_flight_cap(start_bot) -> None:
     assert len(h.cases(115)) == 2
 
 
+@pytest.mark.slow
 def test_broker_outage_keeps_the_case_and_tells_the_patient_about_the_delay(start_bot) -> None:
     h = start_bot(CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
     h.consent(116)
@@ -309,6 +320,7 @@ def test_database_outage_asks_the_patient_to_resend_later(start_bot) -> None:
     h.wait_text(117, h.expect("en", "intake.unavailable"), since=since)
 
 
+@pytest.mark.slow
 def test_database_failing_after_the_case_is_committed_never_says_the_photo_was_not_saved(start_bot) -> None:
     h = start_bot()
     h.consent(128)
@@ -330,6 +342,7 @@ def test_database_failing_after_the_case_is_committed_never_says_the_photo_was_n
     assert case.status == CaseStatus.RECEIVED and h.services.store.exists(case.image_key)  # the sweeper queues it
 
 
+@pytest.mark.slow
 def test_photo_on_postgres(start_bot, pg_url: str) -> None:
     h = start_bot(database_url=pg_url)
     h.consent(118, "ko")
@@ -437,6 +450,7 @@ def test_group_chats_are_declined_and_nothing_is_stored(start_bot) -> None:
 # --- history and deletion -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_history_shows_own_cases_and_never_another_patients(start_bot) -> None:
     h = start_bot()
     h.consent(130)
@@ -477,6 +491,7 @@ def test_history_shows_own_cases_and_never_another_patients(start_bot) -> None:
     assert methods == ["answerCallbackQuery", "answerCallbackQuery", "sendMessage"]  # + the barrier's answer
 
 
+@pytest.mark.slow
 def test_delete_needs_confirmation_and_removes_images_cases_and_profile(start_bot) -> None:
     h = start_bot()
     h.consent(140)
@@ -502,6 +517,7 @@ def test_delete_needs_confirmation_and_removes_images_cases_and_profile(start_bo
 # --- shape ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_bot_process_never_imports_torch_or_tensorflow() -> None:
     code = (
         "import sys, bot.app, bot.run, bot.handlers, bot.delivery, bot.intake, devtools.local_api, worker.enqueue; "

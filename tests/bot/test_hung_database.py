@@ -27,6 +27,7 @@ def pg_proxy(pg_url: str) -> Iterator[tuple[TcpProxy, str]]:
     proxy.close()
 
 
+@pytest.mark.slow
 def test_a_hung_database_gets_the_refused_answer_in_seconds_and_the_photo_is_taken_once_it_answers(
     start_bot, pg_proxy
 ) -> None:

@@ -50,6 +50,7 @@ def answers(h, chat_id: int, since: int) -> list[str]:
 # --- 1. tier, words and numbers never disagree ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_low_answer_reads_low_in_words_and_shows_no_percentage_while_the_console_keeps_it(start_bot) -> None:
     h = start_bot()
     h.consent(601)
@@ -105,6 +106,7 @@ def test_two_refused_photos_in_a_row_the_second_answer_says_show_it_to_a_doctor(
     assert second.endswith(h.expect("en", "result.disclaimer"))
 
 
+@pytest.mark.slow
 def test_photos_that_were_not_kept_are_told_so_in_both_languages(start_bot) -> None:
     h = start_bot(RATE_LIMIT_PHOTOS=2, MAX_IN_FLIGHT=1)
     for user, lang, code in ((604, "en", "en"), (605, "ko", "ko-KR")):
@@ -127,6 +129,7 @@ def test_photos_that_were_not_kept_are_told_so_in_both_languages(start_bot) -> N
 # --- 4. several photos sent together ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_album_gets_one_answer_with_its_most_urgent_tier(start_bot) -> None:
     h = start_bot()
     h.consent(606)

@@ -5,6 +5,7 @@ tier takes them in, and a late answer that raises the urgency gets a follow-up, 
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from bot.answers import queue_answers_followup, visible
@@ -32,6 +33,7 @@ def tap(h, chat_id: int, message: dict, data: str, language_code: str = "en") ->
     return h.patient.wait_for(chat_id, lambda e: e["method"] == "editMessageText", since=since)
 
 
+@pytest.mark.slow
 def test_four_taps_are_stored_with_the_case_and_red_flags_make_a_low_photo_high(start_bot) -> None:
     h = start_bot()
     h.consent(701)
@@ -93,6 +95,7 @@ def test_four_taps_are_stored_with_the_case_and_red_flags_make_a_low_photo_high(
         assert session.scalars(select(OutboxMessage)).all() == []
 
 
+@pytest.mark.slow
 def test_a_late_answer_in_korean_raises_the_urgency_with_a_follow_up(start_bot) -> None:
     h = start_bot()
     h.consent(702, "ko")
@@ -141,6 +144,7 @@ def test_a_late_answer_in_korean_raises_the_urgency_with_a_follow_up(start_bot) 
     assert again["caption"].startswith(f"접수 번호 #{case.id}: 판단 어려움: 의사 진료 권장")
 
 
+@pytest.mark.slow
 def test_palm_or_sole_is_never_low_and_says_why_in_english(start_bot) -> None:
     h = start_bot()
     h.consent(703)
@@ -237,6 +241,7 @@ def test_the_korean_question_and_answer_texts_use_the_plain_words() -> None:
         assert text.count("피부과") == text.count("피부과 전문의"), key
 
 
+@pytest.mark.slow
 def test_an_answer_tapped_while_the_reply_is_on_its_way_gets_its_follow_up_from_the_reply_queue(start_bot) -> None:
     """The bot sees no sent answer yet, the answer went out without the tap: the reply queue finds the raise."""
     import threading
@@ -274,6 +279,7 @@ def test_an_answer_tapped_while_the_reply_is_on_its_way_gets_its_follow_up_from_
     assert follow["text"].endswith(h.expect("en", "result.disclaimer"))
 
 
+@pytest.mark.slow
 def test_every_question_can_be_skipped_and_the_answer_then_relies_on_the_photo(start_bot) -> None:
     h = start_bot()
     h.consent(709, "ko")
@@ -313,6 +319,7 @@ def test_a_repeated_delivery_job_still_finds_a_raise_the_first_run_missed(start_
         assert session.get(Case, case.id).told_tier == "UNCERTAIN"
 
 
+@pytest.mark.slow
 def test_answers_and_a_follow_up_on_postgres(start_bot, pg_url: str) -> None:
     h = start_bot(database_url=pg_url)
     h.consent(711)

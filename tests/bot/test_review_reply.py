@@ -62,6 +62,7 @@ def review(h, case_id: int, form: ReviewInput, username: str = "rita") -> int:
 # --- a review reaches the patient -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_disagreeing_review_reaches_a_korean_patient_in_korean_through_the_reply_queue(start_bot) -> None:
     h = start_bot()
     case_id = answered_case(h, 701, tier="HIGH", lang="ko")
@@ -86,6 +87,7 @@ def test_a_disagreeing_review_reaches_a_korean_patient_in_korean_through_the_rep
     assert len(h.patient.messages(701, since=since)) == 1
 
 
+@pytest.mark.slow
 def test_a_review_saved_in_the_console_reaches_the_patient_through_the_reply_queue(start_bot) -> None:
     """The whole way: the console's review form, the outbox, the worker's send_outbox, the patient's chat."""
     from fastapi.testclient import TestClient
@@ -122,6 +124,7 @@ def test_a_review_saved_in_the_console_reaches_the_patient_through_the_reply_que
         assert "Review told to the patient" in page and "could not assess the spot" in page
 
 
+@pytest.mark.slow
 def test_the_review_is_composed_in_the_language_the_patient_has_when_it_is_sent(start_bot) -> None:
     h = start_bot()
     case_id = answered_case(h, 702, tier="HIGH", lang="en")
@@ -179,6 +182,7 @@ def test_every_verdict_says_a_clinician_looked_what_to_do_and_the_disclaimer(for
         assert "could not assess" in first or "판단할 수 없었습니다" in first
 
 
+@pytest.mark.slow
 def test_a_clinicians_words_from_the_console_reach_the_patient_framed(start_bot) -> None:
     h = start_bot()
     case_id = answered_case(h, 703, tier="LOW", lang="ko")

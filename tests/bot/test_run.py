@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.stack import free_port
 
 
@@ -24,6 +26,7 @@ def _env(local_api, tmp_path, url: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_bot_command_refuses_a_database_without_schema(local_api, tmp_path) -> None:
     env = _env(local_api, tmp_path, f"sqlite:///{tmp_path / 'empty.sqlite'}")
     out = subprocess.run(
@@ -33,6 +36,7 @@ def test_bot_command_refuses_a_database_without_schema(local_api, tmp_path) -> N
     assert "skintriage db upgrade" in out.stderr
 
 
+@pytest.mark.slow
 def test_bot_command_polls_answers_and_serves_healthz(local_api, patient, sqlite_url, tmp_path) -> None:
     import httpx
 

@@ -5,6 +5,8 @@ Bot API server and the worker's real delivery task, in English and Korean.
 
 from __future__ import annotations
 
+import pytest
+
 from bot.delivery import visible
 from tests.bot.test_conversation import send_photo_and_wait_ack
 from tests.bot.test_one_voice import answers, deliver, finish
@@ -46,6 +48,7 @@ def delivered_text(h, chat_id: int, case_id: int) -> str:
     return "\n\n".join(answers(h, chat_id, since))
 
 
+@pytest.mark.slow
 def test_a_photo_replying_to_an_earlier_answer_is_the_same_spot_and_its_answer_compares_the_two(start_bot) -> None:
     h = start_bot()
     h.consent(731)

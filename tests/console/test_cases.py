@@ -369,6 +369,7 @@ def _save_and_next(client, case_id: int, **fields: str):  # noqa: ANN001, ANN202
     return client.post(f"/cases/{case_id}/reviews", data=data)
 
 
+@pytest.mark.slow
 def test_save_and_next_walks_the_review_queue_in_its_order(reviewer, seeded, console_db_url):
     queue = case_ids(reviewer.get("/cases?view=review").text)
     assert len(queue) >= 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from PIL import Image
 
 from console.stats import compute_stats
@@ -64,6 +65,7 @@ def test_stats_refuse_a_silly_period(console_db_url):
         compute_stats(session=s, days=0)
 
 
+@pytest.mark.slow
 def test_dashboard_page_and_charts(reviewer, seeded):
     page = reviewer.get("/dashboard", params={"days": 30})
     assert page.status_code == 200

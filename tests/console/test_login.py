@@ -47,6 +47,7 @@ def without_tokens(html: str) -> str:
     return re.sub(r'value="[A-Za-z0-9_-]{32,}"', 'value=""', html)
 
 
+@pytest.mark.slow
 def test_a_stranger_cannot_lock_a_clinician_out(app, seeded, console_db_url):
     with client_from(app, STRANGER) as stranger:
         for attempt in range(MAX_FAILURES + 10):
@@ -59,6 +60,7 @@ def test_a_stranger_cannot_lock_a_clinician_out(app, seeded, console_db_url):
         assert clinician.get("/cases").status_code == 200
 
 
+@pytest.mark.slow
 def test_unknown_and_known_names_get_the_same_answers(app, seeded):
     pages: dict[tuple[str, str], str] = {}
     for name in ("nobody-here", REVIEWER[0]):
@@ -77,6 +79,7 @@ def test_unknown_and_known_names_get_the_same_answers(app, seeded):
     assert "Too many failed logins for this username from your address" in pages[("nobody-here", "blocked")]
 
 
+@pytest.mark.slow
 def test_every_attempt_costs_exactly_one_argon2_check(app, seeded, monkeypatch):
     """Timing: unknown names, wrong passwords, blocked pairs and successes all run one verify, no more."""
     import console.auth
@@ -100,6 +103,7 @@ def test_every_attempt_costs_exactly_one_argon2_check(app, seeded, monkeypatch):
         assert len(calls) == 1
 
 
+@pytest.mark.slow
 def test_failed_and_blocked_logins_are_audited_with_address_and_name(app, seeded, console_db_url):
     with client_from(app, STRANGER) as c:
         login(c, "nobody-here", "whatever-password")
@@ -115,6 +119,7 @@ def test_failed_and_blocked_logins_are_audited_with_address_and_name(app, seeded
     assert events[-1].detail == {"address": STRANGER[0], "username": REVIEWER[0]}
 
 
+@pytest.mark.slow
 def test_x_forwarded_for_counts_only_from_a_trusted_proxy(app, seeded, console_db_url):
     # Behind the proxy (127.0.0.1 is trusted by default) each user is their own address ...
     with client_from(app, ("127.0.0.1", 50000)) as proxy:
@@ -233,6 +238,7 @@ def test_the_console_uses_redis_when_the_broker_is_redis(monkeypatch, redis_url,
     assert other.blocked(STRANGER[0], REVIEWER[0])
 
 
+@pytest.mark.slow
 def test_admin_sees_and_lifts_a_block(app, admin_client, seeded, console_db_url):
     with client_from(app, STRANGER) as c:
         for attempt in range(MAX_FAILURES):

@@ -27,6 +27,7 @@ def ids(url: str, query: str) -> list[int]:
         return [c.id for c in list_cases(session=s, filters=CaseFilter.from_query(QueryParams(query))).cases]
 
 
+@pytest.mark.slow
 def test_filters_and_queue_order_on_both_databases(seeded_db):
     url, seeded = seeded_db
     c = seeded.cases
@@ -48,6 +49,7 @@ def test_filters_and_queue_order_on_both_databases(seeded_db):
         assert set(model_versions_in_use(session=s)) == set(CURRENT.values()) | set(OLD.values())
 
 
+@pytest.mark.slow
 def test_sql_metacharacters_reach_the_database_only_as_values(seeded_db):
     url, _ = seeded_db
     for payload in ("' OR '1'='1", '"; DROP TABLE cases; --', "x' UNION SELECT 1 --", "\\"):
@@ -58,6 +60,7 @@ def test_sql_metacharacters_reach_the_database_only_as_values(seeded_db):
         assert len(s.scalars(select(Case.id)).all()) == 8
 
 
+@pytest.mark.slow
 def test_dashboard_stats_on_both_databases(seeded_db):
     url, seeded = seeded_db
     with session_scope(url) as s:
@@ -78,6 +81,7 @@ def test_dashboard_stats_on_both_databases(seeded_db):
     assert sum(a.reviewed for a in stats.agreement.values()) == 1
 
 
+@pytest.mark.slow
 def test_review_claims_on_both_databases(seeded_db):
     from datetime import timedelta
 

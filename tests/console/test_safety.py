@@ -139,6 +139,7 @@ def test_cohen_kappa_known_values_and_undefined_cases():
         cohen_kappa(["a"], [])
 
 
+@pytest.mark.slow
 def test_sensitivity_specificity_missed_and_breakdowns(seeded_db):
     url, seeded = seeded_db
     c = seeded.cases

@@ -7,6 +7,7 @@ import csv
 import io
 import re
 
+import pytest
 from sqlalchemy import select
 
 from skintriage.db import session_scope
@@ -74,6 +75,7 @@ def test_case_list_filters_disagreements(reviewer, seeded, console_db_url):
     assert bad.status_code == 400 and "disagreement must be one of" in bad.text
 
 
+@pytest.mark.slow
 def test_blinded_second_read_hides_the_first_review_and_is_stored_as_blinded(reviewer, admin_client, seeded):
     case_id = seeded.cases["a_high"]
     first = review(

@@ -376,6 +376,7 @@ def test_weak_passwords_are_refused():
         check_new_password("rita-the-operator", username="RITA-the-operator")
 
 
+@pytest.mark.slow
 def test_repeated_failed_logins_block_that_name_from_that_address_only(client, console_db_url, seeded):
     for attempt in range(1, 6):
         response = login(client, REVIEWER[0], f"wrong-password-{attempt}")

@@ -288,6 +288,7 @@ def test_group_chat_edited_message_and_sticker_updates(local_api: LocalBotAPI, p
     assert sticker.message.sticker.emoji
 
 
+@pytest.mark.slow
 def test_delete_webhook_can_drop_pending_updates(local_api: LocalBotAPI, patient: LocalBotAPIClient) -> None:
     patient.send_text(18, "old")
 

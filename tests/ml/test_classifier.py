@@ -79,6 +79,7 @@ def test_dataset_labels_map_to_pinned_indices(synthetic_ham: Path):
     assert by_dx["bcc"] == {2}
 
 
+@pytest.mark.slow
 def test_output_column_zero_is_melanoma_end_to_end(mel_card: Path):
     classifier = Classifier.from_card(mel_card, device="cpu")
     probs = classifier.predict_proba([_photo(), _photo(seed=1)])
@@ -95,6 +96,7 @@ def test_nevus_model_is_not_a_melanoma_alert(tmp_path: Path):
     assert not classifier.is_melanoma_alert(probs).any()
 
 
+@pytest.mark.slow
 def test_predict_proba_is_softmax_of_logits_over_temperature(mel_card: Path):
     classifier = Classifier.from_card(mel_card, device="cpu")
     images = [_photo(seed=2), _photo(80, 50, seed=3)]
@@ -221,6 +223,7 @@ def test_judge_map_flags_empty_and_diffuse_maps():
     assert share == pytest.approx(4 / 64)
 
 
+@pytest.mark.slow
 def test_gradcam_returns_a_decodable_overlay_and_a_verdict(mel_card: Path):
     import cv2
 

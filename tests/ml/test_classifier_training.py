@@ -123,6 +123,7 @@ def test_ema_warmup_follows_the_model_early():
     assert averaged[0][0].item() == pytest.approx(1 - 2 / 11)
 
 
+@pytest.mark.slow
 def test_short_training_run_lowers_the_loss(trained):
     _, result = trained
     history = ModelCard.load(Path(result["card"])).training["history"]
@@ -131,6 +132,7 @@ def test_short_training_run_lowers_the_loss(trained):
     assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2])
 
 
+@pytest.mark.slow
 def test_training_writes_a_verified_card_with_calibration_and_operating_point(trained):
     _, result = trained
     card_path = Path(result["card"])
@@ -151,6 +153,7 @@ def test_training_writes_a_verified_card_with_calibration_and_operating_point(tr
     assert {"accuracy", "balanced_accuracy", "mel_auc", "ece", "ece_uncalibrated"} <= set(card.metrics["test"])
 
 
+@pytest.mark.slow
 def test_checkpoint_records_args_labels_size_normalisation_and_split(trained):
     root, _ = trained
     ckpt = torch.load(root / "run" / "last.pt", weights_only=True)
@@ -162,6 +165,7 @@ def test_checkpoint_records_args_labels_size_normalisation_and_split(trained):
     assert ckpt["state"]["epoch"] == 8
 
 
+@pytest.mark.slow
 def test_inference_wrapper_reproduces_the_training_time_validation_numbers(trained, synthetic_ham: Path):
     root, result = trained
     classifier = Classifier.from_card(root / "model" / CLASSIFIER_CARD, device="cpu")
@@ -171,6 +175,7 @@ def test_inference_wrapper_reproduces_the_training_time_validation_numbers(train
     assert out["metrics"]["nll"] == pytest.approx(result["val"]["nll"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(trained, synthetic_ham: Path, tmp_path: Path):
     root, _ = trained
     shutil.copytree(root / "run", tmp_path / "run")
@@ -184,6 +189,7 @@ def test_resume_continues_from_the_last_checkpoint(trained, synthetic_ham: Path,
     assert history[:8] == first
 
 
+@pytest.mark.slow
 def test_time_budget_stops_cleanly_and_crop_input_is_recorded(synthetic_ham: Path, tmp_path: Path):
     args = _args(
         train_classifier,
@@ -197,6 +203,7 @@ def test_time_budget_stops_cleanly_and_crop_input_is_recorded(synthetic_ham: Pat
     assert card.preprocessing["crop_margin"] == pytest.approx(0.2)
 
 
+@pytest.mark.slow
 def test_evaluate_classifier_writes_json_markdown_and_plots(trained, synthetic_ham: Path, tmp_path: Path):
     root, _ = trained
     args = _args(
@@ -226,6 +233,7 @@ def test_evaluate_classifier_writes_json_markdown_and_plots(trained, synthetic_h
 # ---- the out-of-distribution energy threshold ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_card_carries_the_ood_energy_threshold_from_validation(trained, synthetic_ham: Path):
     root, _ = trained
     card_path = root / "model" / CLASSIFIER_CARD
@@ -259,6 +267,7 @@ def test_ood_percentile_zero_leaves_the_check_out():
         _args(train_classifier, ["--data", "x", "--ood-percentile", "150"])
 
 
+@pytest.mark.slow
 def test_calibrate_ood_rewrites_an_existing_card_in_place(trained, synthetic_ham: Path, tmp_path: Path):
     root, _ = trained
     model_dir = tmp_path / "model"
@@ -298,6 +307,7 @@ def test_calibrate_ood_rewrites_an_existing_card_in_place(trained, synthetic_ham
     assert ModelCard.load(card_path).operating_point == before.operating_point
 
 
+@pytest.mark.slow
 def test_calibrate_ood_refuses_the_test_split_and_a_foreign_split(trained, synthetic_ham: Path, tmp_path: Path):
     root, _ = trained
     card = str(root / "model" / CLASSIFIER_CARD)
@@ -315,6 +325,7 @@ def test_calibrate_ood_refuses_the_test_split_and_a_foreign_split(trained, synth
     assert (root / "model" / CLASSIFIER_CARD).read_text() == before
 
 
+@pytest.mark.slow
 def test_write_ood_to_card_refuses_a_card_that_now_names_other_weights(trained, tmp_path: Path):
     root, _ = trained
     shutil.copytree(root / "model", tmp_path / "model")

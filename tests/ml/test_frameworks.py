@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -20,6 +22,7 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_torch_first_then_tensorflow_then_a_torchvision_op_runs():
     done = _run(
         "from ml.frameworks import load_torch_first; load_torch_first(); import tensorflow, torch, torchvision; "
@@ -29,6 +32,7 @@ def test_torch_first_then_tensorflow_then_a_torchvision_op_runs():
     assert done.stdout.strip() == "[0]"
 
 
+@pytest.mark.slow
 def test_tensorflow_first_is_refused_with_how_to_fix_instead_of_crashing():
     done = _run(
         "import tensorflow\n"

@@ -47,6 +47,7 @@ def test_nan_in_a_map_is_treated_as_no_evidence() -> None:
     assert judge_map(np.full((4, 4), np.nan))[0] is True
 
 
+@pytest.mark.slow
 def test_explain_returns_a_heatmap_jpeg_for_the_predicted_or_asked_label(pipeline: Pipeline) -> None:
     rgb = np.asarray(Image.open(MEL_PHOTO).convert("RGB"))
     predicted = LABELS[int(pipeline.classifier.predict_proba([pipeline.classifier.prepare(rgb, None)])[0].argmax())]
@@ -63,6 +64,7 @@ def test_explain_returns_a_heatmap_jpeg_for_the_predicted_or_asked_label(pipelin
         explain(pipeline.classifier, rgb, label="mel")
 
 
+@pytest.mark.slow
 def test_the_pipeline_adds_the_heatmap_of_the_reported_label(pipeline: Pipeline) -> None:
     details = pipeline.run_detailed(MEL_PHOTO.read_bytes())
     result = details.result
@@ -79,6 +81,7 @@ def test_the_pipeline_adds_the_heatmap_of_the_reported_label(pipeline: Pipeline)
     assert (HEATMAP_EMPTY_FLAG in result.quality_flags) == again.shows_nothing
 
 
+@pytest.mark.slow
 def test_without_explain_there_is_no_heatmap_and_no_cost(pipeline: Pipeline) -> None:
     pipeline.explain = False
     try:
@@ -88,6 +91,7 @@ def test_without_explain_there_is_no_heatmap_and_no_cost(pipeline: Pipeline) -> 
     assert result.heatmap_jpeg is None and result.timings_ms["explain"] == 0.0
 
 
+@pytest.mark.slow
 def test_a_failing_explanation_never_costs_the_patient_the_answer(pipeline: Pipeline, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("no gradients today")

@@ -79,6 +79,7 @@ def _assert_same(batched: TriageResult, single: TriageResult) -> None:
 # ---- results on real photos -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("photo", [MEL_PHOTO, NV_PHOTO], ids=lambda p: p.name)
 def test_real_photo_gives_a_full_result(pipeline: Pipeline, demo_model_dir: Path, photo: Path) -> None:
     width, height = Image.open(photo).size
@@ -129,6 +130,7 @@ def test_real_photo_gives_a_full_result(pipeline: Pipeline, demo_model_dir: Path
     assert (result.tier, result.label) == (expected.tier, expected.label)
 
 
+@pytest.mark.slow
 def test_exif_rotated_photo_comes_back_in_its_displayed_size(pipeline: Pipeline) -> None:
     stored = Image.open(MEL_PHOTO)
     exif = stored.getexif()
@@ -150,6 +152,7 @@ def test_exif_rotated_photo_comes_back_in_its_displayed_size(pipeline: Pipeline)
     assert float(np.median(difference)) < 4
 
 
+@pytest.mark.slow
 def test_quality_failure_is_a_retake_without_model_outputs(pipeline: Pipeline) -> None:
     result = pipeline.run(UNUSABLE_PHOTO.read_bytes())
     assert (result.tier, result.retake_reason) == (Tier.RETAKE, RetakeReason.TOO_DARK)
@@ -159,6 +162,7 @@ def test_quality_failure_is_a_retake_without_model_outputs(pipeline: Pipeline) -
     assert (result.image_width, result.image_height) == (600, 450)
 
 
+@pytest.mark.slow
 def test_failing_measurements_do_not_cost_the_patient_the_answer(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -172,6 +176,7 @@ def test_failing_measurements_do_not_cost_the_patient_the_answer(
     assert "lesion measurements failed (RuntimeError" in caplog.text
 
 
+@pytest.mark.slow
 def test_photo_over_the_pixel_limit_is_too_large(pipeline: Pipeline) -> None:
     strict = Pipeline(pipeline.segmenter, pipeline.classifier, max_pixels=600 * 450 - 1)
     result = strict.run(MEL_PHOTO.read_bytes())
@@ -181,6 +186,7 @@ def test_photo_over_the_pixel_limit_is_too_large(pipeline: Pipeline) -> None:
 # ---- batches --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_batch_matches_one_by_one_in_input_order(pipeline: Pipeline) -> None:
     photos = [
         NV_PHOTO.read_bytes(),
@@ -202,6 +208,7 @@ def test_run_batch_matches_one_by_one_in_input_order(pipeline: Pipeline) -> None
     assert [r.image_width for r in batched] == [600, None, 600, 600, 600, 500]
 
 
+@pytest.mark.slow
 def test_run_batch_of_nothing_and_of_bare_bytes(pipeline: Pipeline) -> None:
     assert pipeline.run_batch([]) == []
     with pytest.raises(ValueError, match="use run"):
@@ -211,6 +218,7 @@ def test_run_batch_of_nothing_and_of_bare_bytes(pipeline: Pipeline) -> None:
 # ---- bad bytes ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "data",
     [
@@ -230,6 +238,7 @@ def test_bad_bytes_are_an_unreadable_retake(pipeline: Pipeline, data: bytes) -> 
     assert set(result.timings_ms) == set(STAGES)
 
 
+@pytest.mark.slow
 def test_bad_bytes_do_not_spoil_a_batch(pipeline: Pipeline) -> None:
     results = pipeline.run_batch([b"not an image", MEL_PHOTO.read_bytes(), b""])
     assert [r.retake_reason for r in results] == [RetakeReason.UNREADABLE, None, RetakeReason.UNREADABLE]
@@ -265,6 +274,7 @@ def model_copy(demo_model_dir: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card_name", [SEGMENTATION_CARD, CLASSIFIER_CARD])
 def test_flipped_bytes_in_the_weights_are_refused(model_copy: Path, card_name: str) -> None:
     weights = model_copy / ModelCard.load(model_copy / card_name).weights_file
@@ -278,6 +288,7 @@ def test_flipped_bytes_in_the_weights_are_refused(model_copy: Path, card_name: s
     assert "skintriage train-segmentation" in str(info.value)  # says how to get working models
 
 
+@pytest.mark.slow
 def test_changed_label_order_in_the_classifier_card_is_refused(model_copy: Path) -> None:
     _edit_card(model_copy / CLASSIFIER_CARD, labels=["NV", "MEL", "OTHER"])
     with pytest.raises(
@@ -286,6 +297,7 @@ def test_changed_label_order_in_the_classifier_card_is_refused(model_copy: Path)
         Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
 
 
+@pytest.mark.slow
 def test_segmentation_card_naming_the_classifier_weights_is_refused(model_copy: Path) -> None:
     classifier_weights = ModelCard.load(model_copy / CLASSIFIER_CARD).weights_file
     _edit_card(model_copy / SEGMENTATION_CARD, weights_file=classifier_weights)
@@ -293,6 +305,7 @@ def test_segmentation_card_naming_the_classifier_weights_is_refused(model_copy: 
         Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
 
 
+@pytest.mark.slow
 def test_swapped_cards_are_refused_by_kind(model_copy: Path) -> None:
     seg, cls = model_copy / SEGMENTATION_CARD, model_copy / CLASSIFIER_CARD
     seg_text, cls_text = seg.read_text(), cls.read_text()
@@ -302,6 +315,7 @@ def test_swapped_cards_are_refused_by_kind(model_copy: Path) -> None:
         Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
 
 
+@pytest.mark.slow
 def test_missing_weights_and_missing_card_are_refused(model_copy: Path) -> None:
     (model_copy / ModelCard.load(model_copy / CLASSIFIER_CARD).weights_file).unlink()
     with pytest.raises(ModelUnavailableError, match="which do not exist"):
@@ -311,11 +325,13 @@ def test_missing_weights_and_missing_card_are_refused(model_copy: Path) -> None:
         Pipeline.from_model_dir(model_copy, allow_demo=True, device="cpu")
 
 
+@pytest.mark.slow
 def test_demo_models_are_refused_unless_allowed(demo_model_dir: Path) -> None:
     with pytest.raises(ModelUnavailableError, match=r"demo model .*set ALLOW_DEMO_MODELS=true"):
         Pipeline.from_model_dir(demo_model_dir, allow_demo=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_allowed_demo_models_say_so(pipeline: Pipeline) -> None:
     assert pipeline.demo is True
     assert pipeline.run(NV_PHOTO.read_bytes()).demo_model is True
@@ -324,6 +340,7 @@ def test_allowed_demo_models_say_so(pipeline: Pipeline) -> None:
 # ---- the out-of-distribution energy check -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_photo_above_the_cards_ood_energy_threshold_is_a_not_skin_retake(pipeline: Pipeline, model_copy: Path) -> None:
     assert pipeline.ood_energy_threshold is None  # the demo card has no OOD calibration: nothing is refused
     energy = {photo: pipeline.run_detailed(photo.read_bytes()).ood["energy"] for photo in (MEL_PHOTO, NV_PHOTO)}
@@ -357,6 +374,7 @@ PHONE_PHOTO = _photo("6-phone-*.jpg")
 SHIPPED = ROOT / "models"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHIPPED / MODALITY_CARD).is_file(), reason="no shipped modality model")
 def test_the_kind_of_photo_is_judged_and_non_skin_photos_are_refused(model_copy: Path) -> None:
     for path in SHIPPED.glob("modality*"):
@@ -377,6 +395,7 @@ def test_the_kind_of_photo_is_judged_and_non_skin_photos_are_refused(model_copy:
     assert UNLIKE_LESION_PHOTOS_FLAG in china.quality_flags
 
 
+@pytest.mark.slow
 def test_without_a_modality_card_the_kind_is_unknown(pipeline: Pipeline) -> None:
     result = pipeline.run(MEL_PHOTO.read_bytes())
     assert "modality" not in pipeline.versions

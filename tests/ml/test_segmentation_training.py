@@ -54,6 +54,7 @@ def _loss_on(model, images, masks) -> float:
     return float(BCEDiceLoss()(np.asarray(masks, np.float32)[..., None], probs))
 
 
+@pytest.mark.slow
 def test_one_epoch_lowers_the_loss_and_writes_a_verifiable_card(synthetic_ham, tmp_path):
     args = _args(synthetic_ham, tmp_path, "--epochs", "1", "--no-augment")
     keras.utils.set_random_seed(args.seed)  # the same initial weights train() starts from
@@ -76,6 +77,7 @@ def test_one_epoch_lowers_the_loss_and_writes_a_verifiable_card(synthetic_ham, t
     assert probs[0].shape == (64, 80)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_from_the_run_dir_instead_of_restarting(synthetic_ham, tmp_path):
     train(_args(synthetic_ham, tmp_path, "--epochs", "1"))
     train(_args(synthetic_ham, tmp_path, "--epochs", "2"))
@@ -84,12 +86,14 @@ def test_rerun_resumes_from_the_run_dir_instead_of_restarting(synthetic_ham, tmp
     assert [row["epoch"] for row in state["history"]] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_with_different_architecture_is_refused(synthetic_ham, tmp_path):
     train(_args(synthetic_ham, tmp_path, "--epochs", "1"))
     with pytest.raises(ValueError, match="--no-resume"):
         train(_args(synthetic_ham, tmp_path, "--epochs", "2", "--base-filters", "8"))
 
 
+@pytest.mark.slow
 def test_time_budget_stops_after_the_first_epoch_and_keeps_its_checkpoint(synthetic_ham, tmp_path):
     train(_args(synthetic_ham, tmp_path, "--epochs", "5", "--max-minutes", "0.0001"))
     state = json.loads((tmp_path / "run" / "state.json").read_text())
@@ -98,6 +102,7 @@ def test_time_budget_stops_after_the_first_epoch_and_keeps_its_checkpoint(synthe
     assert (tmp_path / "models" / SEGMENTATION_CARD).is_file()
 
 
+@pytest.mark.slow
 def test_hair_removal_flag_is_recorded_in_the_card(synthetic_ham, tmp_path):
     train(_args(synthetic_ham, tmp_path, "--epochs", "1", "--hair-removal", "--limit", "8"))
     card = ModelCard.load(tmp_path / "models" / SEGMENTATION_CARD)
@@ -150,6 +155,7 @@ def test_bce_dice_loss_is_near_zero_for_a_perfect_prediction_and_dice_matches_ha
     assert float(BCEDiceLoss()(y, half)) > float(BCEDiceLoss()(y, perfect))
 
 
+@pytest.mark.slow
 def test_init_from_a_shipped_card_starts_from_its_weights_and_shape(synthetic_ham, tmp_path):
     from ml.ship_models import ship
     from ml.unet import Segmenter

@@ -46,6 +46,7 @@ def test_shipped_cards_are_trusted_real_models_within_the_size_budget() -> None:
     assert shipped_megabytes(SHIPPED_DIR) <= MAX_SHIPPED_MB
 
 
+@pytest.mark.slow
 @shipped
 def test_skintriage_triage_with_the_shipped_models_names_the_kind_of_photo(tmp_path: Path) -> None:
     """A fresh clone's `skintriage triage` on a dermoscopy image and a phone photo: a tier and the kind of photo."""
@@ -85,6 +86,7 @@ def test_skintriage_triage_with_the_shipped_models_names_the_kind_of_photo(tmp_p
     assert p["tier"] in {"HIGH", "MEDIUM", "UNCERTAIN", "RETAKE"}  # an ordinary photo is never told LOW
 
 
+@pytest.mark.slow
 def test_ship_models_writes_compact_weights_that_answer_as_the_originals(demo_model_dir: Path, tmp_path: Path) -> None:
     from ml.classifier import Classifier
     from ml.data import read_image_rgb

@@ -73,6 +73,7 @@ def triaged(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     return {"proc": proc, "records": lines, "files": files, "out": out}
 
 
+@pytest.mark.slow
 def test_every_line_matches_the_schema_and_the_inputs(triaged, validator):
     proc, records = triaged["proc"], triaged["records"]
     assert len(records) == len(triaged["files"]), proc.stderr[-3000:]
@@ -81,6 +82,7 @@ def test_every_line_matches_the_schema_and_the_inputs(triaged, validator):
     assert [r["file"] for r in records] == [str(f) for f in triaged["files"]]
 
 
+@pytest.mark.slow
 def test_the_photo_is_triaged_with_overlay_and_mask_at_its_own_size(triaged):
     record = triaged["records"][0]
     assert record["status"] == "triaged" and record["demo_model"] is True
@@ -104,6 +106,7 @@ def test_the_photo_is_triaged_with_overlay_and_mask_at_its_own_size(triaged):
     assert Path(record["overlay_jpeg"]).name == f"{PHOTO.stem}.overlay.jpg"
 
 
+@pytest.mark.slow
 def test_a_second_input_with_the_same_name_does_not_overwrite_the_first(triaged):
     first, second = triaged["records"][:2]
     assert Path(second["overlay_jpeg"]).name == f"{PHOTO.stem}-2.overlay.jpg"
@@ -111,6 +114,7 @@ def test_a_second_input_with_the_same_name_does_not_overwrite_the_first(triaged)
     assert second["tier"] == first["tier"]
 
 
+@pytest.mark.slow
 def test_random_bytes_are_a_retake_not_a_crash(triaged):
     record = triaged["records"][2]
     assert record["status"] == "triaged"
@@ -119,6 +123,7 @@ def test_random_bytes_are_a_retake_not_a_crash(triaged):
     assert record["measurements"] is None
 
 
+@pytest.mark.slow
 def test_a_missing_file_is_reported_and_the_exit_status_says_so(triaged):
     proc, record = triaged["proc"], triaged["records"][3]
     assert record == {"file": str(triaged["files"][3]), "status": "error", "error": record["error"]}
@@ -136,6 +141,7 @@ def test_a_model_dir_without_cards_fails_with_how_to_get_models(tmp_path, capsys
     assert "skintriage train-segmentation" in err
 
 
+@pytest.mark.slow
 def test_demo_models_are_refused_unless_allowed(demo_model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALLOW_DEMO_MODELS", "false")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from sqlalchemy import select
 
 from skintriage.models import PendingIntake
@@ -19,6 +20,7 @@ def _pending(svc) -> list[tuple[int, int]]:
         return [(p.chat_id, p.message_id) for p in session.scalars(select(PendingIntake))]
 
 
+@pytest.mark.slow
 def test_bot_killed_mid_download_tells_the_patient_at_its_next_start(make_service) -> None:
     svc = make_service()
     svc.start_bot()

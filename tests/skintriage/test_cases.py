@@ -231,6 +231,7 @@ def test_photos_are_held_once_each_up_to_the_cap_and_handed_back_when_the_patien
         ]
 
 
+@pytest.mark.slow
 def test_a_reply_finds_only_the_patients_own_case_and_linked_cases_delete_with_the_patient(db_url, store):
     """find_replied_case: by acknowledgement, answer or photo message, never another patient's; /delete still works."""
     with session_factory(db_url)() as session:

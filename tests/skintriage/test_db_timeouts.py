@@ -70,6 +70,7 @@ def select_one(engine) -> None:
         conn.execute(text("SELECT 1"))
 
 
+@pytest.mark.slow
 def test_a_pooled_connection_to_a_hung_server_fails_in_seconds_and_the_pool_recovers(proxy) -> None:
     tcp, url = proxy
     engine = make_engine(url, settings=Settings(**FAST))
@@ -122,6 +123,7 @@ def test_connecting_to_a_hung_server_gives_up_after_the_connect_timeout(proxy) -
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_the_worker_claim_on_a_hung_server_is_a_transient_error_and_the_case_waits(proxy, pg_url, tmp_path) -> None:
     from worker.failures import Failure, classify
 

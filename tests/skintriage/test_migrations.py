@@ -30,6 +30,7 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     assert _tables(db_url) >= TABLES
     migrate.downgrade(db_url, "base")
@@ -51,6 +52,7 @@ def test_models_and_migrations_do_not_drift(db_url: str) -> None:
     assert diff == [], f"models and migrations differ; generate a migration: {diff}"
 
 
+@pytest.mark.slow
 def test_0006_gives_handled_updates_their_chat_and_message(db_url: str) -> None:
     """Rows written before 0006 (keyed by update id) learn their chat and message from the case they started."""
     from sqlalchemy import text
@@ -86,6 +88,7 @@ def test_0006_gives_handled_updates_their_chat_and_message(db_url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_0008_adds_patient_answers_and_told_tier_and_reverts_keeping_the_cases(db_url: str) -> None:
     """Cases written before 0008 have no answers; the answers round-trip as JSON; going back to 0009 keeps cases."""
     from sqlalchemy import text
@@ -208,6 +211,7 @@ def test_0012_leaves_earlier_consent_without_a_version_and_reverts_keeping_the_p
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_0014_records_photos_under_way_and_reverts(db_url: str) -> None:
     """pending_intakes exists from 0014 with one row per (chat, message); going back to 0012 drops only it."""
     from sqlalchemy import text
