@@ -46,7 +46,8 @@ class ModelCard:
     threshold: mask threshold (segmentation).
     temperature: calibration temperature (classifier).
     operating_point: e.g. {"mel_threshold": 0.21, "target_sensitivity": 0.9, ...} (classifier), and the
-        out-of-distribution check's ood_energy_threshold, ood_percentile, ood_val_images, ... (ml.calibration).
+        out-of-distribution check's ood_energy_threshold, ood_percentile, ood_val_images, ...
+        (ml.classification.calibration).
     demo: True for the throw-away models `skintriage demo` trains; every reply says so.
     """
 

@@ -12,10 +12,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.calibration import softmax
-from ml.cls_preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, check_rgb_uint8, fit_to_input, tta_views
-from ml.crop import DEFAULT_MARGIN, crop_to_lesion
-from ml.errors import ModelUnavailableError
+from ml.classification.calibration import softmax
+from ml.classification.crop import DEFAULT_MARGIN, crop_to_lesion
+from ml.classification.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalize,
+    check_rgb_uint8,
+    fit_to_input,
+    tta_views,
+)
+from ml.errors import ModelUnavailableError, WeightsUnavailableError
 from ml.labels import LABELS, MEL_INDEX
 from ml.modelcard import ModelCard, ModelCardError, name_by_hash
 
@@ -25,10 +32,6 @@ ARCHITECTURE = "resnet50"  # the design's network; always trainable and reported
 # Torchvision networks the classifier can be built on, with the prefix of their classification head.
 ARCHITECTURES: dict[str, str] = {"resnet50": "fc.", "resnet18": "fc.", "efficientnet_b0": "classifier."}
 INPUT_VARIANTS = ("whole", "crop")
-
-
-class WeightsUnavailableError(ValueError):
-    """Requested initial weights cannot be found or read; the message says where to put them."""
 
 
 def check_architecture(arch: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.calibration import (
+from ml.classification.calibration import (
     DEFAULT_OOD_PERCENTILE,
     OOD_KEYS,
     energy_scores,
@@ -24,14 +24,14 @@ from ml.calibration import (
     percentile_flag,
     softmax,
 )
-from ml.classification_metrics import (
+from ml.classification.classifier import Classifier
+from ml.classification.metrics import (
     FULL_HAM10000_PREVALENCE,
     reliability_bins,
     roc_points,
     summarize,
 )
-from ml.classifier import Classifier
-from ml.data import SPLITS, Sample, read_image_rgb, read_mask, read_split_csv, split_hash
+from ml.data.ham10000 import SPLITS, Sample, read_image_rgb, read_mask, read_split_csv, split_hash
 from ml.labels import LABELS
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard, ModelCardError
 
@@ -185,9 +185,9 @@ def calibrate_threshold(
     segmenter: Any = None,
 ) -> dict[str, Any]:
     """The card's melanoma operating point chosen on these (validation) photos with a sensitivity bound."""
-    from ml.classification_metrics import sensitivity_specificity
+    from ml.classification.metrics import sensitivity_specificity
+    from ml.classification.train import operating_threshold
     from ml.labels import MEL_INDEX
-    from ml.train_classifier import operating_threshold
 
     target = float(classifier.card.operating_point.get("target_sensitivity", 0.9))
     logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
@@ -462,7 +462,7 @@ def main(args: argparse.Namespace) -> int:
     segmenter = None
     masks = args.masks if classifier.input_variant == "crop" else "none (whole image)"
     if classifier.input_variant == "crop" and args.masks == "unet":
-        from ml.unet import Segmenter
+        from ml.segmentation.unet import Segmenter
 
         seg_card = args.seg_card or args.model_dir / SEGMENTATION_CARD
         segmenter = Segmenter.from_card(seg_card)

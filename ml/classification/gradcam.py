@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ml.classifier import Classifier
-from ml.cls_preprocess import fit_to_input
+from ml.classification.classifier import Classifier
+from ml.classification.preprocess import fit_to_input
 from ml.labels import LABELS
 
 # A normalised map whose peak is this low had no positive evidence at all (Grad-CAM's ReLU

@@ -46,7 +46,7 @@ def check_rgb_uint8(image: np.ndarray) -> None:
         dtype = getattr(image, "dtype", type(image).__name__)
         raise ValueError(
             f"expected an HxWx3 uint8 RGB image, got shape {shape} dtype {dtype}; "
-            "decode with ml.data.read_image_rgb or convert with np.asarray(pil.convert('RGB'))"
+            "decode with ml.data.ham10000.read_image_rgb or convert with np.asarray(pil.convert('RGB'))"
         )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.calibration import (
+from ml.classification.calibration import (
     DEFAULT_OOD_PERCENTILE,
     energy_scores,
     fit_temperature,
@@ -27,7 +27,17 @@ from ml.calibration import (
     percentile_flag,
     softmax,
 )
-from ml.classification_metrics import (
+from ml.classification.classifier import (
+    ARCHITECTURE,
+    ARCHITECTURES,
+    INPUT_VARIANTS,
+    autocast_context,
+    batch_logits,
+    export_weights,
+    init_model,
+)
+from ml.classification.crop import DEFAULT_MARGIN, crop_to_lesion
+from ml.classification.metrics import (
     balanced_accuracy,
     binary_roc_auc,
     confusion_matrix,
@@ -36,19 +46,9 @@ from ml.classification_metrics import (
     threshold_for_sensitivity,
     threshold_for_sensitivity_bound,
 )
-from ml.classifier import (
-    ARCHITECTURE,
-    ARCHITECTURES,
-    INPUT_VARIANTS,
-    WeightsUnavailableError,
-    autocast_context,
-    batch_logits,
-    export_weights,
-    init_model,
-)
-from ml.cls_preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, TrainAugment, fit_to_input, parse_size
-from ml.crop import DEFAULT_MARGIN, crop_to_lesion
-from ml.data import Sample, load_or_make_split, read_image_rgb, read_mask
+from ml.classification.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, TrainAugment, fit_to_input, parse_size
+from ml.data.ham10000 import Sample, load_or_make_split, read_image_rgb, read_mask
+from ml.errors import WeightsUnavailableError
 from ml.labels import LABELS, MEL_INDEX
 from ml.modelcard import CLASSIFIER_CARD, ModelCard
 

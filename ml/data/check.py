@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ml.data import DatasetError, Problem, Sample, scan_ham10000
+from ml.data.ham10000 import DatasetError, Problem, Sample, scan_ham10000
 from ml.labels import LABELS
 
 

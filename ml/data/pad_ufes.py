@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml.data import DatasetError
+from ml.data.ham10000 import DatasetError
 from ml.labels import LABELS
 
 PAD_METADATA = "metadata.csv"

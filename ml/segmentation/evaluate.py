@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.data import DatasetError, Sample, load_or_make_split, read_image_rgb, read_mask
+from ml.data.ham10000 import DatasetError, Sample, load_or_make_split, read_image_rgb, read_mask
 from ml.modelcard import SEGMENTATION_CARD, ModelCard, ModelCardError
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ def evaluate(
     """Per-image scores of the model (at 0.4, 0.5 and its threshold) and of the Otsu baseline, full size."""
     from tqdm import tqdm
 
-    from ml.baseline import otsu_segment
-    from ml.metrics import dice, iou, per_image_scores
+    from ml.segmentation.baseline import otsu_segment
+    from ml.segmentation.metrics import dice, iou, per_image_scores
 
     missing = [s.image_id for s in samples if s.mask_path is None]
     if missing:
@@ -129,7 +129,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         f"{report['images']} images, split `{report['split_csv']}` (hash `{report['split_hash']}`), "
         f"metrics at full resolution (probability map upsampled to the original size). "
-        f"Otsu baseline: blue channel, morphology, central component (`ml/baseline.py`).",
+        f"Otsu baseline: blue channel, morphology, central component (`ml/segmentation/baseline.py`).",
         "",
         "| metric | U-Net | Otsu baseline | study |",
         "| --- | --- | --- | --- |",
@@ -154,11 +154,11 @@ def markdown_report(report: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     """Entry point of `skintriage evaluate-segmentation`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ml.train_segmentation import configure_runtime
+    from ml.segmentation.train import configure_runtime
 
     configure_runtime(args.threads, mixed_precision=False)
-    from ml.metrics import summarize
-    from ml.unet import Segmenter
+    from ml.segmentation.metrics import summarize
+    from ml.segmentation.unet import Segmenter
 
     card_path = Path(args.model_dir) / SEGMENTATION_CARD
     try:

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ml.classifier import WeightsUnavailableError
-from ml.data import DatasetError, Sample, load_or_make_split, read_image_rgb, read_mask
-from ml.preprocess import SegmentationAugment, SegmentationPreset
+from ml.data.ham10000 import DatasetError, Sample, load_or_make_split, read_image_rgb, read_mask
+from ml.errors import WeightsUnavailableError
+from ml.segmentation.preprocess import SegmentationAugment, SegmentationPreset
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def resolve_init(args: argparse.Namespace) -> Path | None:
     if args.init_from is None:
         return None
     from ml.modelcard import ModelCard, ModelCardError
-    from ml.unet import config_from_card
+    from ml.segmentation.unet import config_from_card
 
     try:
         card = ModelCard.load(args.init_from)
@@ -240,7 +240,7 @@ def make_callbacks(
     """Cosine LR by progress (epochs or time budget), val IoU checkpointing, early stopping, time stop."""
     import keras
 
-    from ml.metrics import batch_mean_iou
+    from ml.segmentation.metrics import batch_mean_iou
 
     budget_s = args.max_minutes * 60 if args.max_minutes else None
 
@@ -321,7 +321,7 @@ def tune_threshold(
     """Pick the threshold with the best thresholded Jaccard on full-resolution validation masks (or use fixed)."""
     import cv2
 
-    from ml.metrics import ISIC_JACCARD_FLOOR, iou
+    from ml.segmentation.metrics import ISIC_JACCARD_FLOOR, iou
 
     scores = {t: [] for t in candidates}
     for prob, s in zip(probs_small, samples, strict=True):
@@ -347,8 +347,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     configure_runtime(args.threads)
     import keras
 
-    from ml.losses import BCEDiceLoss
-    from ml.unet import (
+    from ml.segmentation.losses import BCEDiceLoss
+    from ml.segmentation.unet import (
         UNetConfig,
         build_unet,
         check_input_size,

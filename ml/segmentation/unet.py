@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from ml.modelcard import SEGMENTATION_CARD, ModelCard, name_by_hash
-from ml.preprocess import SegmentationPreset
+from ml.segmentation.preprocess import SegmentationPreset
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Each photo gets its tier, label, calibrated probabilities, quality flags, lesion size, model
 versions and per-stage timings; the outline overlay (JPEG) and the lesion mask (PNG), both at the
 photo's own size, go to --out, named after the input file. With --json every file gives one JSON
-object per line (JSON Lines), in input order, as described by `ml/triage_result.schema.json`.
+object per line (JSON Lines), in input order, as described by `ml/triage/result.schema.json`.
 
 Exit status: 0 when every file was triaged (a RETAKE is a result, not a failure), 1 when a file
 could not be read, 2 when no trusted model could be loaded.
@@ -24,7 +24,7 @@ from ml.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_FILE = Path(__file__).with_name("triage_result.schema.json")
+SCHEMA_FILE = Path(__file__).with_name("result.schema.json")
 DEFAULT_OUT = Path("triage-output")
 MASK_SUFFIX = ".mask.png"
 OVERLAY_SUFFIX = ".overlay.jpg"
@@ -88,8 +88,8 @@ def resolve_options(args: argparse.Namespace, settings: Any = None) -> RunOption
 
 def load_pipeline(options: RunOptions, settings: Any = None) -> Any:
     """Verify and load the models; raise ModelUnavailableError when none can be trusted."""
-    from ml.pipeline import Pipeline
-    from ml.policy import PolicyConfig
+    from ml.triage.pipeline import Pipeline
+    from ml.triage.policy import PolicyConfig
 
     kwargs: dict[str, Any] = {}
     if settings is not None:

@@ -1,4 +1,4 @@
-"""The same spot photographed twice: how its measurements (ml.measurements) differ between the two photos.
+"""The same spot photographed twice: how its measurements (ml.triage.measurements) differ between the two photos.
 
 Plain values in, plain words out, for the patient's answer and the console; no image, no database. A change
 is only a difference between two photos: light, angle, focus and the outline the model drew move these

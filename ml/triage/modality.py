@@ -8,7 +8,7 @@ the real lesion photos it was fitted on (both kinds, Ledoit-Wolf covariance) ref
 of them (screenshots, landscapes, objects). Everything is plain arrays in an `.npz` named by a model card
 (kind "modality"), checked by SHA-256 like the other models, and loaded without pickle.
 
-`skintriage train-modality` fits it (`ml/train_modality.py`).
+`skintriage train-modality` fits it (`ml/triage/train_modality.py`).
 """
 
 from __future__ import annotations

@@ -20,17 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from ml.decode import decode_image
 from ml.errors import InvalidImageError, ModelUnavailableError
 from ml.frameworks import load_torch_first
 from ml.labels import LABELS, RetakeReason, Tier
-from ml.measurements import LesionMeasurements, measure_lesion
-from ml.modality import MODALITY_CARD, Modality, ModalityModel, ModalityVerdict
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard, ModelCardError
-from ml.overlay import draw_outline, encode_jpeg, encode_mask_png, geometry
-from ml.policy import Decision, PolicyConfig, decide_tier
-from ml.quality import QualityConfig, QualityReport, check_image, check_mask
-from ml.result import TriageResult
+from ml.triage.decode import decode_image
+from ml.triage.measurements import LesionMeasurements, measure_lesion
+from ml.triage.modality import MODALITY_CARD, Modality, ModalityModel, ModalityVerdict
+from ml.triage.overlay import draw_outline, encode_jpeg, encode_mask_png, geometry
+from ml.triage.policy import Decision, PolicyConfig, decide_tier
+from ml.triage.quality import QualityConfig, QualityReport, check_image, check_mask
+from ml.triage.result import TriageResult
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class Pipeline:
         )
         op = getattr(classifier.card, "operating_point", {}) or {}
         # Optional out-of-distribution limit on the energy score, calibrated on validation photos by
-        # train-classifier or `evaluate-classifier --calibrate-ood` (ml.calibration.ood_operating_point).
+        # train-classifier or `evaluate-classifier --calibrate-ood` (ml.classification.calibration.ood_operating_point).
         self.ood_energy_threshold: float | None = (
             float(op["ood_energy_threshold"]) if op.get("ood_energy_threshold") is not None else None
         )
@@ -182,8 +182,8 @@ class Pipeline:
         load_verified_card(cls_card, kind="classifier", allow_demo=allow_demo)
         device = pick_device(device)
         configure_runtime(device, threads=threads)
-        from ml.classifier import Classifier
-        from ml.unet import Segmenter
+        from ml.classification.classifier import Classifier
+        from ml.segmentation.unet import Segmenter
 
         try:
             segmenter = Segmenter.from_card(seg_card)
@@ -291,7 +291,7 @@ class Pipeline:
     def _classify(self, states: list[_State]) -> None:
         if not states:
             return
-        from ml.calibration import energy_scores, softmax
+        from ml.classification.calibration import energy_scores, softmax
 
         t = time.perf_counter()
         views = [self.classifier.prepare(s.rgb, s.mask) for s in states]
@@ -330,7 +330,7 @@ class Pipeline:
 
     def _explain(self, s: _State) -> None:
         """Grad-CAM of the reported label; never fails the photo (the heatmap is for clinicians, not the answer)."""
-        from ml.gradcam import explain
+        from ml.classification.gradcam import explain
 
         t = time.perf_counter()
         try:

@@ -11,7 +11,7 @@ Safety rules, in order:
    should look because the models are not validated on such photos.
 
 The patient's own answers (where, changed, symptoms, age) are applied to this tier when the answer is
-composed, never lowering it: ml/red_flags.py (NICE NG12's weighted 7-point checklist, out-of-scope sites).
+composed, never lowering it: ml/triage/red_flags.py (NICE NG12's weighted 7-point checklist, out-of-scope sites).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ REASONS: tuple[str, ...] = (
     REASON_ABOVE_THRESHOLD, REASON_NEAR_THRESHOLD, REASON_LOW_CONFIDENCE, REASON_GATE_UNSURE,
     REASON_MEL_MOST_LIKELY, REASON_MOST_LIKELY, REASON_CLINICAL_PHOTO,
 )  # fmt: skip
-CLINICAL = "clinical"  # ml.modality.Modality.CLINICAL, kept as a plain string so the policy imports nothing
+CLINICAL = "clinical"  # ml.triage.modality.Modality.CLINICAL, kept as a plain string so the policy imports nothing
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def decide_tier(
 ) -> Decision:
     """Tier for one photo's calibrated probabilities (LABELS order or keyed by label).
 
-    modality: the kind of photo (ml.modality); an ordinary ("clinical") photo is never LOW.
+    modality: the kind of photo (ml.triage.modality); an ordinary ("clinical") photo is never LOW.
     """
     config = config or PolicyConfig()
     threshold = config.mel_threshold if config.mel_threshold is not None else float(mel_threshold)

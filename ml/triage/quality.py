@@ -197,7 +197,7 @@ def check_image(image_rgb: np.ndarray, config: QualityConfig | None = None) -> Q
         or (image_rgb.dtype != np.uint8)
     ):
         shape, dtype = getattr(image_rgb, "shape", None), getattr(image_rgb, "dtype", None)
-        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {shape} {dtype}; decode with ml.decode")
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {shape} {dtype}; decode with ml.triage.decode")
     h, w = image_rgb.shape[:2]
     if min(h, w) < config.min_side:
         return QualityReport(RetakeReason.TOO_SMALL, metrics={"width": float(w), "height": float(h)})

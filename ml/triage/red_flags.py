@@ -12,7 +12,7 @@ each: largest diameter 7 mm or more, inflammation, oozing or crusting, change in
   thing a patient can tell, and the checklist's "change" features are what it asks a patient about);
   "two or more of these" -> at least two major features (4 points), whichever they are.
 - "bleeds" and "crusts or does not heal" -> oozing or crusting; "itches" -> change in sensation.
-- Not asked, so never counted: diameter 7 mm or more (a photo has no scale: ml.measurements gives pixels,
+- Not asked, so never counted: diameter 7 mm or more (a photo has no scale: ml.triage.measurements gives pixels,
   not millimetres) and inflammation (redness a patient cannot judge reliably). UNMAPPED names them.
 
 Then the rules, in order (never lowering the photo's tier):

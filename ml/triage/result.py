@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ml.labels import RetakeReason, Tier
 
 if TYPE_CHECKING:
-    from ml.measurements import LesionMeasurements
+    from ml.triage.measurements import LesionMeasurements
 
 
 @dataclass
@@ -17,7 +17,7 @@ class TriageResult:
 
     probabilities: calibrated, keyed by label (MEL, NV, OTHER); empty for RETAKE before classification.
     mask_png / overlay_jpeg: encoded images of the photo's own size (None when not produced).
-    measurements: asymmetry, border, colours and size of the lesion (ml.measurements); None for RETAKE.
+    measurements: asymmetry, border, colours and size of the lesion (ml.triage.measurements); None for RETAKE.
     """
 
     tier: Tier
@@ -37,8 +37,8 @@ class TriageResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     demo_model: bool = False
     measurements: LesionMeasurements | None = None
-    # The kind of photo judged (ml.modality.Modality: dermoscopic, clinical, unknown) and P(ordinary photo).
+    # The kind of photo judged (ml.triage.modality.Modality: dermoscopic, clinical, unknown) and P(ordinary photo).
     modality: str | None = None
     p_clinical: float | None = None
-    # Why the tier (ml.policy REASON_*), for the patient's answer; None for RETAKE.
+    # Why the tier (ml.triage.policy REASON_*), for the patient's answer; None for RETAKE.
     tier_reason: str | None = None

@@ -1,7 +1,7 @@
 """`skintriage train-modality`: fit the dermoscopic / clinical / not-a-skin-photo check and write its card.
 
 Data: HAM10000 (dermoscopic; its lesion-grouped split CSV, shared with the other models) and PAD-UFES-20
-(clinical; split by patient, `ml.pad_data.pad_split`). Fitted on train + val, with the thresholds
+(clinical; split by patient, `ml.data.pad_ufes.pad_split`). Fitted on train + val, with the thresholds
 chosen on grouped out-of-fold answers over them; accuracy reported on test: lesions and patients never seen
 in fitting.
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ml.data import load_or_make_split, read_image_rgb
-from ml.modality import FEATURE_SIDE, FEATURE_VERSION, MODALITY_CARD, ModalityParams, photo_features
+from ml.data.ham10000 import load_or_make_split, read_image_rgb
+from ml.data.pad_ufes import read_pad
 from ml.modelcard import ModelCard, name_by_hash
-from ml.pad_data import read_pad
+from ml.triage.modality import FEATURE_SIDE, FEATURE_VERSION, MODALITY_CARD, ModalityParams, photo_features
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
         input_size=[FEATURE_SIDE, FEATURE_SIDE],
         architecture={
             "name": "logistic regression + Ledoit-Wolf Mahalanobis distance",
-            "features": "ml.modality.photo_features",
+            "features": "ml.triage.modality.photo_features",
             "feature_version": FEATURE_VERSION,
         },
         preprocessing={"view": "centre square, resized to 96x96 (INTER_AREA)"},

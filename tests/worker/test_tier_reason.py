@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ml.labels import RetakeReason, Tier
-from ml.result import TriageResult
+from ml.triage.result import TriageResult
 from skintriage.settings import Settings
 from worker.tasks import tier_reason
 

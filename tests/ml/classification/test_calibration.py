@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import pytest
 
-from ml.calibration import (
+from ml.classification.calibration import (
     energy_scores,
     energy_threshold,
     fit_temperature,
@@ -16,7 +16,7 @@ from ml.calibration import (
     percentile_flag,
     softmax,
 )
-from ml.classification_metrics import expected_calibration_error
+from ml.classification.metrics import expected_calibration_error
 
 
 def _toy_overconfident(n: int = 4000, scale: float = 3.0, seed: int = 0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.classification_metrics import (
+from ml.classification.metrics import (
     balanced_accuracy,
     binary_roc_auc,
     confusion_matrix,
@@ -137,7 +137,7 @@ def test_summarize_refuses_wrong_number_of_columns():
 
 
 def test_threshold_with_a_sensitivity_bound_keeps_a_margin() -> None:
-    from ml.classification_metrics import threshold_for_sensitivity, threshold_for_sensitivity_bound
+    from ml.classification.metrics import threshold_for_sensitivity, threshold_for_sensitivity_bound
 
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(120, bool), np.zeros(600, bool)]

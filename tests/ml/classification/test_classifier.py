@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from ml.calibration import softmax
-from ml.classifier import Classifier, WeightsUnavailableError, build_resnet50, export_weights, init_model
-from ml.cls_preprocess import Normalize, TrainAugment, fit_to_input, parse_size
-from ml.crop import crop_to_lesion, lesion_box
-from ml.data import read_ham10000
-from ml.errors import ModelUnavailableError
-from ml.gradcam import explain, judge_map
+from ml.classification.calibration import softmax
+from ml.classification.classifier import Classifier, build_resnet50, export_weights, init_model
+from ml.classification.crop import crop_to_lesion, lesion_box
+from ml.classification.gradcam import explain, judge_map
+from ml.classification.preprocess import Normalize, TrainAugment, fit_to_input, parse_size
+from ml.classification.train import label_indices
+from ml.data.ham10000 import read_ham10000
+from ml.errors import ModelUnavailableError, WeightsUnavailableError
 from ml.labels import LABELS, MEL_INDEX
 from ml.modelcard import CLASSIFIER_CARD, ModelCard
-from ml.train_classifier import label_indices
 
 INPUT = 32
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from ml import evaluate_classifier, train_classifier
-from ml.calibration import energy_threshold
-from ml.classifier import Classifier
-from ml.data import read_split_csv
+from ml.classification import evaluate as evaluate_classifier
+from ml.classification import train as train_classifier
+from ml.classification.calibration import energy_threshold
+from ml.classification.classifier import Classifier
+from ml.data.ham10000 import read_split_csv
 from ml.labels import LABELS
 from ml.modelcard import CLASSIFIER_CARD, ModelCard, ModelCardError
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.gradcam import DIFFUSE_SHARE, explain, judge_map
+from ml.classification.gradcam import DIFFUSE_SHARE, explain, judge_map
 from ml.labels import LABELS, Tier
-from ml.pipeline import HEATMAP_EMPTY_FLAG, Pipeline
+from ml.triage.pipeline import HEATMAP_EMPTY_FLAG, Pipeline
 from tests.stack import ROOT, demo_model_dir
 
 __all__ = ["demo_model_dir"]
@@ -92,6 +92,6 @@ def test_a_failing_explanation_never_costs_the_patient_the_answer(pipeline: Pipe
     def broken(*args, **kwargs):
         raise RuntimeError("no gradients today")
 
-    monkeypatch.setattr("ml.gradcam.explain", broken)
+    monkeypatch.setattr("ml.classification.gradcam.explain", broken)
     result = pipeline.run(MEL_PHOTO.read_bytes())
     assert result.tier is not Tier.RETAKE and result.overlay_jpeg and result.heatmap_jpeg is None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.data import (
+from ml.data.ham10000 import (
     DatasetError,
     load_or_make_split,
     make_split,

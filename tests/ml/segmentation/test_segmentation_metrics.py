@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ml.baseline import otsu_segment
-from ml.metrics import batch_mean_iou, dice, iou, per_image_scores, summarize, thresholded_jaccard
+from ml.segmentation.baseline import otsu_segment
+from ml.segmentation.metrics import batch_mean_iou, dice, iou, per_image_scores, summarize, thresholded_jaccard
 
 
 def _masks():

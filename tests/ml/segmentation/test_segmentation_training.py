@@ -11,12 +11,12 @@ import keras
 import numpy as np
 import pytest
 
-from ml.data import DatasetError, read_ham10000, split_hash
-from ml.losses import BCEDiceLoss, soft_dice_loss
+from ml.data.ham10000 import DatasetError, read_ham10000, split_hash
 from ml.modelcard import SEGMENTATION_CARD, ModelCard
-from ml.preprocess import SegmentationAugment, SegmentationPreset, remove_hair
-from ml.train_segmentation import add_arguments, cache_arrays, train
-from ml.unet import Segmenter, UNetConfig, build_unet
+from ml.segmentation.losses import BCEDiceLoss, soft_dice_loss
+from ml.segmentation.preprocess import SegmentationAugment, SegmentationPreset, remove_hair
+from ml.segmentation.train import add_arguments, cache_arrays, train
+from ml.segmentation.unet import Segmenter, UNetConfig, build_unet
 
 
 def _args(data: Path, tmp: Path, *extra: str) -> argparse.Namespace:
@@ -151,8 +151,8 @@ def test_bce_dice_loss_is_near_zero_for_a_perfect_prediction_and_dice_matches_ha
 
 
 def test_init_from_a_shipped_card_starts_from_its_weights_and_shape(synthetic_ham, tmp_path):
+    from ml.segmentation.unet import Segmenter
     from ml.ship_models import ship
-    from ml.unet import Segmenter
 
     train(_args(synthetic_ham, tmp_path / "first", "--epochs", "1"))
     shipped = ship(tmp_path / "first" / "models" / SEGMENTATION_CARD, tmp_path / "shipped")

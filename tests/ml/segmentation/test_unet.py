@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 
 from ml.modelcard import SEGMENTATION_CARD, ModelCard, ModelCardError
-from ml.preprocess import SegmentationPreset
-from ml.unet import REFERENCE_PROFILE, Segmenter, UNetConfig, build_unet, check_input_size, save_segmentation_model
+from ml.segmentation.preprocess import SegmentationPreset
+from ml.segmentation.unet import (
+    REFERENCE_PROFILE,
+    Segmenter,
+    UNetConfig,
+    build_unet,
+    check_input_size,
+    save_segmentation_model,
+)
 
 TINY = UNetConfig(input_size=(32, 32), base_filters=4, depth=2, dropout=0.3)
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +121,7 @@ _PREDICT = """
 import sys, numpy as np
 from pathlib import Path
 import keras
-from ml.unet import Segmenter
+from ml.segmentation.unet import Segmenter
 assert keras.backend.backend() == sys.argv[3], keras.backend.backend()
 data = np.load(sys.argv[2])
 seg = Segmenter.from_card(Path(sys.argv[1]))
@@ -154,7 +161,7 @@ def test_weights_give_the_same_masks_under_tensorflow_and_torch(tiny_card, tmp_p
 
 
 def test_flip_tta_averages_the_four_flipped_predictions(tiny_card):
-    from ml.unet import predict_small
+    from ml.segmentation.unet import predict_small
 
     segmenter = Segmenter.from_card(tiny_card)
     batch = np.random.default_rng(5).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)

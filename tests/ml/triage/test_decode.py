@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml.decode import ImageInfo, decode_image, probe_image
 from ml.errors import InvalidImageError
 from ml.labels import RetakeReason
+from ml.triage.decode import ImageInfo, decode_image, probe_image
 
 LIMIT = 40_000_000
 
@@ -190,7 +190,7 @@ def test_invalid_limit_is_a_programming_error():
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_strip_metadata_drops_exif_and_gps_and_keeps_the_orientation(fmt):
-    from ml.decode import strip_metadata
+    from ml.triage.decode import strip_metadata
     from tests.factories import assert_no_metadata, photo_with_gps
 
     original = photo_with_gps(400, 300, fmt=fmt)
@@ -204,7 +204,7 @@ def test_strip_metadata_drops_exif_and_gps_and_keeps_the_orientation(fmt):
 
 
 def test_strip_metadata_keeps_bytes_without_metadata_unchanged():
-    from ml.decode import strip_metadata
+    from ml.triage.decode import strip_metadata
     from tests.factories import lesion_photo
 
     for data in (lesion_photo(200, 150), lesion_photo(200, 150, fmt="PNG")):
@@ -212,7 +212,7 @@ def test_strip_metadata_keeps_bytes_without_metadata_unchanged():
 
 
 def test_strip_metadata_refuses_what_decode_refuses():
-    from ml.decode import strip_metadata
+    from ml.triage.decode import strip_metadata
     from tests.factories import photo_with_gps
 
     truncated = photo_with_gps(400, 300)[:2000]

@@ -1,12 +1,12 @@
-"""ml.lesion_change: which way the measurements of one spot moved between two photos, and when it cannot say."""
+"""ml.triage.lesion_change: which way the measurements of one spot moved between two photos, and when it cannot say."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ml.lesion_change import ASYMMETRY_TOLERANCE, Direction, compare, measurable
-from ml.measurements import measure_lesion
+from ml.triage.lesion_change import ASYMMETRY_TOLERANCE, Direction, compare, measurable
+from ml.triage.measurements import measure_lesion
 
 
 def stored(**values) -> dict:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ml.measurements import (
+from ml.triage.measurements import (
     COLOUR_NAMES,
     MEASUREMENTS_VERSION,
     MIN_COLOUR_SHARE,

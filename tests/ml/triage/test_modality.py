@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from ml.modality import MODALITY_CARD, N_FEATURES, Modality, ModalityModel, photo_features
+from ml.data.pad_ufes import pad_split, read_pad
 from ml.modelcard import ModelCardError
-from ml.pad_data import pad_split, read_pad
-from ml.train_modality import add_arguments, fit
+from ml.triage.modality import MODALITY_CARD, N_FEATURES, Modality, ModalityModel, photo_features
+from ml.triage.train_modality import add_arguments, fit
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models"
+SHIPPED = Path(__file__).resolve().parents[3] / "models"
 
 
 def dermoscopy_like(rng: np.random.Generator, size: int = 160) -> np.ndarray:

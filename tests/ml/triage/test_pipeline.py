@@ -13,12 +13,12 @@ from PIL import Image, ImageOps
 
 from ml.errors import ModelUnavailableError
 from ml.labels import LABELS, RetakeReason, Tier
-from ml.modality import MODALITY_CARD
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard
-from ml.pipeline import STAGES, UNLIKE_LESION_PHOTOS_FLAG, Pipeline, load_verified_card
-from ml.policy import decide_tier
-from ml.quality import QualityReport
-from ml.result import TriageResult
+from ml.triage.modality import MODALITY_CARD
+from ml.triage.pipeline import STAGES, UNLIKE_LESION_PHOTOS_FLAG, Pipeline, load_verified_card
+from ml.triage.policy import decide_tier
+from ml.triage.quality import QualityReport
+from ml.triage.result import TriageResult
 from tests.factories import lesion_photo
 from tests.stack import ROOT, demo_model_dir
 
@@ -96,7 +96,7 @@ def test_real_photo_gives_a_full_result(pipeline: Pipeline, demo_model_dir: Path
     assert set(np.unique(mask_array)) <= {0, 255}
     assert int((mask_array > 0).sum()) == result.lesion_area_px > 0
     assert result.lesion_diameter_px is not None and result.lesion_diameter_px > 0
-    # Measurements of the same mask, on the photo itself (ml.measurements has the definitions' tests).
+    # Measurements of the same mask, on the photo itself (ml.triage.measurements has the definitions' tests).
     m = result.measurements
     assert m is not None and m.area_px == result.lesion_area_px
     assert m.area_share == pytest.approx(result.lesion_area_px / (width * height), abs=1e-5)
@@ -165,7 +165,7 @@ def test_failing_measurements_do_not_cost_the_patient_the_answer(
     def broken(mask: np.ndarray, rgb: np.ndarray) -> None:
         raise RuntimeError("bug in a measurement")
 
-    monkeypatch.setattr("ml.pipeline.measure_lesion", broken)
+    monkeypatch.setattr("ml.triage.pipeline.measure_lesion", broken)
     result = pipeline.run(MEL_PHOTO.read_bytes())
     assert result.tier is not Tier.RETAKE and result.label in LABELS
     assert result.measurements is None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ml.labels import LABELS, Tier
-from ml.policy import TIER_FOR_LABEL, PolicyConfig, decide_tier
+from ml.triage.policy import TIER_FOR_LABEL, PolicyConfig, decide_tier
 
 # Operating threshold from a classifier card; the default policy has margin 0.05 and min_confidence 0.5.
 T = 0.3
@@ -196,7 +196,7 @@ def test_from_settings_reads_margin_and_confidence_only() -> None:
     ],
 )
 def test_every_decision_carries_a_reason_code_for_the_patients_words(p, gate_unsure, tier, reason) -> None:
-    from ml.policy import REASONS
+    from ml.triage.policy import REASONS
 
     decision = decide_tier(p, mel_threshold=T, gate_unsure=gate_unsure)
     assert (decision.tier, decision.reason) == (tier, reason)

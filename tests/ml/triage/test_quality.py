@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ml.decode import decode_image
 from ml.labels import RetakeReason
-from ml.quality import UNSURE_FLAGS, QualityConfig, QualityReport, check_image, check_mask
+from ml.triage.decode import decode_image
+from ml.triage.quality import UNSURE_FLAGS, QualityConfig, QualityReport, check_image, check_mask
 from tests.factories import lesion_photo
 
 CONFIG = QualityConfig()
@@ -165,7 +165,7 @@ def test_sharp_but_flat_drawing_is_not_skin() -> None:
     ids=["grey-2d", "rgba", "float", "list"],
 )
 def test_check_image_refuses_anything_but_hxwx3_uint8(bad: object) -> None:
-    with pytest.raises(ValueError, match="expected an HxWx3 uint8 RGB image.*decode with ml.decode"):
+    with pytest.raises(ValueError, match="expected an HxWx3 uint8 RGB image.*decode with ml.triage.decode"):
         check_image(bad)  # type: ignore[arg-type]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ml.red_flags import (
+from ml.triage.red_flags import (
     QUESTIONS,
     REASON_ACRAL,
     REASON_CHANGING,

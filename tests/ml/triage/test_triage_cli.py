@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from PIL import Image
 
-from ml.triage_cli import SCHEMA_FILE, format_summary
+from ml.triage.cli import SCHEMA_FILE, format_summary
 from skintriage import cli
 from skintriage.settings import get_settings
 from tests.stack import ROOT, demo_model_dir
@@ -36,7 +36,7 @@ def triaged(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     """One `skintriage triage --json` run in a child process: the photo twice, random bytes, a missing file.
 
     A child process because loading the pipeline in a process that already imported TensorFlow
-    (other ML tests do) is refused by ml.pipeline.configure_runtime.
+    (other ML tests do) is refused by ml.triage.pipeline.configure_runtime.
     """
     tmp = tmp_path_factory.mktemp("triage-cli")
     noise = tmp / "noise.jpg"
