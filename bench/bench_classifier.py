@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ml.classifier import Classifier, build_resnet50, export_weights  # noqa: E402
+from ml.classification.classifier import Classifier, build_resnet50, export_weights  # noqa: E402
 from ml.modelcard import CLASSIFIER_CARD, ModelCard  # noqa: E402
 from skintriage.vocabulary import LABELS  # noqa: E402
 

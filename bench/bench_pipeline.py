@@ -29,8 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Importing ml.pipeline loads neither Keras nor torch: each child still picks its KERAS_BACKEND.
-from ml.pipeline import STAGES  # noqa: E402
+# Importing ml.triage.pipeline loads neither Keras nor torch: each child still picks its KERAS_BACKEND.
+from ml.triage.pipeline import STAGES  # noqa: E402
 
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "ham10000_sample"
 DEMO_PHOTOS = ROOT / "devtools" / "demo_photos"
@@ -177,7 +177,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"error: keras is already loaded with another backend; run with KERAS_BACKEND={args.backend}")
     os.environ["KERAS_BACKEND"] = args.backend
     from ml.errors import ModelUnavailableError
-    from ml.triage_cli import RunOptions, load_pipeline, set_model_batch_size
+    from ml.triage.cli import RunOptions, load_pipeline, set_model_batch_size
 
     photos = find_photos(photo_folder(args.data), args.n)
     payloads = [p.read_bytes() for p in photos]

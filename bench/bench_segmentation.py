@@ -26,7 +26,7 @@ def worker(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from ml.unet import Segmenter, UNetConfig, build_unet
+    from ml.segmentation.unet import Segmenter, UNetConfig, build_unet
 
     backend_name = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend_name == "torch":

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.quality import QualityConfig, check_image, check_mask, image_metrics
+from ml.triage.quality import QualityConfig, check_image, check_mask, image_metrics
 
 PERCENTILES = (0, 0.5, 1, 5, 25, 50, 75, 95, 99, 99.5, 100)
 
@@ -173,7 +173,7 @@ def main() -> int:
         "config": config.as_dict(),
     }
     if args.model_dir:
-        from ml.unet import Segmenter
+        from ml.segmentation.unet import Segmenter
 
         seg = Segmenter.from_card(args.model_dir / "segmentation.json")
         mask_metrics = []

@@ -25,14 +25,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.classification_metrics import (
+from ml.classification.metrics import (
     SENSITIVITY_TARGET,
     binary_roc_auc,
     sensitivity_specificity,
     summarize,
     threshold_for_sensitivity,
 )
-from ml.data import read_split_csv
+from ml.data.ham10000 import read_split_csv
 from ml.frameworks import load_torch_first
 from skintriage.vocabulary import LABELS, MEL_INDEX
 
@@ -113,15 +113,15 @@ def main() -> int:
     load_torch_first()  # every classifier loads before TensorFlow (ml/frameworks.py)
     import torch
 
-    from ml.classifier import Classifier
-    from ml.evaluate_classifier import evaluate
+    from ml.classification.classifier import Classifier
+    from ml.classification.evaluate import evaluate
 
     torch.set_num_threads(args.threads)
     samples = read_split_csv(args.split_csv, args.data)[args.split][: args.limit]
     models = [Classifier.from_card(card) for card in args.cards]
     segmenter = None
     if any(m.input_variant == "crop" for m in models):
-        from ml.unet import Segmenter
+        from ml.segmentation.unet import Segmenter
 
         segmenter = CachedSegmenter(Segmenter.from_card(args.seg_card))
     y = np.array([LABELS.index(s.label) for s in samples])

@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.classification_metrics import binary_roc_auc
-from ml.pad_data import read_pad
-from ml.pipeline import Pipeline
+from ml.classification.metrics import binary_roc_auc
+from ml.data.pad_ufes import read_pad
+from ml.triage.pipeline import Pipeline
 
 
 def bootstrap(values: dict[str, np.ndarray], statistic, groups: np.ndarray, n_boot: int, seed: int = 0):

@@ -1,4 +1,4 @@
-"""Lesion measurements (ml.measurements) on HAM10000's reference masks: their spread by class and their speed.
+"""Lesion measurements (ml.triage.measurements) on HAM10000's reference masks: their spread by class and their speed.
 
     python bench/measure_lesions.py --data ../shared/data/ham10000_sample --n 600 --out runs/measurements.json
 
@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ml.data import read_ham10000, read_image_rgb, read_mask
-from ml.measurements import measure_lesion
+from ml.data.ham10000 import read_ham10000, read_image_rgb, read_mask
+from ml.triage.measurements import measure_lesion
 
 NUMBERS = (
     "asymmetry_major_axis",

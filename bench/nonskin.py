@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibrate_quality import non_skin_images
 
-from ml.data import read_split_csv
-from ml.pad_data import read_pad
-from ml.pipeline import UNLIKE_LESION_PHOTOS_FLAG, Pipeline
+from ml.data.ham10000 import read_split_csv
+from ml.data.pad_ufes import read_pad
+from ml.triage.pipeline import UNLIKE_LESION_PHOTOS_FLAG, Pipeline
 
 
 def extra_non_skin_images() -> dict[str, np.ndarray]:

@@ -18,8 +18,15 @@ from sqlalchemy.orm import Session
 from telegram.constants import MessageLimit  # Telegram's length limits: constants only, no client
 
 from bot.i18n import Html, Texts
-from ml.lesion_change import Direction, LesionChange, compare, measurable
-from ml.red_flags import REASON_ACRAL, REASON_CHECKLIST, REASON_OUT_OF_SCOPE, AnsweredTier, answered_tier, urgency_index
+from ml.triage.lesion_change import Direction, LesionChange, compare, measurable
+from ml.triage.red_flags import (
+    REASON_ACRAL,
+    REASON_CHECKLIST,
+    REASON_OUT_OF_SCOPE,
+    AnsweredTier,
+    answered_tier,
+    urgency_index,
+)
 from skintriage import cases
 from skintriage.models import Case, CaseStatus
 from skintriage.vocabulary import Modality, OutboxKind, Tier
@@ -65,13 +72,13 @@ def _split(head: list[str], tail: list[str], texts: Texts, lang: str) -> tuple[s
     return caption, "\n\n".join(tail)
 
 
-# Why an UNCERTAIN case is uncertain (ml.policy REASON_*) -> the words the patient reads.
+# Why an UNCERTAIN case is uncertain (ml.triage.policy REASON_*) -> the words the patient reads.
 UNCERTAIN_WHY = {
     "near_threshold": "uncertain.near_line",
     "mel_most_likely": "uncertain.near_line",  # melanoma the likeliest class, though below the line
     "low_confidence": "uncertain.cannot_decide",
     "gate_unsure": "uncertain.borderline_photo",
-    "clinical_photo": "uncertain.ordinary_photo",  # an ordinary photo is never told LOW (ml.policy)
+    "clinical_photo": "uncertain.ordinary_photo",  # an ordinary photo is never told LOW (ml.triage.policy)
 }
 # The kind of photo the models judged -> the line that says so.
 PHOTO_KIND = {Modality.DERMOSCOPIC: "result.kind_dermoscopic", Modality.CLINICAL: "result.kind_clinical"}
@@ -84,7 +91,7 @@ URGENCY: tuple[str, ...] = (Tier.HIGH, Tier.UNCERTAIN, Tier.MEDIUM, Tier.LOW)
 
 
 def answered(case: Case) -> AnsweredTier:
-    """The case's tier with the patient's answers applied (ml.red_flags); RETAKE for a refused photo, None failed."""
+    """The case's tier with the patient's answers applied (ml.triage.red_flags); RETAKE if refused, None if failed."""
     photo_tier = {CaseStatus.DONE: case.tier or Tier.UNCERTAIN, CaseStatus.REJECTED: Tier.RETAKE}.get(case.status)
     if photo_tier is not None and photo_tier not in URGENCY and photo_tier != Tier.RETAKE:
         photo_tier = Tier.UNCERTAIN  # a missing or unknown stored tier is answered as UNCERTAIN (compose)
@@ -166,7 +173,7 @@ def _change_lines(texts: Texts, lang: str, change: LesionChange) -> list[Html]:
 def comparison(texts: Texts, lang: str, case: Case, previous: Case | None) -> list[Html]:
     """The section comparing a case with the patient's earlier photo of the same spot (empty when none).
 
-    The tier then and now, and which way the measurements moved (ml.lesion_change) in plain words, with the
+    The tier then and now, and which way the measurements moved (ml.triage.lesion_change) in plain words, with the
     caveat that a difference between two photos is no diagnosis; size is never compared across photos.
     """
     if previous is None:
@@ -217,7 +224,7 @@ def compose(
         else []
     )
     result = answered(case)
-    # The patient's answers may send a spot to a doctor whatever the photo could show (ml.red_flags).
+    # The patient's answers may send a spot to a doctor whatever the photo could show (ml.triage.red_flags).
     by_answers = [answers_raised(texts, lang, result), texts.guidance(lang, result.tier)] if result.raised else []
     if case.status == CaseStatus.FAILED:
         failed = texts.get(lang, "result.failed", case_id=case.id)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.consent import ConsentState
 from bot.patients import Patient, consent_state, ensure_user, transaction
-from ml.decode import ImageInfo, probe_image, strip_metadata
+from ml.triage.decode import ImageInfo, probe_image, strip_metadata
 from skintriage import cases
 from skintriage.exceptions import RateLimited, TooManyInFlight
 from skintriage.models import Case, CaseStatus
@@ -40,7 +40,7 @@ from skintriage.storage import ImageStore
 
 log = logging.getLogger(__name__)
 
-# Store extensions by decoded format; anything else ml.decode accepts is kept as .bin.
+# Store extensions by decoded format; anything else ml.triage.decode accepts is kept as .bin.
 STORE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic", "AVIF": "heic"}
 IMAGE_MIME_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/heic", "image/heif", "image/avif"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".heic", ".heif", ".avif"}

@@ -1,4 +1,4 @@
-"""The questions a doctor would ask about a new spot: where, changed, symptoms, age (ml.red_flags.QUESTIONS).
+"""The questions a doctor would ask about a new spot: where, changed, symptoms, age (ml.triage.red_flags.QUESTIONS).
 
 Asked once per spot (a photo, or the first photo of an album) right after the acknowledgement, in one message
 that each tap turns into the next question: four taps at most, each question skippable. The analysis never
@@ -25,7 +25,7 @@ from bot.answers import queue_answers_followup
 from bot.delivery import send_outbox_message
 from bot.i18n import Html, Texts, language_for
 from bot.patients import Patient, transaction
-from ml.red_flags import QUESTIONS, SKIP
+from ml.triage.red_flags import QUESTIONS, SKIP
 from skintriage import cases
 from skintriage.exceptions import CaseNotFound
 from skintriage.models import OutboxMessage

@@ -112,10 +112,10 @@ def train_demo_segmenter(out_dir: Path, *, quick: bool, seed: int = 0) -> ModelC
     """Train a tiny real U-Net on synthetic photos and save it with a demo card."""
     import keras
 
-    from ml.losses import BCEDiceLoss
-    from ml.metrics import batch_mean_iou
-    from ml.preprocess import SegmentationPreset
-    from ml.unet import UNetConfig, build_unet, save_segmentation_model
+    from ml.segmentation.losses import BCEDiceLoss
+    from ml.segmentation.metrics import batch_mean_iou
+    from ml.segmentation.preprocess import SegmentationPreset
+    from ml.segmentation.unet import UNetConfig, build_unet, save_segmentation_model
 
     n_train, n_val, epochs, _ = _BUDGET[quick]
     started = time.perf_counter()
@@ -161,11 +161,11 @@ def train_demo_classifier(out_dir: Path, *, quick: bool, seed: int = 0) -> Model
     """
     import torch
 
-    from ml.calibration import fit_temperature, softmax
-    from ml.classification_metrics import sensitivity_specificity, threshold_for_sensitivity
-    from ml.classifier import ARCHITECTURE, batch_logits, export_weights, init_model
-    from ml.cls_preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, fit_to_input
-    from ml.crop import DEFAULT_MARGIN, crop_to_lesion
+    from ml.classification.calibration import fit_temperature, softmax
+    from ml.classification.classifier import ARCHITECTURE, batch_logits, export_weights, init_model
+    from ml.classification.crop import DEFAULT_MARGIN, crop_to_lesion
+    from ml.classification.metrics import sensitivity_specificity, threshold_for_sensitivity
+    from ml.classification.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, fit_to_input
 
     _, _, _, steps = _BUDGET[quick]
     n_train, n_val = _CLASSIFIER_IMAGES[quick]

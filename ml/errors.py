@@ -3,6 +3,8 @@
 MLError
  +-- InvalidImageError     the photo cannot be decoded or used; carries a RetakeReason for the patient
  +-- ModelUnavailableError no trusted model to run (missing card, hash mismatch, bad label order)
+
+WeightsUnavailableError (a ValueError: a training argument points at weights that cannot be used)
 """
 
 from __future__ import annotations
@@ -25,3 +27,7 @@ class InvalidImageError(MLError):
 
 class ModelUnavailableError(MLError):
     """No model can be trusted to run; the worker must not answer patients."""
+
+
+class WeightsUnavailableError(ValueError):
+    """Requested initial weights cannot be found or read; the message says where to put them."""

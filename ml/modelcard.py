@@ -42,11 +42,12 @@ class ModelCard:
     kind: "segmentation" (Keras U-Net) or "classifier" (torch ResNet50).
     weights_file: path relative to the card's folder.
     input_size: [height, width] the network expects.
-    labels: class order of the outputs (classifier only; must equal ml.labels.LABELS).
+    labels: class order of the outputs (classifier only; must equal skintriage.vocabulary.LABELS).
     threshold: mask threshold (segmentation).
     temperature: calibration temperature (classifier).
     operating_point: e.g. {"mel_threshold": 0.21, "target_sensitivity": 0.9, ...} (classifier), and the
-        out-of-distribution check's ood_energy_threshold, ood_percentile, ood_val_images, ... (ml.calibration).
+        out-of-distribution check's ood_energy_threshold, ood_percentile, ood_val_images, ...
+        (ml.classification.calibration).
     demo: True for the throw-away models `skintriage demo` trains; every reply says so.
     """
 

@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ml.modality import MODALITY_CARD
 from ml.modelcard import (
     CLASSIFIER_CARD,
     SEGMENTATION_CARD,
@@ -25,6 +24,7 @@ from ml.modelcard import (
     ModelCardError,
     name_by_hash,
 )
+from ml.triage.modality import MODALITY_CARD
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _compact_weights(card: ModelCard, card_path: Path, weights: Path, out: Path) -> tuple[Path, str]:
     """Write the compact weights of one model into out; return the file (named by its SHA-256) and the hash."""
     if card.kind == "classifier":
-        from ml.classifier import ARCHITECTURE, export_weights, load_state_file
+        from ml.classification.classifier import ARCHITECTURE, export_weights, load_state_file
 
         arch = str(card.architecture.get("name", ARCHITECTURE))
         return export_weights(load_state_file(weights), out, arch=arch, fp16=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp_dir:
         if card.kind == "segmentation":
-            from ml.unet import Segmenter, save_compact_weights
+            from ml.segmentation.unet import Segmenter, save_compact_weights
 
             tmp = Path(tmp_dir) / "unet.safetensors"
             save_compact_weights(Segmenter.from_card(card_path).model, tmp)

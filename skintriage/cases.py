@@ -19,7 +19,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ml.red_flags import check_answer
+from ml.triage.red_flags import check_answer
 from skintriage.exceptions import CaseNotFound, RateLimited, TooManyInFlight
 from skintriage.models import (
     AuditEvent,
@@ -316,7 +316,7 @@ def previous_case(*, session: Session, case: Case) -> Case | None:
 
 
 def record_answer(*, session: Session, case: Case, question: str, option: str) -> list[Case]:
-    """Store the patient's answer to one question (ml.red_flags.QUESTIONS) on every photo of the case's album.
+    """Store the patient's answer to one question (ml.triage.red_flags.QUESTIONS) on every photo of the case's album.
 
     Returns the album. Raises ValueError for a question or option the bot never offers (a forged button).
     A later tap on the same question replaces the earlier one.

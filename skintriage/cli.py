@@ -32,12 +32,12 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("sweep", "worker.sweeper", "re-enqueue stuck cases once and exit"),
     ("purge-images", "worker.retention", "delete images past the retention period once and exit"),
     ("triage", "skintriage.triage_command", "run the triage pipeline on image files"),
-    ("data check", "ml.data_check", "check a HAM10000 folder and report every problem"),
-    ("train-segmentation", "ml.train_segmentation", "train the U-Net"),
-    ("evaluate-segmentation", "ml.evaluate_segmentation", "evaluate the U-Net and the Otsu baseline"),
-    ("train-classifier", "ml.train_classifier", "train the ResNet50 classifier"),
-    ("evaluate-classifier", "ml.evaluate_classifier", "evaluate the classifier"),
-    ("train-modality", "ml.train_modality", "fit the dermoscopic / clinical / not-skin photo check"),
+    ("data check", "ml.data.check", "check a HAM10000 folder and report every problem"),
+    ("train-segmentation", "ml.segmentation.train", "train the U-Net"),
+    ("evaluate-segmentation", "ml.segmentation.evaluate", "evaluate the U-Net and the Otsu baseline"),
+    ("train-classifier", "ml.classification.train", "train the ResNet50 classifier"),
+    ("evaluate-classifier", "ml.classification.evaluate", "evaluate the classifier"),
+    ("train-modality", "ml.triage.train_modality", "fit the dermoscopic / clinical / not-skin photo check"),
     ("ship-models", "ml.ship_models", "copy trained models into the repository's models/ in compact form"),
 )
 

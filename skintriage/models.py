@@ -147,7 +147,8 @@ class Case(Base):
     # Result.
     tier: Mapped[str | None] = mapped_column(String(16))  # vocabulary.Tier
     label: Mapped[str | None] = mapped_column(String(16))  # vocabulary.Label
-    tier_reason: Mapped[str | None] = mapped_column(String(32))  # ml.policy REASON_*: why this tier, put into words
+    # ml.triage.policy REASON_*: why this tier, put into words.
+    tier_reason: Mapped[str | None] = mapped_column(String(32))
     prob_mel: Mapped[float | None] = mapped_column(Float)
     prob_nv: Mapped[float | None] = mapped_column(Float)
     prob_other: Mapped[float | None] = mapped_column(Float)
@@ -161,17 +162,17 @@ class Case(Base):
     heatmap_key: Mapped[str | None] = mapped_column(String(128))
     model_versions: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
-    # Lesion asymmetry, border, colours and size from the mask (ml.measurements.LesionMeasurements.to_dict).
+    # Lesion asymmetry, border, colours and size from the mask (ml.triage.measurements.LesionMeasurements.to_dict).
     measurements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The kind of photo judged (vocabulary.Modality: dermoscopic, clinical, unknown); None before this was checked.
     modality: Mapped[str | None] = mapped_column(String(16))
     demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(64))
 
-    # The patient's taps on the questions asked with a new spot (ml.red_flags.QUESTIONS): question -> option or
+    # The patient's taps on the questions asked with a new spot (ml.triage.red_flags.QUESTIONS): question -> option or
     # "skip"; None before any answer. Photos of one album share them.
     patient_answers: Mapped[dict[str, str] | None] = mapped_column(JSON)
-    # The tier the patient was told, their answers included (ml.red_flags.answered_tier), set when the answer
+    # The tier the patient was told, their answers included (ml.triage.red_flags.answered_tier), set when the answer
     # is sent and raised when a later answer made it more urgent and a follow-up message said so.
     told_tier: Mapped[str | None] = mapped_column(String(16))
 
@@ -181,7 +182,7 @@ class Case(Base):
     reply_text: Mapped[str | None] = mapped_column(Text)
 
     # The same spot photographed earlier: the patient sent this photo as a Telegram reply to that case's
-    # acknowledgement, answer or photo (cases.find_replied_case). Its answer compares the two (ml.lesion_change).
+    # acknowledgement, answer or photo (cases.find_replied_case). Its answer compares the two (ml.triage.lesion_change).
     previous_case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="SET NULL"))
 
     # The console reviewer who opened this case to review it; the claim lapses at claimed_until (UTC).

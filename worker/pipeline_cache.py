@@ -25,7 +25,7 @@ last_error: str | None = None  # why the last load failed, for /healthz
 
 def policy_from_settings(settings: Settings) -> Any:
     """The tier policy knobs the settings carry (UNCERTAIN_MARGIN, MIN_CONFIDENCE)."""
-    from ml.policy import PolicyConfig
+    from ml.triage.policy import PolicyConfig
 
     return PolicyConfig(uncertain_margin=settings.uncertain_margin, min_confidence=settings.min_confidence)
 
@@ -46,8 +46,8 @@ def get_pipeline(settings: Settings) -> Any:
 
         started = time.monotonic()
         try:
-            load_torch_first()  # before ml.pipeline brings Keras in
-            from ml.pipeline import Pipeline
+            load_torch_first()  # before ml.triage.pipeline brings Keras in
+            from ml.triage.pipeline import Pipeline
 
             pipeline = Pipeline.from_model_dir(
                 settings.model_dir,

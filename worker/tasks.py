@@ -235,14 +235,14 @@ def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[s
 
 
 def tier_reason(result: Any, *, settings: Settings) -> str | None:
-    """Why the result has its tier (ml.policy REASON_*), for the patient's answer; None for RETAKE or unknown.
+    """Why the result has its tier (ml.triage.policy REASON_*), for the patient's answer; None for RETAKE or unknown.
 
     The pipeline's result may carry the reason itself; otherwise the policy is asked again with the same
     probabilities, threshold, settings and gate flags. It is deterministic, so it gives the same tier; if it
     does not (a pipeline that decides differently), no reason is claimed.
     """
-    from ml.policy import decide_tier
-    from ml.quality import UNSURE_FLAGS
+    from ml.triage.policy import decide_tier
+    from ml.triage.quality import UNSURE_FLAGS
 
     own = getattr(result, "tier_reason", None) or getattr(result, "reason", None)
     if own:

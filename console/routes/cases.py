@@ -45,8 +45,8 @@ from console.reviews import (
     validate_message,
     validate_review,
 )
-from ml.policy import PolicyConfig
-from ml.red_flags import QUESTIONS, UNMAPPED, AnsweredTier, answered_tier
+from ml.triage.policy import PolicyConfig
+from ml.triage.red_flags import QUESTIONS, UNMAPPED, AnsweredTier, answered_tier
 from skintriage.cases import audit
 from skintriage.models import Case, CaseStatus, Operator, OutboxMessage, Review, utcnow
 from skintriage.settings import Settings
@@ -84,13 +84,13 @@ def _told_in_console_language(db: Session, case: Case, settings: Settings) -> st
 
 
 def _uncertain_band(case: Case, policy: PolicyConfig) -> tuple[float, float] | None:
-    """P(MEL) from which the policy answers UNCERTAIN, up to the threshold where HIGH begins (ml.policy)."""
+    """P(MEL) from which the policy answers UNCERTAIN, up to the threshold where HIGH begins (ml.triage.policy)."""
     if case.mel_threshold is None:
         return None
     return max(case.mel_threshold - policy.uncertain_margin, 0.0), case.mel_threshold
 
 
-# The questions asked with a new spot (ml.red_flags.QUESTIONS), as the console names them.
+# The questions asked with a new spot (ml.triage.red_flags.QUESTIONS), as the console names them.
 QUESTION_WORDS = {
     "site": "Where on the body",
     "change": "New or changed in the last months",

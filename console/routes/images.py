@@ -35,8 +35,8 @@ def _browser_safe(data: bytes, ext: str) -> tuple[bytes, str] | None:
     """
     from PIL import Image
 
-    from ml.decode import decode_image, strip_metadata
     from ml.errors import InvalidImageError
+    from ml.triage.decode import decode_image, strip_metadata
 
     try:
         if ext in MEDIA_TYPES:

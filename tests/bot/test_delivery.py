@@ -186,7 +186,7 @@ def test_failed_case_apologises_and_says_to_see_a_doctor() -> None:
     assert reply.full_text.endswith(visible(TEXTS.get("en", "result.disclaimer")))
 
 
-# --- the patient's answers (ml.red_flags) ----------------------------------------------------
+# --- the patient's answers (ml.triage.red_flags) ----------------------------------------------------
 
 
 def test_a_refused_or_failed_photo_with_red_flags_still_sends_the_patient_to_a_doctor_soon() -> None:

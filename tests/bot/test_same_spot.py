@@ -14,7 +14,7 @@ from tests.factories import lesion_photo
 
 
 def measurements(**values) -> dict:
-    """Measurements as the worker stores them (ml.measurements.LesionMeasurements.to_dict)."""
+    """Measurements as the worker stores them (ml.triage.measurements.LesionMeasurements.to_dict)."""
     base = {
         "asymmetry_major_axis": 0.08, "asymmetry_minor_axis": 0.05, "compactness": 1.15, "convexity_ratio": 1.01,
         "colour_count": 1, "colours": ["light_brown"], "colour_shares": {"light_brown": 0.97}, "diameter_px": 120.0,

@@ -14,7 +14,7 @@ REVIEWER = ("rita", "reviewer-password-1")
 ADMIN = ("adam", "admin-password-12")
 CURRENT = {"segmentation": "unet-aaaaaaaaaaaa", "classifier": "resnet50-bbbbbbbbbbbb"}
 OLD = {"segmentation": "unet-aaaaaaaaaaaa", "classifier": "resnet50-000000000000"}
-# What ml.measurements stores for a case (LesionMeasurements.to_dict), for the a_high case.
+# What ml.triage.measurements stores for a case (LesionMeasurements.to_dict), for the a_high case.
 MEASUREMENTS = {
     "asymmetry_major_axis": 0.3141,
     "asymmetry_minor_axis": 0.0523,

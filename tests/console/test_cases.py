@@ -322,12 +322,12 @@ def _mel_bar(html: str) -> tuple[float, float, float]:
 def test_melanoma_bar_shades_where_the_policy_answers_uncertain(
     monkeypatch, settings_env, console_db_url, store, seeded, margin
 ):
-    """The shaded band and the threshold line are checked against ml.policy.decide_tier itself: just below
+    """The shaded band and the threshold line are checked against ml.triage.policy.decide_tier itself: just below
     the band is not UNCERTAIN, inside it is, and the threshold line (the band's end) starts HIGH."""
     from fastapi.testclient import TestClient
 
     from console.app import create_app
-    from ml.policy import PolicyConfig, decide_tier
+    from ml.triage.policy import PolicyConfig, decide_tier
     from skintriage.models import Case
     from skintriage.settings import get_settings
     from skintriage.vocabulary import Tier

@@ -13,10 +13,10 @@ import jsonschema
 import numpy as np
 import pytest
 
-from ml.modality import MODALITY_CARD
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard, ModelCardError
 from ml.ship_models import MAX_SHIPPED_MB, SHIPPED_DIR, ship, shipped_megabytes
-from ml.triage_cli import SCHEMA_FILE
+from ml.triage.cli import SCHEMA_FILE
+from ml.triage.modality import MODALITY_CARD
 from skintriage.settings import SHIPPED_MODEL_DIR
 from tests.stack import ROOT, demo_model_dir
 
@@ -88,9 +88,9 @@ def test_skintriage_triage_with_the_shipped_models_names_the_kind_of_photo(tmp_p
 
 @pytest.mark.slow
 def test_ship_models_writes_compact_weights_that_answer_as_the_originals(demo_model_dir: Path, tmp_path: Path) -> None:
-    from ml.classifier import Classifier
-    from ml.data import read_image_rgb
-    from ml.unet import Segmenter
+    from ml.classification.classifier import Classifier
+    from ml.data.ham10000 import read_image_rgb
+    from ml.segmentation.unet import Segmenter
 
     source = tmp_path / "trained"
     shutil.copytree(demo_model_dir, source)

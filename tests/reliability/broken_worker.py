@@ -5,7 +5,7 @@ RELIABILITY_MODEL_FAULT says where:
   - "run": the models load, then every analysis fails (as a GPU that runs out of memory mid-job does).
 The error is torch's own: the pipeline asks torch for more memory than any machine has, and torch's
 allocator raises the RuntimeError it raises for CUDA and CPU out of memory. The worker, its Celery app,
-its claims, its health and its database are untouched: only `ml.pipeline.Pipeline.from_model_dir` is
+its claims, its health and its database are untouched: only `ml.triage.pipeline.Pipeline.from_model_dir` is
 replaced, so no real model is loaded (this worker never gets to use one).
 Run as `python -m tests.reliability.broken_worker worker ...`.
 """
@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from ml.pipeline import Pipeline
+from ml.triage.pipeline import Pipeline
 
 log = logging.getLogger("tests.reliability.broken_worker")
 FAULT_ENV = "RELIABILITY_MODEL_FAULT"

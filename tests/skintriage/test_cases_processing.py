@@ -111,7 +111,7 @@ def test_save_result_stores_the_lesion_measurements_as_json(db_url, store):
     import cv2
     import numpy as np
 
-    from ml.measurements import measure_lesion
+    from ml.triage.measurements import measure_lesion
 
     mask = np.zeros((120, 160), np.uint8)
     cv2.ellipse(mask, (80, 60), (50, 30), 25, 0, 360, 1, thickness=-1)

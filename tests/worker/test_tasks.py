@@ -85,7 +85,7 @@ def test_queued_case_is_analysed_stored_and_answered_with_the_overlay(stack, wor
     # GRADCAM is on by default: the console gets the classifier's heatmap (never sent to the patient).
     assert case.heatmap_key and stack.store.get(case.heatmap_key)[:2] == b"\xff\xd8"
     assert case.timings_ms["explain"] > 0
-    # Lesion measurements of the stored mask (ml.measurements), for the console.
+    # Lesion measurements of the stored mask (ml.triage.measurements), for the console.
     assert case.measurements["area_px"] == case.lesion_area_px
     assert case.measurements["version"] >= 1 and 0 <= case.measurements["asymmetry_major_axis"] <= 1
     sent = answers(stack)

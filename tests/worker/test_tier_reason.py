@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ml.result import TriageResult
+from ml.triage.result import TriageResult
 from skintriage.settings import Settings
 from skintriage.vocabulary import RetakeReason, Tier
 from worker.tasks import tier_reason

@@ -1,0 +1,1 @@
+"""The lesion classifier: the network, its presets and lesion crop, calibration, metrics, Grad-CAM, train, evaluate."""
