@@ -42,7 +42,7 @@ CONSENT_YES = "consent:yes"
 LANGUAGE_PATTERN = r"^lang:(en|ko)$"
 CASE_PATTERN = r"^case:(\d{1,12})$"
 DELETE_PATTERN = r"^delete:(yes|no)$"
-COMMANDS = ("start", "help", "history", "delete", "language", "privacy")
+COMMANDS = ("start", "help", "history", "reminders", "delete", "language", "privacy")  # the menu, in order
 
 
 @dataclass

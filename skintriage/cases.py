@@ -28,6 +28,7 @@ from skintriage.models import (
     OutboxMessage,
     PendingIntake,
     ProcessedUpdate,
+    RecheckReminder,
     User,
     utcnow,
 )
@@ -851,6 +852,7 @@ def delete_user_data(*, session: Session, store: ImageStore, user: User) -> int:
             store.delete(key)
     session.execute(delete(OutboxMessage).where(OutboxMessage.user_id == user.id))
     session.execute(delete(PendingIntake).where(PendingIntake.user_id == user.id))
+    session.execute(delete(RecheckReminder).where(RecheckReminder.user_id == user.id))  # /delete ends reminders
     session.execute(delete(Case).where(Case.user_id == user.id))
     session.delete(user)
     audit(session=session, actor="patient", action="patient.deleted", detail={"cases": len(case_ids)})
