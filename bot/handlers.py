@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from babel.dates import format_date
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
@@ -21,7 +20,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bot import intake, patients, questions
+from bot import intake, patients, questions, spots
 from bot.answers import compose
 from bot.consent import ConsentState, consent_text, consent_version
 from bot.delivery import send_reply
@@ -131,7 +130,7 @@ async def on_language(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
 
 async def on_history(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/history: the latest cases with a button to see each again."""
+    """/history: the latest cases, photos of one spot together, with a button to see each again."""
     svc = _services(context)
     lang, rows = await asyncio.to_thread(
         patients.recent_cases, sessions=svc.sessions, patient=_patient(update), limit=HISTORY_LIMIT
@@ -139,24 +138,9 @@ async def on_history(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     if not rows:
         await _say(update, svc.texts.get(lang, "history.empty"))
         return
-    lines = [svc.texts.get(lang, "history.title")]
-    for row in rows:
-        date = format_date(row.received_at, format="medium", locale=lang)
-        lines.append(
-            svc.texts.get(lang, "history.line", case_id=row.case_id, date=date, status=_status(svc, lang, row))
-        )
-    buttons = [[(svc.texts.get(lang, "history.button", case_id=row.case_id), f"case:{row.case_id}")] for row in rows]
-    await _say(update, "\n".join(lines), _keyboard(buttons))
-
-
-def _status(svc: Services, lang: str, row: patients.CaseSummary) -> str:
-    if row.status == CaseStatus.DONE and row.tier:
-        return svc.texts.get(lang, f"tier.{row.tier}")
-    if row.status == CaseStatus.REJECTED:
-        return svc.texts.get(lang, "tier.RETAKE")
-    if row.status == CaseStatus.FAILED:
-        return svc.texts.get(lang, "status.failed")
-    return svc.texts.get(lang, "status.open")
+    text, order = spots.history_screen(svc.texts, lang, rows)
+    buttons = [[(svc.texts.get(lang, "history.button", case_id=case_id), f"case:{case_id}")] for case_id in order]
+    await _say(update, text, _keyboard(buttons))
 
 
 async def on_delete(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -381,7 +365,9 @@ async def _download_and_register(
     await asyncio.to_thread(
         intake.acknowledged, sessions=svc.sessions, case_id=decision.case_id, message_id=message_id, delayed=not queued
     )
-    if decision.first_of_album:  # a new spot: ask what a doctor would ask (the analysis does not wait)
+    if decision.first_of_album:  # a new photo: is it an earlier spot? And what a doctor would ask (no waiting)
+        await spots.offer(bot, sessions=svc.sessions, texts=svc.texts, patient=patient, case_id=decision.case_id,
+                          lang=lang)  # fmt: skip
         await _say(update, *questions.first_screen(svc.texts, lang, case_id=decision.case_id))
     saved.pop(update.update_id, None)
 
