@@ -292,6 +292,13 @@ def history(*, session: Session, user: User, limit: int = 10) -> list[Case]:
     )
 
 
+def latest_case(*, session: Session, user: User, since: datetime) -> Case | None:
+    """The patient's latest case received after `since` (what their free text most likely speaks about), or None."""
+    return session.scalar(
+        select(Case).where(Case.user_id == user.id, Case.received_at >= since).order_by(Case.id.desc()).limit(1)
+    )
+
+
 def album_of(*, session: Session, case: Case) -> list[Case]:
     """The patient's cases sent together with this one (one Telegram album), oldest first; [case] when alone."""
     if not case.media_group_id:
