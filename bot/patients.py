@@ -139,7 +139,16 @@ def recent_cases(
             previous = c.previous_case if c.previous_case_id is not None else None
             change = compare(previous.measurements, c.measurements) if previous is not None else None
             summaries.append(
-                CaseSummary(c.id, c.received_at, c.status, c.tier, roots.get(c.id, c.id), c.previous_case_id, change)
+                # The tier the patient was told (their answers may have raised the photo's), else the photo's.
+                CaseSummary(
+                    c.id,
+                    c.received_at,
+                    c.status,
+                    c.told_tier or c.tier,
+                    roots.get(c.id, c.id),
+                    c.previous_case_id,
+                    change,
+                )
             )
         return user.language, summaries
 

@@ -221,6 +221,10 @@ def test_a_caption_with_warning_words_gets_the_advice_after_the_acknowledgement(
     caption = h.patient.wait_for(609, lambda e: e["method"] == "sendPhoto", since=since)["caption"]
     assert caption.startswith(f"Case #{case.id}: High concern")
     assert "“Changed colour”, “Itches”" in caption
+    since = h.patient.last_seq()
+    h.patient.send_command(609, "/history")  # shows the tier the patient was told, not the photo's alone
+    listing = h.wait_startswith(609, "Your latest cases", since=since)
+    assert listing["text"].split("\n")[1].endswith(" · High concern: see a dermatologist soon")
 
 
 def test_warning_words_written_after_an_answer_are_stored_with_that_case_and_raise_it_in_korean(start_bot) -> None:
