@@ -127,8 +127,15 @@ def test_a_late_answer_in_korean_raises_the_urgency_with_a_follow_up(start_bot) 
     (case,) = h.cases(702)
     assert case.patient_answers == {"site": "skip", "change": "no", "symptoms": "none", "age": "child"}
     assert case.told_tier == "UNCERTAIN"
+
+    def sent_follow_ups() -> list[OutboxMessage]:  # marked sent just after Telegram took it
+        with h.session() as session:
+            # (a LOW or MEDIUM answer also queues the re-check reminder's offer: tests/bot/test_reminders.py)
+            query = select(OutboxMessage).where(OutboxMessage.kind != "reminder_offer")
+            return [m for m in session.scalars(query) if m.sent_at is not None]
+
+    eventually(sent_follow_ups)
     with h.session() as session:
-        # (a LOW or MEDIUM answer also queues the re-check reminder's offer: tests/bot/test_reminders.py)
         (message,) = session.scalars(select(OutboxMessage).where(OutboxMessage.kind != "reminder_offer")).all()
         assert message.kind == "answers" and message.sent_at is not None and message.error is None
         assert message.case_id == case.id and message.text == follow["text"]
