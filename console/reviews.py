@@ -29,6 +29,8 @@ MESSAGE_KINDS: dict[str, str] = {
     "review": "Review told to the patient",
     "booking": "Booking question",
     "answers": "The patient's answers raised the urgency",
+    "reminder_offer": "Re-check reminder offered",
+    "reminder": "Re-check reminder",
 }
 BOOKING_WORDS: dict[str, str] = {
     "booked": "booked an appointment",

@@ -28,6 +28,7 @@ from skintriage.models import (
     OutboxMessage,
     PendingIntake,
     ProcessedUpdate,
+    RecheckReminder,
     User,
     utcnow,
 )
@@ -291,6 +292,13 @@ def history(*, session: Session, user: User, limit: int = 10) -> list[Case]:
     )
 
 
+def latest_case(*, session: Session, user: User, since: datetime) -> Case | None:
+    """The patient's latest case received after `since` (what their free text most likely speaks about), or None."""
+    return session.scalar(
+        select(Case).where(Case.user_id == user.id, Case.received_at >= since).order_by(Case.id.desc()).limit(1)
+    )
+
+
 def album_of(*, session: Session, case: Case) -> list[Case]:
     """The patient's cases sent together with this one (one Telegram album), oldest first; [case] when alone."""
     if not case.media_group_id:
@@ -310,6 +318,61 @@ def previous_case(*, session: Session, case: Case) -> Case | None:
     if case.media_group_id:
         query = query.where(or_(Case.media_group_id.is_(None), Case.media_group_id != case.media_group_id))
     return session.scalar(query.order_by(Case.id.desc()).limit(1))
+
+
+def spot_roots(*, session: Session, user: User) -> dict[int, int]:
+    """Case id -> the id of the first photo of its spot, for all the patient's cases.
+
+    Cases linked by previous_case_id (a reply to an earlier answer, or the "same spot" button) are one spot;
+    a case without a link is a spot of its own (photos of one album are told apart by media_group_id).
+    """
+    links = dict(session.execute(select(Case.id, Case.previous_case_id).where(Case.user_id == user.id)).all())
+    roots: dict[int, int] = {}
+    for case_id in links:
+        chain, current = [case_id], links[case_id]
+        while current is not None and current in links and current not in chain and current not in roots:
+            chain.append(current)
+            current = links[current]
+        root = roots.get(current, chain[-1]) if current is not None else chain[-1]
+        roots.update(dict.fromkeys(chain, root))
+    return roots
+
+
+def latest_of_spots(*, session: Session, user: User, case: Case, limit: int = 3) -> list[Case]:
+    """The latest finished photo of each of the patient's earlier spots, newest first (the case's album left out)."""
+    roots = spot_roots(session=session, user=user)
+    album = {c.id for c in album_of(session=session, case=case)}
+    latest: dict[int, Case] = {}
+    earlier = session.scalars(
+        select(Case)
+        .where(Case.user_id == user.id, Case.id < case.id, Case.status.in_(FINAL_STATUSES))
+        .order_by(Case.id.desc())
+    )
+    for other in earlier:
+        if other.id not in album and roots.get(other.id, other.id) not in latest:
+            latest[roots.get(other.id, other.id)] = other
+            if len(latest) >= limit:
+                break
+    return list(latest.values())
+
+
+def link_same_spot(*, session: Session, user: User, case_id: int, previous_id: int) -> Case | None:
+    """The patient says their photo (and its album) shows the spot of `previous_id`: link them as a reply does.
+
+    Returns the case, or None when either is not the patient's, the earlier one is not earlier, or the photo
+    is already linked (a reply, or an earlier tap). Only photos without a link are linked.
+    """
+    case = session.scalar(select(Case).where(Case.id == case_id, Case.user_id == user.id))
+    previous = session.scalar(select(Case).where(Case.id == previous_id, Case.user_id == user.id))
+    if case is None or previous is None or previous.id >= case.id:
+        return None
+    album = album_of(session=session, case=case)
+    if previous.id in {c.id for c in album} or any(c.previous_case_id is not None for c in album):
+        return None
+    for photo in album:
+        photo.previous_case_id = previous.id
+    audit(session=session, actor="patient", action="case.same_spot", case_id=case.id, detail={"previous": previous.id})
+    return case
 
 
 # --- the patient's answers -------------------------------------------------------------------
@@ -851,6 +914,7 @@ def delete_user_data(*, session: Session, store: ImageStore, user: User) -> int:
             store.delete(key)
     session.execute(delete(OutboxMessage).where(OutboxMessage.user_id == user.id))
     session.execute(delete(PendingIntake).where(PendingIntake.user_id == user.id))
+    session.execute(delete(RecheckReminder).where(RecheckReminder.user_id == user.id))  # /delete ends reminders
     session.execute(delete(Case).where(Case.user_id == user.id))
     session.delete(user)
     audit(session=session, actor="patient", action="patient.deleted", detail={"cases": len(case_ids)})

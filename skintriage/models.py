@@ -257,7 +257,7 @@ class Review(Base):
     operator: Mapped[Operator | None] = relationship()
 
 
-OUTBOX_KINDS: tuple[str, ...] = ("followup", "review", "booking")
+OUTBOX_KINDS: tuple[str, ...] = ("followup", "review", "booking", "answers", "reminder_offer", "reminder")
 # The patient's answers to "Have you booked an appointment with a dermatologist?" (skintriage.booking).
 BOOKING_ANSWERS: tuple[str, ...] = ("booked", "not_yet", "declined")
 
@@ -281,7 +281,9 @@ class OutboxMessage(Base):
 
     Kinds (OUTBOX_KINDS): "followup" (an operator's own words in `text`), "review" (what a review changes for
     the patient; `text` holds the reviewer's optional words) and "booking" (the question whether the patient
-    booked a dermatologist). The patient's text is composed in their language when it is sent
+    booked a dermatologist), "answers" (the patient's answers raised a sent answer's urgency), "reminder_offer"
+    (whether to remind the patient to photograph the spot again) and "reminder" (that re-check reminder). The
+    patient's text is composed in their language when it is sent
     (bot.followups) and kept in `sent_text`.
     """
 
@@ -306,6 +308,29 @@ class OutboxMessage(Base):
     user: Mapped[User | None] = relationship()
     case: Mapped[Case | None] = relationship()
     review: Mapped[Review | None] = relationship()
+
+
+class RecheckReminder(Base):
+    """A patient's opt-in reminder to photograph a spot again every few months (skintriage.reminders).
+
+    `case_id` is the answer the reminder was offered after; a later photo of the same spot (linked by
+    previous_case_id) restarts the clock instead of adding a reminder. Stopped ones are kept (stopped_at) until
+    the patient's /delete, which removes them with the cases.
+    """
+
+    __tablename__ = "recheck_reminders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), unique=True)
+    every_months: Mapped[int] = mapped_column(Integer)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sent_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    case: Mapped[Case] = relationship()
 
 
 class AuditEvent(Base):

@@ -143,9 +143,11 @@ class Settings(BaseSettings):
     # Clinicians' follow-up. REVIEW_PROMISE_HOURS: HIGH and UNCERTAIN answers promise that a clinician of the
     # service looks at the photo within this many hours; unset (the default) promises nothing, for a
     # deployment without clinicians on duty. BOOKING_QUESTION_DAYS after a HIGH answer the bot asks whether the
-    # patient booked a dermatologist (0 = never ask).
+    # patient booked a dermatologist (0 = never ask). After a LOW or MEDIUM answer the bot offers a re-check
+    # reminder every RECHECK_REMINDER_MONTHS (0 = never offered); the periodic jobs send the due ones.
     review_promise_hours: int | None = Field(None, ge=1, validation_alias="REVIEW_PROMISE_HOURS")
     booking_question_days: float = Field(3.0, ge=0, validation_alias="BOOKING_QUESTION_DAYS")
+    recheck_reminder_months: int = Field(3, ge=0, le=24, validation_alias="RECHECK_REMINDER_MONTHS")
 
     # Observability.
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")

@@ -26,14 +26,23 @@ from sqlalchemy.orm import Session
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 
 from skintriage import cases
+from skintriage import reminders as recheck
 from skintriage.db import session_factory
 from skintriage.exceptions import ImageNotFound, StorageError
 from skintriage.models import Case, CaseStatus
 from skintriage.observability import CASES, DELIVERIES, INFERENCE, QUEUE_WAIT
 from skintriage.settings import Settings, get_settings
 from skintriage.storage import ImageStore, make_store
-from worker import booking, enqueue, health, pipeline_cache, retention, sweeper
-from worker.celery_app import BOOKING_TASK, DELIVER_TASK, OUTBOX_TASK, PURGE_TASK, SWEEP_TASK, TRIAGE_TASK
+from worker import booking, enqueue, health, pipeline_cache, reminders, retention, sweeper
+from worker.celery_app import (
+    BOOKING_TASK,
+    DELIVER_TASK,
+    OUTBOX_TASK,
+    PURGE_TASK,
+    REMINDER_TASK,
+    SWEEP_TASK,
+    TRIAGE_TASK,
+)
 from worker.failures import Failure, classify
 from worker.telegram_session import run_with_bot
 
@@ -391,6 +400,11 @@ def deliver_case(self: Any, case_id: int) -> str:
             session.flush()
             session.refresh(case)
             cases.mark_answered_with(session=session, case_ids=[i for i in album if i != answer_id], answer=case)
+            # With the answer (the same commit, so never twice): offer a re-check reminder after LOW and MEDIUM.
+            offer = recheck.queue_offer(
+                session=session, case=case, told_tier=told, every_months=settings.recheck_reminder_months
+            )
+            offer_id = offer.id if offer is not None else None
             session.commit()
             followup = _answers_followup(session, settings, case)
     except Exception as exc:
@@ -399,8 +413,9 @@ def deliver_case(self: Any, case_id: int) -> str:
         raise
     DELIVERIES.labels(outcome="sent").inc()
     log.info("case %d: answer sent", answer_id, extra={"case_id": answer_id})
-    if followup is not None:
-        enqueue.enqueue_outbox(followup)  # False: the sweeper sends it
+    for message_id in (followup, offer_id):
+        if message_id is not None:
+            enqueue.enqueue_outbox(message_id)  # False: the sweeper sends it
     return "sent"
 
 
@@ -533,6 +548,12 @@ def sweep() -> dict[str, int]:
 def ask_booking() -> int:
     """Queue the booking question for HIGH answers old enough (see worker.booking); returns questions queued."""
     return booking.ask_once(settings=get_settings())
+
+
+@shared_task(name=REMINDER_TASK, ignore_result=True)
+def send_reminders() -> int:
+    """Queue the due re-check reminders (see worker.reminders); returns reminders queued."""
+    return reminders.send_once(settings=get_settings())
 
 
 @shared_task(name=PURGE_TASK, ignore_result=True)

@@ -268,7 +268,7 @@ def test_0015_links_a_case_to_the_earlier_case_of_its_spot_and_reverts_keeping_t
                 )
             )
             conn.execute(text(insert.format(id=1, extra="", value="")))
-        migrate.upgrade(db_url)
+        migrate.upgrade(db_url, "0015")
         assert migrate.current(db_url) == "0015"
         with engine.begin() as conn:
             assert conn.execute(text("SELECT previous_case_id FROM cases WHERE id = 1")).scalar() is None
