@@ -468,24 +468,50 @@ def claim_for_processing(
 
 
 def release_for_retry(
-    *, session: Session, case_id: int, owner: str | None = None, refund_attempt: bool = False
+    *,
+    session: Session,
+    case_id: int,
+    owner: str | None = None,
+    refund_attempt: bool = False,
+    infra_failure: bool = False,
 ) -> None:
     """Give a case back to the queue after a transient error.
 
     The attempt stays counted unless refund_attempt: the attempt cap is for jobs that kill their
     worker, so an outage of the database or the image store should not use up a patient's attempts.
+    `infra_failure`: the models failed on it; counted in `infra_failures` (see fail_after_infra_failures).
     """
     owner = owner or worker_identity()
     values: dict[str, Any] = {"status": CaseStatus.QUEUED, "processing_owner": None, "queued_at": database_now(session)}
     if refund_attempt:
         # A PROCESSING case was claimed, so attempts >= 1 here.
         values["attempts"] = Case.attempts - 1
+    if infra_failure:
+        values["infra_failures"] = Case.infra_failures + 1
     session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+
+
+def fail_after_infra_failures(*, session: Session, case_id: int, max_failures: int) -> bool:
+    """Fail a queued case the models failed on `max_failures` times or more (the patient is told); False otherwise.
+
+    One conditional UPDATE: a case another worker has claimed meanwhile is left to it.
+    """
+    result = session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.status == CaseStatus.QUEUED, Case.infra_failures >= max_failures)
+        .values(status=CaseStatus.FAILED, finished_at=database_now(session), error_code="infrastructure_failures")
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    audit(session=session, actor="system", action="case.failed", case_id=case_id,
+          detail={"error_code": "infrastructure_failures"})  # fmt: skip
+    return True
 
 
 def save_result(

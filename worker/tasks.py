@@ -168,8 +168,9 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
         session.commit()
     except Exception as exc:
         session.rollback()
-        if classify(exc) in (Failure.TRANSIENT, Failure.INFRASTRUCTURE):
-            _release(session, case_id)
+        failure = classify(exc)
+        if failure in (Failure.TRANSIENT, Failure.INFRASTRUCTURE):
+            _release(session, case_id, infra=failure is Failure.INFRASTRUCTURE)
         raise
     if saved:
         CASES.labels(status=status, tier=fields["tier"]).inc()
@@ -277,10 +278,10 @@ def tier_reason(result: Any, *, settings: Settings) -> str | None:
     return decision.reason if str(decision.tier) == str(result.tier) else None
 
 
-def _release(session: Session, case_id: int) -> None:
+def _release(session: Session, case_id: int, *, infra: bool = False) -> None:
     """Give the case back after a transient or infrastructure error without using up one of its attempts."""
     try:
-        cases.release_for_retry(session=session, case_id=case_id, refund_attempt=True)
+        cases.release_for_retry(session=session, case_id=case_id, refund_attempt=True, infra_failure=infra)
         session.commit()
     except Exception as exc:  # noqa: BLE001 - the database may be what failed; the claim goes stale instead
         session.rollback()
@@ -313,6 +314,8 @@ def _infrastructure_failed(task: Any, case_id: int, settings: Settings, exc: Bas
             session.commit()
     except OperationalError:
         pass
+    if _failed_after_infra_failures(settings, case_id):
+        return "infrastructure_failures"
     if not health.state.healthy:
         return _hand_back_unhealthy(task, case_id)
     retries = task.request.retries
@@ -320,6 +323,24 @@ def _infrastructure_failed(task: Any, case_id: int, settings: Settings, exc: Bas
         log.error("case %d: giving up retrying for now; the sweeper re-enqueues it later", case_id)
         return "infrastructure_error"
     raise task.retry(countdown=backoff_s(retries), exc=exc)
+
+
+def _failed_after_infra_failures(settings: Settings, case_id: int) -> bool:
+    """End a case the models failed on MAX_CASE_INFRA_FAILURES times, on whichever workers, and tell the patient."""
+    cap = settings.max_case_infra_failures
+    if cap <= 0:
+        return False
+    try:
+        with _sessions(settings) as session:
+            failed = cases.fail_after_infra_failures(session=session, case_id=case_id, max_failures=cap)
+            session.commit()
+    except OperationalError:
+        return False
+    if failed:
+        log.error("case %d: the models failed on it %d times; it fails and the patient is told", case_id, cap)
+        CASES.labels(status=CaseStatus.FAILED, tier="").inc()
+        enqueue.enqueue_delivery(case_id)
+    return failed
 
 
 def _hand_back_unhealthy(task: Any, case_id: int) -> str:
