@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -43,6 +43,19 @@ OPEN_STATUSES = (CaseStatus.RECEIVED, CaseStatus.QUEUED, CaseStatus.PROCESSING)
 def worker_identity() -> str:
     """host:pid of this process, recorded on the cases it processes."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def database_now(session: Session) -> datetime:
+    """Now by the database's clock (PostgreSQL's clock_timestamp()); this process's clock on SQLite.
+
+    Claims, leases, flood-control waits and "stuck" ages are written by one machine and compared by another;
+    with each machine's own clock, one running minutes ahead would take over live claims and leases. The
+    embedded SQLite setup runs on one machine, so its clock is the only one.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    now = session.scalar(select(func.clock_timestamp()))
+    return now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
 
 
 def owner_is_dead(owner: str | None) -> bool:
@@ -231,6 +244,7 @@ def create_case(
     case = Case(
         user_id=user.id,
         status=CaseStatus.RECEIVED,
+        received_at=database_now(session),  # the sweeper compares it with the database's clock
         language=user.language,
         image_key=image.key,
         image_sha256=image.sha256,
@@ -275,6 +289,11 @@ def find_replied_case(*, session: Session, user: User, message_id: int) -> Case 
 def get_case(*, session: Session, case_id: int) -> Case | None:
     """A case by id (worker and console use; never from patient input)."""
     return session.get(Case, case_id)
+
+
+def case_exists(*, session: Session, case_id: int) -> bool:
+    """Whether the case row is there (the patient's /delete removes it), asked of the database, not the session."""
+    return session.scalar(select(Case.id).where(Case.id == case_id)) is not None
 
 
 def get_user_case(*, session: Session, user: User, case_id: int) -> Case:
@@ -434,7 +453,7 @@ def mark_queued(*, session: Session, case_id: int) -> None:
     session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status.in_((CaseStatus.RECEIVED, CaseStatus.QUEUED)))
-        .values(status=CaseStatus.QUEUED, queued_at=utcnow())
+        .values(status=CaseStatus.QUEUED, queued_at=database_now(session))
     )
 
 
@@ -466,7 +485,7 @@ def claim_for_processing(
 ) -> ClaimResult:
     """Atomically take a case for processing, counting the attempt; commit before returning."""
     owner = owner or worker_identity()
-    now = utcnow()
+    now = database_now(session)
     stale = now - timedelta(seconds=stale_after_s)
     case = session.get(Case, case_id)
     if case is None:
@@ -512,24 +531,50 @@ def claim_for_processing(
 
 
 def release_for_retry(
-    *, session: Session, case_id: int, owner: str | None = None, refund_attempt: bool = False
+    *,
+    session: Session,
+    case_id: int,
+    owner: str | None = None,
+    refund_attempt: bool = False,
+    infra_failure: bool = False,
 ) -> None:
     """Give a case back to the queue after a transient error.
 
     The attempt stays counted unless refund_attempt: the attempt cap is for jobs that kill their
     worker, so an outage of the database or the image store should not use up a patient's attempts.
+    `infra_failure`: the models failed on it; counted in `infra_failures` (see fail_after_infra_failures).
     """
     owner = owner or worker_identity()
-    values: dict[str, Any] = {"status": CaseStatus.QUEUED, "processing_owner": None, "queued_at": utcnow()}
+    values: dict[str, Any] = {"status": CaseStatus.QUEUED, "processing_owner": None, "queued_at": database_now(session)}
     if refund_attempt:
         # A PROCESSING case was claimed, so attempts >= 1 here.
         values["attempts"] = Case.attempts - 1
+    if infra_failure:
+        values["infra_failures"] = Case.infra_failures + 1
     session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+
+
+def fail_after_infra_failures(*, session: Session, case_id: int, max_failures: int) -> bool:
+    """Fail a queued case the models failed on `max_failures` times or more (the patient is told); False otherwise.
+
+    One conditional UPDATE: a case another worker has claimed meanwhile is left to it.
+    """
+    result = session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.status == CaseStatus.QUEUED, Case.infra_failures >= max_failures)
+        .values(status=CaseStatus.FAILED, finished_at=database_now(session), error_code="infrastructure_failures")
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    audit(session=session, actor="system", action="case.failed", case_id=case_id,
+          detail={"error_code": "infrastructure_failures"})  # fmt: skip
+    return True
 
 
 def save_result(
@@ -574,7 +619,7 @@ def save_result(
     result = session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
-        .values(status=status, finished_at=utcnow(), **fields)
+        .values(status=status, finished_at=database_now(session), **fields)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -593,7 +638,7 @@ def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str |
     result = session.execute(
         update(Case)
         .where(Case.id == case_id, condition)
-        .values(status=CaseStatus.FAILED, finished_at=utcnow(), error_code=error_code)
+        .values(status=CaseStatus.FAILED, finished_at=database_now(session), error_code=error_code)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -607,7 +652,7 @@ def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str |
 
 def claim_delivery(*, session: Session, case_id: int, lease_s: int = 120) -> Case | None:
     """Atomically take the right to send a finished case's answer; None if sent or held by someone else."""
-    now = utcnow()
+    now = database_now(session)
     result = session.execute(
         update(Case)
         .where(
@@ -635,7 +680,7 @@ def release_delivery(*, session: Session, case_id: int, wait_s: float | None = N
     Telegram's flood control (429) names how long to wait; sending earlier only earns another 429, so the
     wait is kept in the row, where the retry and the sweeper both see it.
     """
-    not_before = utcnow() + timedelta(seconds=wait_s) if wait_s else None
+    not_before = database_now(session) + timedelta(seconds=wait_s) if wait_s else None
     session.execute(
         update(Case)
         .where(Case.id == case_id, Case.delivered_at.is_(None))
@@ -644,17 +689,19 @@ def release_delivery(*, session: Session, case_id: int, wait_s: float | None = N
     )
 
 
-def mark_reply_started(*, session: Session, case_id: int, message_id: int) -> None:
+def mark_reply_started(*, session: Session, case_id: int, message_id: int) -> bool:
     """Record that the first message of a two-part answer reached Telegram, so a retry sends only the rest.
 
     Only the message id is set: delivered_at and reply_text (mark_delivered) stay empty until the rest is sent.
+    False when the case is gone (deleted) or already answered.
     """
-    session.execute(
+    result = session.execute(
         update(Case)
         .where(Case.id == case_id, Case.delivered_at.is_(None))
         .values(reply_message_id=message_id)
         .execution_options(synchronize_session=False)
     )
+    return result.rowcount == 1
 
 
 def mark_delivered(
@@ -719,7 +766,7 @@ def mark_delay_notice(*, session: Session, case_id: int) -> None:
 
 def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> OutboxMessage | None:
     """Atomically take the right to send an outbox message; None if sent or held by someone else."""
-    now = utcnow()
+    now = database_now(session)
     result = session.execute(
         update(OutboxMessage)
         .where(
@@ -740,9 +787,14 @@ def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> Ou
     return message
 
 
+def outbox_message_exists(*, session: Session, message_id: int) -> bool:
+    """Whether the outbox message is still there (the patient's /delete removes it)."""
+    return session.scalar(select(OutboxMessage.id).where(OutboxMessage.id == message_id)) is not None
+
+
 def release_outbox(*, session: Session, message_id: int, error: str | None = None, wait_s: float | None = None) -> None:
     """Let another attempt send the message (after a failed send), noting why; none before `wait_s` seconds."""
-    not_before = utcnow() + timedelta(seconds=wait_s) if wait_s else None
+    not_before = database_now(session) + timedelta(seconds=wait_s) if wait_s else None
     session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None))
@@ -790,7 +842,7 @@ def find_stuck(*, session: Session, stuck_after_s: int, now: datetime | None = N
 
     An answer or message that Telegram's flood control asked to hold is left alone until its wait is over.
     """
-    now = now or utcnow()
+    now = now or database_now(session)
     old = now - timedelta(seconds=stuck_after_s)
     to_process = session.scalars(
         select(Case.id).where(

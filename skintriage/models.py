@@ -114,6 +114,9 @@ class Case(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16), default=CaseStatus.RECEIVED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The models failing on this case (worker.failures: infrastructure), on whichever workers. They do not use
+    # up attempts, but a case that keeps hitting them ends at MAX_CASE_INFRA_FAILURES and the patient is told.
+    infra_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     language: Mapped[str] = mapped_column(String(8), default="en")
 
     # Where the photo came from (for dedupe) and where it lies (content-addressed key, never bytes).

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # Worker health (worker.health). Infrastructure failures (the models failing on this worker, not the photo)
     # in a row before the worker stops taking triage jobs; 0 never stops.
     worker_max_infra_failures: int = Field(3, ge=0, validation_alias="WORKER_MAX_INFRA_FAILURES")
+    # Infrastructure failures on one case, on whichever workers, before it fails and the patient is told (a photo
+    # that crashes the models everywhere, or workers that stay broken); 0 never. Keep it above
+    # WORKER_MAX_INFRA_FAILURES, so that one broken worker alone turns unhealthy before it can end a case.
+    max_case_infra_failures: int = Field(6, ge=0, validation_alias="MAX_CASE_INFRA_FAILURES")
     # A triage job running longer than this is hung: the worker turns unhealthy and the case goes to another
     # worker. Keep it well above the slowest photo's analysis and below STUCK_AFTER_S; 0 turns the watchdog off.
     job_deadline_s: int = Field(180, ge=0, validation_alias="JOB_DEADLINE_S")
