@@ -1,7 +1,7 @@
 """per-case infrastructure failures: cases.infra_failures counts the models failing on a case, whatever the worker
 
 Revision ID: 0016
-Revises: 0015
+Revises: 0017
 Create Date: 2026-12-03 08:20:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0016"
-down_revision = "0015"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 

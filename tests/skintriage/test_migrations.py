@@ -294,7 +294,7 @@ def test_0016_counts_infrastructure_failures_per_case_from_zero_and_reverts(db_u
     """cases.infra_failures exists from 0016, 0 for cases received before it; downgrading drops only the column."""
     from sqlalchemy import text
 
-    migrate.downgrade(db_url, "0015")
+    migrate.downgrade(db_url, "0017")
     engine = create_engine(db_url)
     try:
         assert "infra_failures" not in {c["name"] for c in inspect(engine).get_columns("cases")}
@@ -316,7 +316,7 @@ def test_0016_counts_infrastructure_failures_per_case_from_zero_and_reverts(db_u
         assert migrate.current(db_url) == "0016"
         with engine.connect() as conn:
             assert conn.execute(text("SELECT infra_failures FROM cases WHERE id = 1")).scalar() == 0
-        migrate.downgrade(db_url, "0015")
+        migrate.downgrade(db_url, "0017")
         assert "infra_failures" not in {c["name"] for c in inspect(engine).get_columns("cases")}
         with engine.connect() as conn:
             assert conn.execute(text("SELECT status FROM cases WHERE id = 1")).scalar() == "queued"
