@@ -21,7 +21,7 @@ from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import Application, ApplicationBuilder, BaseUpdateProcessor, ExtBot
 from telegram.request import HTTPXRequest
 
-from bot import booking, handlers, intake
+from bot import booking, handlers, intake, reminders, spots
 from bot.delivery import make_request
 from bot.i18n import LANGUAGES, load_texts
 from skintriage.db import session_factory
@@ -187,5 +187,7 @@ def build_application(
     )
     application.bot_data["services"] = services
     booking.register(application)  # before handlers' catch-all for buttons
+    reminders.register(application)  # before handlers' catch-alls for commands and buttons
+    spots.register(application)
     handlers.register(application)
     return application

@@ -17,7 +17,7 @@ from telegram.request import HTTPXRequest
 
 from bot.answers import TEXT_LIMIT, Reply, compose, visible
 from bot.i18n import Texts, load_texts
-from skintriage.exceptions import ImageNotFound
+from skintriage.exceptions import AnswerWithdrawn, ImageNotFound
 from skintriage.models import Case, OutboxMessage
 from skintriage.settings import Settings, get_settings
 from skintriage.storage import ImageStore
@@ -34,15 +34,23 @@ async def send_reply(
     note: str | None = None,
     first_sent: int | None = None,
     on_first_sent: Callable[[int], None] | None = None,
+    still_wanted: Callable[[], bool] | None = None,
 ) -> int | None:
     """Send a composed answer (photo + caption, then the follow-up); returns the first message's id.
 
     A two-part answer can fail between its parts. `on_first_sent(message_id)` is called once the photo is out
     and before the follow-up, so the caller can record it; a later attempt passes that id as `first_sent` and
-    only the follow-up is sent, instead of the photo a second time.
+    only the follow-up is sent, instead of the photo a second time. `still_wanted()` is asked right before the
+    first message goes out (the photo read): False raises AnswerWithdrawn and nothing is sent.
     """
+
+    def check() -> None:
+        if still_wanted is not None and not still_wanted():
+            raise AnswerWithdrawn("the answer's case was deleted before it went out")
+
     if first_sent is not None:
         if reply.follow_up:
+            check()
             await bot.send_message(chat_id, reply.follow_up, parse_mode=ParseMode.HTML)
         return first_sent
     photo = None
@@ -51,6 +59,7 @@ async def send_reply(
             photo = store.get(reply.image_key)
         except ImageNotFound:
             log.info("image of an answer is gone (retention or deletion); sending the text only")
+    check()
     if photo is None:
         text = "\n\n".join([reply.caption] + [p for p in (reply.follow_up, note) if p])
         message = await bot.send_message(chat_id, text[:TEXT_LIMIT], parse_mode=ParseMode.HTML)
@@ -73,12 +82,16 @@ async def deliver_case(
     on_first_sent: Callable[[int], None] | None = None,
     refused_before: bool = False,
     album: Sequence[int] = (),
+    still_wanted: Callable[[], bool] | None = None,
 ) -> tuple[int | None, str]:
     """Compose and send a finished case's answer; returns (message id, full text). Raises telegram.error.* on failure.
 
     `chat_id` defaults to case.user.chat_id (the case must then be attached to a session or have its user loaded).
     An undelivered case with a reply_message_id but no reply_text had its photo sent by an earlier attempt
     (cases.mark_reply_started): only the rest goes out. `refused_before` and `album`: see compose.
+    `still_wanted()` is asked right before the first message goes out (see send_reply); False raises
+    AnswerWithdrawn and nothing is sent (the patient deleted their data meanwhile). `on_first_sent` may raise
+    AnswerWithdrawn too, to stop the rest of a two-part answer.
     """
     settings = get_settings()
     texts = texts or load_texts(settings.guidance_file)
@@ -88,7 +101,10 @@ async def deliver_case(
         case, texts=texts, refused_before=refused_before, album=album,
         review_promise_hours=settings.review_promise_hours, previous=previous,
     )  # fmt: skip
-    chat_id = chat_id or case.user.chat_id
+    if chat_id is None:
+        if case.user is None:  # deleted since the case was read (the patient's /delete)
+            raise AnswerWithdrawn(f"case {case.id} was deleted before its answer went out")
+        chat_id = case.user.chat_id
     started = [case.reply_message_id] if case.delivered_at is None and case.reply_text is None else []
     started = [m for m in started if m is not None]
 
@@ -100,7 +116,7 @@ async def deliver_case(
     try:
         message_id = await send_reply(
             bot, chat_id=chat_id, reply=reply, store=store, first_sent=started[0] if started else None,
-            on_first_sent=first_out,
+            on_first_sent=first_out, still_wanted=still_wanted,
         )  # fmt: skip
     except BadRequest as exc:
         # Telegram refused the photo or the formatting (a bad upload, an entity it cannot parse). The patient
@@ -131,15 +147,24 @@ def plain_parts(text: str, limit: int = TEXT_LIMIT) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-async def send_outbox_message(bot: Bot, *, message: OutboxMessage, texts: Texts | None = None) -> tuple[int, str]:
+async def send_outbox_message(
+    bot: Bot,
+    *,
+    message: OutboxMessage,
+    texts: Texts | None = None,
+    still_wanted: Callable[[], bool] | None = None,
+) -> tuple[int, str]:
     """Compose an outbox message in the patient's language (bot.followups) and send it; returns (id, text read).
 
     The message's user, case and review must be loadable (attached to a session) or set. When Telegram refuses
     the formatting (BadRequest), the same words go out as plain text; when that fails too, the error goes up.
+    `still_wanted()` is asked once composed, right before sending: False raises AnswerWithdrawn (deleted meanwhile).
     """
     from bot.followups import compose as compose_followup
 
     outgoing = compose_followup(message, texts=texts or load_texts(get_settings().guidance_file))
+    if still_wanted is not None and not still_wanted():
+        raise AnswerWithdrawn(f"outbox message {message.id} was deleted before it went out")
     try:
         sent = await bot.send_message(
             message.chat_id, outgoing.html, parse_mode=ParseMode.HTML, reply_markup=outgoing.markup

@@ -1,4 +1,5 @@
-"""Messages that follow an answer: a clinician's review, a clinician's own words, the booking question.
+"""Messages that follow an answer: a clinician's review, a clinician's own words, the booking question, the
+re-check reminder's offer and the reminder itself.
 
 They are stored in the outbox (skintriage.models.OutboxMessage) by the console or the periodic jobs and
 composed here, in the patient's language, when the reply queue sends them (worker.tasks.send_outbox).
@@ -15,17 +16,23 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+from babel.dates import format_date
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.answers import NEAR_LINE_REASONS
 from bot.i18n import DEFAULT_LANGUAGE, Html, Texts
 from skintriage.models import Case, OutboxMessage, Review
+from skintriage.reminders import DEFAULT_MONTHS
+from skintriage.settings import get_settings
 from skintriage.vocabulary import BOOKING_ANSWERS, Label, OutboxKind, ReviewVerdict, Tier
 
 # A corrected label -> the tier whose guidance says what to do about it (the same words as the bot's answers).
 LABEL_TIER = {Label.MEL: Tier.HIGH, Label.OTHER: Tier.MEDIUM, Label.NV: Tier.LOW}
 BOOKING_PREFIX = "booking"
 BOOKING_PATTERN = rf"^{BOOKING_PREFIX}:(\d{{1,12}}):({'|'.join(BOOKING_ANSWERS)})$"
+REMINDER_PREFIX = "reminder"
+# reminder:<yes|no|stop>:<case>: the offer's answers, and stopping a case's reminder (the reminder, /reminders).
+REMINDER_PATTERN = rf"^{REMINDER_PREFIX}:(yes|no|stop):(\d{{1,12}})$"
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,40 @@ def compose_booking(message: OutboxMessage, *, texts: Texts, lang: str) -> Outgo
     return Outgoing(text, booking_buttons(message.case_id, texts=texts, lang=lang))
 
 
+def reminder_button(text: str, action: str, case_id: int) -> InlineKeyboardButton:
+    """A re-check reminder button; data `reminder:<yes|no|stop>:<case>`."""
+    return InlineKeyboardButton(text, callback_data=f"{REMINDER_PREFIX}:{action}:{case_id}")
+
+
+def compose_reminder_offer(message: OutboxMessage, *, texts: Texts, lang: str) -> Outgoing:
+    """The offer, after a LOW or MEDIUM answer, to remind the patient to photograph the spot again."""
+    if message.case_id is None:
+        raise ValueError(f"outbox message {message.id} of kind reminder_offer has no case; it was deleted?")
+    months = get_settings().recheck_reminder_months or DEFAULT_MONTHS  # queued while the setting was on
+    offer = texts.get(lang, "reminder.offer", case_id=message.case_id, months=months)
+    text = "\n\n".join([offer, texts.get(lang, "result.disclaimer")])
+    markup = InlineKeyboardMarkup(
+        [
+            [reminder_button(texts.get(lang, "button.reminder_yes", months=months), "yes", message.case_id)],
+            [reminder_button(texts.get(lang, "button.reminder_no"), "no", message.case_id)],
+        ]
+    )
+    return Outgoing(text, markup)
+
+
+def compose_reminder(message: OutboxMessage, *, texts: Texts, lang: str) -> Outgoing:
+    """A due re-check reminder: photograph the spot again, or see a doctor if it changed; a button stops it."""
+    case = message.case
+    if case is None:
+        raise ValueError(f"outbox message {message.id} of kind reminder has no case; it was deleted?")
+    date = format_date(case.received_at, format="medium", locale=lang)
+    text = "\n\n".join(
+        [texts.get(lang, "reminder.due", case_id=case.id, date=date), texts.get(lang, "result.disclaimer")]
+    )
+    markup = InlineKeyboardMarkup([[reminder_button(texts.get(lang, "button.reminder_stop"), "stop", case.id)]])
+    return Outgoing(text, markup)
+
+
 def compose(message: OutboxMessage, *, texts: Texts) -> Outgoing:
     """The patient's text for an outbox message, in their language now (its rows must be loaded or attached)."""
     lang = language_of(message)
@@ -124,6 +165,10 @@ def compose(message: OutboxMessage, *, texts: Texts) -> Outgoing:
         return Outgoing(compose_review(message, texts=texts, lang=lang))
     if message.kind == OutboxKind.BOOKING:
         return compose_booking(message, texts=texts, lang=lang)
+    if message.kind == OutboxKind.REMINDER_OFFER:
+        return compose_reminder_offer(message, texts=texts, lang=lang)
+    if message.kind == OutboxKind.REMINDER:
+        return compose_reminder(message, texts=texts, lang=lang)
     if message.kind == OutboxKind.ANSWERS:
         # Composed by the bot when it was queued (bot.delivery.answers_followup), disclaimer included; plain text.
         return Outgoing(html.escape(message.text, quote=False))

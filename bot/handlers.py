@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from babel.dates import format_date
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
@@ -21,7 +20,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, TelegramError
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bot import intake, patients, questions
+from bot import intake, patients, questions, spots
 from bot.answers import compose
 from bot.consent import ConsentState, consent_text, consent_version
 from bot.delivery import send_reply
@@ -42,7 +41,7 @@ CONSENT_YES = "consent:yes"
 LANGUAGE_PATTERN = r"^lang:(en|ko)$"
 CASE_PATTERN = r"^case:(\d{1,12})$"
 DELETE_PATTERN = r"^delete:(yes|no)$"
-COMMANDS = ("start", "help", "history", "delete", "language", "privacy")
+COMMANDS = ("start", "help", "history", "reminders", "delete", "language", "privacy")  # the menu, in order
 
 
 @dataclass
@@ -131,7 +130,7 @@ async def on_language(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
 
 async def on_history(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/history: the latest cases with a button to see each again."""
+    """/history: the latest cases, photos of one spot together, with a button to see each again."""
     svc = _services(context)
     lang, rows = await asyncio.to_thread(
         patients.recent_cases, sessions=svc.sessions, patient=_patient(update), limit=HISTORY_LIMIT
@@ -139,24 +138,9 @@ async def on_history(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     if not rows:
         await _say(update, svc.texts.get(lang, "history.empty"))
         return
-    lines = [svc.texts.get(lang, "history.title")]
-    for row in rows:
-        date = format_date(row.received_at, format="medium", locale=lang)
-        lines.append(
-            svc.texts.get(lang, "history.line", case_id=row.case_id, date=date, status=_status(svc, lang, row))
-        )
-    buttons = [[(svc.texts.get(lang, "history.button", case_id=row.case_id), f"case:{row.case_id}")] for row in rows]
-    await _say(update, "\n".join(lines), _keyboard(buttons))
-
-
-def _status(svc: Services, lang: str, row: patients.CaseSummary) -> str:
-    if row.status == CaseStatus.DONE and row.tier:
-        return svc.texts.get(lang, f"tier.{row.tier}")
-    if row.status == CaseStatus.REJECTED:
-        return svc.texts.get(lang, "tier.RETAKE")
-    if row.status == CaseStatus.FAILED:
-        return svc.texts.get(lang, "status.failed")
-    return svc.texts.get(lang, "status.open")
+    text, order = spots.history_screen(svc.texts, lang, rows)
+    buttons = [[(svc.texts.get(lang, "history.button", case_id=case_id), f"case:{case_id}")] for case_id in order]
+    await _say(update, text, _keyboard(buttons))
 
 
 async def on_delete(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -285,8 +269,9 @@ async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) ->
 async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """A photo (Telegram-compressed): take its largest size; warning signs in its caption are answered too."""
     photo = update.effective_message.photo[-1]
-    await _receive_image(update, context, _incoming(update, photo.file_id, photo.file_unique_id, photo.file_size))
-    await _answer_warning_signs(update, context, with_photo=True)
+    incoming = _incoming(update, photo.file_id, photo.file_unique_id, photo.file_size)
+    case_id = await _receive_image(update, context, incoming)
+    await _answer_warning_signs(update, context, with_photo=True, case_id=case_id)
 
 
 async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -299,8 +284,8 @@ async def on_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         await _answer_warning_signs(update, context, with_photo=False)
         return
     incoming = _incoming(update, document.file_id, document.file_unique_id, document.file_size)
-    await _receive_image(update, context, incoming)
-    await _answer_warning_signs(update, context, with_photo=True)
+    case_id = await _receive_image(update, context, incoming)
+    await _answer_warning_signs(update, context, with_photo=True, case_id=case_id)
 
 
 def _incoming(update: Update, file_id: str, file_unique_id: str, file_size: int | None) -> IncomingPhoto:
@@ -311,11 +296,11 @@ def _incoming(update: Update, file_id: str, file_unique_id: str, file_size: int 
     )
 
 
-async def _receive_image(update: Update, context: ContextTypes.DEFAULT_TYPE, photo: IncomingPhoto) -> None:
-    """Checks, download, header check, store + commit, enqueue, acknowledge (see bot.intake).
+async def _receive_image(update: Update, context: ContextTypes.DEFAULT_TYPE, photo: IncomingPhoto) -> int | None:
+    """Checks, download, header check, store + commit, enqueue, acknowledge (see bot.intake); the photo's case.
 
     `photo` is the update's own photo, or one held while the patient re-read the consent text (then `update`
-    is their press of "I agree").
+    is their press of "I agree"). Returns the case the photo started (or repeated), None when none.
     """
     svc, patient = _services(context), _patient(update)
     decision = await asyncio.to_thread(
@@ -324,15 +309,16 @@ async def _receive_image(update: Update, context: ContextTypes.DEFAULT_TYPE, pho
     )  # fmt: skip
     if decision.outcome is not Outcome.PROCEED:
         await _explain(update, svc, decision)
-        return
+        return decision.case_id if decision.outcome is Outcome.DUPLICATE else None
     # Recorded as under way (bot.intake): settled once the patient is answered, here or by on_error. A
     # cancellation (the bot stopping mid-download) leaves the record for the next start to tell the patient.
     try:
-        await _download_and_register(update, context, photo, decision.language)
+        case_id = await _download_and_register(update, context, photo, decision.language)
     except Exception:
         await _settle(svc, patient.chat_id, photo.message_id)
         raise
     await _settle(svc, patient.chat_id, photo.message_id)
+    return case_id
 
 
 async def _settle(svc: Services, chat_id: int, message_id: int) -> None:
@@ -345,7 +331,7 @@ async def _settle(svc: Services, chat_id: int, message_id: int) -> None:
 
 async def _download_and_register(
     update: Update, context: ContextTypes.DEFAULT_TYPE, photo: IncomingPhoto, lang: str
-) -> None:
+) -> int | None:
     """Download, header check, store + commit, enqueue, acknowledge, and ask the questions of a new spot."""
     svc, patient, bot = _services(context), _patient(update), context.bot
     file_id, file_size = photo.file_id, photo.file_size
@@ -354,15 +340,15 @@ async def _download_and_register(
         data = None if (file_size or 0) > svc.settings.max_file_bytes else await _download(bot, file_id)
     except DownloadFailed:
         await _say(update, svc.texts.get(lang, "intake.download_failed"))
-        return
+        return None
     if data is None or len(data) > svc.settings.max_file_bytes:
         await _say(update, _too_big(svc, lang, file_size or (len(data) if data else 0)))
-        return
+        return None
     try:
         data, info = await asyncio.to_thread(intake.prepare_image, data, settings=svc.settings)
     except InvalidImageError as exc:
         await _say(update, svc.texts.get(lang, "intake.unusable", reason=svc.texts.retake_reason(lang, exc.reason)))
-        return
+        return None
     decision = await asyncio.to_thread(
         intake.register, sessions=svc.sessions, store=svc.store, settings=svc.settings, patient=patient, data=data,
         info=info, update_id=photo.update_id, message_id=photo.message_id, file_unique_id=photo.file_unique_id,
@@ -370,7 +356,7 @@ async def _download_and_register(
     )  # fmt: skip
     if decision.outcome is not Outcome.CREATED:
         await _explain(update, svc, decision)
-        return
+        return decision.case_id if decision.outcome is Outcome.DUPLICATE else None
     # The case is committed: from here a failure must not tell the patient their photo was lost (see on_error).
     saved = context.chat_data.setdefault(SAVED_CASES, {})
     saved[update.update_id] = _SavedCase(decision.case_id)
@@ -381,9 +367,12 @@ async def _download_and_register(
     await asyncio.to_thread(
         intake.acknowledged, sessions=svc.sessions, case_id=decision.case_id, message_id=message_id, delayed=not queued
     )
-    if decision.first_of_album:  # a new spot: ask what a doctor would ask (the analysis does not wait)
+    if decision.first_of_album:  # a new photo: is it an earlier spot? And what a doctor would ask (no waiting)
+        await spots.offer(bot, sessions=svc.sessions, texts=svc.texts, patient=patient, case_id=decision.case_id,
+                          lang=lang)  # fmt: skip
         await _say(update, *questions.first_screen(svc.texts, lang, case_id=decision.case_id))
     saved.pop(update.update_id, None)
+    return decision.case_id
 
 
 # chat_data key: {update id: _SavedCase} for photos committed by an update still being handled.
@@ -458,24 +447,41 @@ async def _explain(update: Update, svc: Services, decision: Decision) -> None:
 # --- the patient's own words ----------------------------------------------------------------
 
 
-def warning_text(texts: Texts, lang: str, signs: list[str], *, with_photo: bool) -> str:
-    """The answer to warning signs in a patient's words: see a doctor soon, and the disclaimer."""
+def warning_text(
+    texts: Texts, lang: str, signs: list[str], *, with_photo: bool, noted: questions.Noted | None = None
+) -> str:
+    """The answer to warning signs in a patient's words: see a doctor soon, the answers they were stored as (when
+    a case was found), and the disclaimer."""
     named = ", ".join(texts.get(lang, f"sign.{sign}") for sign in signs)
     follow = "warning.with_photo" if with_photo else "warning.send_photo"
+    stored = [questions.noted_text(texts, lang, noted)] if noted is not None else []
     return "\n\n".join(
-        [texts.get(lang, "warning.signs", signs=named), texts.get(lang, follow), texts.get(lang, "result.disclaimer")]
-    )
+        [texts.get(lang, "warning.signs", signs=named), *stored, texts.get(lang, follow),
+         texts.get(lang, "result.disclaimer")]
+    )  # fmt: skip
 
 
-async def _answer_warning_signs(update: Update, context: ContextTypes.DEFAULT_TYPE, *, with_photo: bool) -> bool:
-    """Answer warning signs (bleeding, growing, ...) in the message's text or caption; False when there are none."""
+async def _answer_warning_signs(
+    update: Update, context: ContextTypes.DEFAULT_TYPE, *, with_photo: bool, case_id: int | None = None
+) -> bool:
+    """Answer warning signs (bleeding, growing, ...) in the message's text or caption and store them as the
+    answers of the photo's case (`case_id`) or, for a text, of the latest case; False when there are none."""
     message = update.effective_message
-    signs = find_warning_signs(message.text or message.caption)
+    words = message.text or message.caption
+    signs = find_warning_signs(words)
     if not signs:
         return False
-    svc = _services(context)
-    lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=_patient(update))
-    await _say(update, warning_text(svc.texts, lang, signs, with_photo=with_photo))
+    svc, patient = _services(context), _patient(update)
+    lang = await asyncio.to_thread(patients.language_of, sessions=svc.sessions, patient=patient)
+    noted = None
+    if case_id is not None or not with_photo:  # a photo that was not kept has no case to store them with
+        noted = await asyncio.to_thread(
+            questions.record_words, sessions=svc.sessions, texts=svc.texts, patient=patient, text=words,
+            signs=signs, case_id=case_id,
+        )  # fmt: skip
+    await _say(update, warning_text(svc.texts, lang, signs, with_photo=with_photo, noted=noted))
+    if noted is not None and noted.followup_id is not None:
+        await questions.send_followup(context.bot, sessions=svc.sessions, message_id=noted.followup_id)
     return True
 
 

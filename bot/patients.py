@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bot.consent import ConsentState
 from bot.i18n import language_for
+from ml.triage.lesion_change import LesionChange, compare
 from skintriage import cases
 from skintriage.exceptions import CaseNotFound
 from skintriage.models import Case, User
@@ -32,12 +33,15 @@ class Patient:
 
 @dataclass(frozen=True)
 class CaseSummary:
-    """One line of /history."""
+    """One line of /history: the case, its spot (the id of the spot's first photo) and its earlier photo's id."""
 
     case_id: int
     received_at: datetime
     status: str
     tier: str | None
+    spot: int | None = None
+    previous_case_id: int | None = None
+    change: LesionChange | None = None  # since the earlier photo of the spot; None: not measured or no link
 
 
 @contextmanager
@@ -129,7 +133,24 @@ def recent_cases(
         if user is None:
             return language_for(patient.language_code), []
         rows = cases.history(session=session, user=user, limit=limit)
-        return user.language, [CaseSummary(c.id, c.received_at, c.status, c.tier) for c in rows]
+        roots = cases.spot_roots(session=session, user=user)
+        summaries = []
+        for c in rows:
+            previous = c.previous_case if c.previous_case_id is not None else None
+            change = compare(previous.measurements, c.measurements) if previous is not None else None
+            summaries.append(
+                # The tier the patient was told (their answers may have raised the photo's), else the photo's.
+                CaseSummary(
+                    c.id,
+                    c.received_at,
+                    c.status,
+                    c.told_tier or c.tier,
+                    roots.get(c.id, c.id),
+                    c.previous_case_id,
+                    change,
+                )
+            )
+        return user.language, summaries
 
 
 def own_case(*, sessions: sessionmaker[Session], patient: Patient, case_id: int) -> tuple[str, Case | None, list[int]]:

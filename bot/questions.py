@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 from telegram import Bot, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup
@@ -25,13 +26,16 @@ from bot.answers import queue_answers_followup
 from bot.delivery import send_outbox_message
 from bot.i18n import Html, Texts, language_for
 from bot.patients import Patient, transaction
+from bot.warning_signs import as_answers
 from ml.triage.red_flags import QUESTIONS, SKIP
 from skintriage import cases
 from skintriage.exceptions import CaseNotFound
-from skintriage.models import OutboxMessage
+from skintriage.models import OutboxMessage, utcnow
 
 log = logging.getLogger(__name__)
 
+# Free text with warning words speaks about the patient's latest case when it came this recently.
+WORDS_CASE_WINDOW = timedelta(days=1)
 QUESTION_PATTERN = r"^q:(\d{1,12}):(" + "|".join(QUESTIONS) + r"):([a-z_]{1,20})$"
 ORDER: tuple[str, ...] = tuple(QUESTIONS)
 BUTTONS_PER_ROW = 2
@@ -111,6 +115,49 @@ def record(
         session.flush()
         followup = queue_answers_followup(session=session, case=case, texts=texts)
         return Tapped(user.language, dict(case.patient_answers or {}), followup)
+
+
+@dataclass(frozen=True)
+class Noted:
+    """Warning words stored as answers: the case, the answers they added (question -> option) and the follow-up to
+    send now that they raised a sent answer's urgency."""
+
+    case_id: int
+    answers: dict[str, str]
+    followup_id: int | None = None
+
+
+def record_words(
+    *, sessions: sessionmaker[Session], texts: Texts, patient: Patient, text: str | None, signs: list[str],
+    case_id: int | None = None,
+) -> Noted | None:  # fmt: skip
+    """Store the warning signs of a caption (`case_id`: its photo's case) or a free text (the latest case of the
+    last WORDS_CASE_WINDOW) as the patient's answers, as a tap would; None when there is no case or nothing new."""
+    with transaction(sessions) as session:
+        user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
+        if user is None:
+            return None
+        if case_id is None:
+            case = cases.latest_case(session=session, user=user, since=utcnow() - WORDS_CASE_WINDOW)
+        else:
+            try:
+                case = cases.get_user_case(session=session, user=user, case_id=case_id)
+            except CaseNotFound:
+                return None
+        found = as_answers(text, signs, dict(case.patient_answers or {})) if case is not None else {}
+        if not found:
+            return None
+        for question, option in found.items():
+            cases.record_answer(session=session, case=case, question=question, option=option)
+        session.flush()
+        return Noted(case.id, found, queue_answers_followup(session=session, case=case, texts=texts))
+
+
+def noted_text(texts: Texts, lang: str, noted: Noted) -> Html:
+    """The line saying which answers the words were stored as, quoted as the buttons read."""
+    given = [texts.get(lang, "answers.quoted", option=texts.get(lang, f"option.{q}.{noted.answers[q]}"))
+             for q in ORDER if q in noted.answers]  # fmt: skip
+    return texts.get(lang, "warning.noted", case_id=noted.case_id, answers=Html(", ".join(given)))
 
 
 def _claim(sessions: sessionmaker[Session], message_id: int) -> OutboxMessage | None:

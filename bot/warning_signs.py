@@ -1,7 +1,9 @@
 """Warning signs in a patient's own words (a caption or a text), in English and Korean.
 
 A spot that bleeds, grows, itches, changes or does not heal should be seen by a doctor soon whatever a
-photo shows, so such words are answered with that advice instead of "send a photo". Matching is on word
+photo shows, so such words are answered with that advice instead of "send a photo". They are also stored as the
+patient's answers to the questions (ml.triage.red_flags.QUESTIONS) of the case they speak about (`as_answers`), so the
+red flags count them as they count a tap. Matching is on word
 stems and is deliberately generous: a false alarm costs a sentence, a missed one costs a warning. Negations
 ("it doesn't itch") are not understood and still count.
 """
@@ -43,3 +45,43 @@ def find_warning_signs(text: str | None) -> list[str]:
     if not text:
         return []
     return [sign for sign, pattern in _COMPILED.items() if pattern.search(text)]
+
+
+# Which change a "changed" sign names; a change the words do not name counts as a changed shape (one major
+# feature of the checklist, 2 points, like any single change the question offers).
+_COLOUR_CHANGE = re.compile(r"\b(?:darker|lighter|colou?r\w*)|색", re.IGNORECASE)
+_SHAPE_CHANGE = re.compile(r"\bshape\w*|모양", re.IGNORECASE)
+_CHANGES = ("size", "shape", "colour")
+_SYMPTOMS = {"bleeding": "bleeds", "not_healing": "crusts", "itching": "itches"}
+
+
+def as_answers(text: str | None, signs: list[str], given: dict[str, str] | None = None) -> dict[str, str]:
+    """The answers (question -> option of ml.triage.red_flags.QUESTIONS) the words add to those `given`; {} for none.
+
+    Words only add: a change or symptom the patient tapped stays counted, and the words' ones join it ("itches"
+    tapped, "it bleeds" written: "itches_and_more"; two different changes: "several").
+    """
+    given = given or {}
+    changes = {given["change"]} & set(_CHANGES) if given.get("change") else set()
+    if "growing" in signs:
+        changes.add("size")
+    if "changed" in signs:
+        colour, shape = bool(_COLOUR_CHANGE.search(text or "")), bool(_SHAPE_CHANGE.search(text or ""))
+        changes.update({"colour"} if colour else set())
+        changes.update({"shape"} if shape or not colour else set())
+    found: dict[str, str] = {}
+    if given.get("change") == "several" or len(changes) >= 2:
+        found["change"] = "several"
+    elif changes:
+        found["change"] = changes.pop()
+    symptoms = {_SYMPTOMS[sign] for sign in signs if sign in _SYMPTOMS}
+    before = given.get("symptoms")
+    if before == "itches_and_more":
+        symptoms = {"itches", "bleeds"}
+    elif before in _SYMPTOMS.values():
+        symptoms.add(before)
+    if "itches" in symptoms and len(symptoms) > 1:
+        found["symptoms"] = "itches_and_more"
+    elif symptoms:
+        found["symptoms"] = "bleeds" if "bleeds" in symptoms else symptoms.pop()
+    return {question: option for question, option in found.items() if given.get(question) != option}

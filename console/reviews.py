@@ -33,6 +33,8 @@ MESSAGE_KINDS: dict[str, str] = {
     OutboxKind.REVIEW: "Review told to the patient",
     OutboxKind.BOOKING: "Booking question",
     OutboxKind.ANSWERS: "The patient's answers raised the urgency",
+    OutboxKind.REMINDER_OFFER: "Re-check reminder offered",
+    OutboxKind.REMINDER: "Re-check reminder",
 }
 BOOKING_WORDS: dict[str, str] = {
     BookingAnswer.BOOKED: "booked an appointment",

@@ -53,6 +53,8 @@ JSON_FIELDS = {
     "scope",
     "link_preview_options",
 }
+# Faults applied after the call took effect (the message is in the chat): only the answer is held back.
+AFTER_FAULTS = {"timeout-after", "delay-after"}
 INT_FIELDS = {"offset", "limit", "timeout", "message_id", "cache_time"}
 
 
@@ -296,14 +298,17 @@ class LocalBotAPIServer:
         fault = self._next_fault(method)
         try:
             params = await self._params(request)
-            if fault and not fault.startswith("timeout-after"):
+            after = fault is not None and fault.partition(":")[0] in AFTER_FAULTS
+            if fault and not after:
                 await self._apply_fault(fault)
             result = await handler(params)
-            if fault and fault.startswith("timeout-after"):
-                # The call took effect but the answer never arrives: a retry would repeat it.
-                _, _, arg = fault.partition(":")
+            if fault and after:
+                kind, _, arg = fault.partition(":")
                 await asyncio.sleep(float(arg) if arg else self.timeout_fault_s)
-                raise ApiError(504, "Gateway Timeout")
+                if kind == "timeout-after":
+                    # The call took effect but the answer never arrives: a retry would repeat it.
+                    raise ApiError(504, "Gateway Timeout")
+                # delay-after: the call took effect and its answer comes late (a test acts in between).
         except ApiError as exc:
             return self._error(exc)
         return self._ok(result)
@@ -825,10 +830,10 @@ class LocalBotAPIServer:
         faults = list(body.get("faults") or [])
         for fault in faults:
             kind = fault.partition(":")[0]
-            if not (kind.isdigit() or kind in {"timeout", "timeout-after", "delay"}):
+            if not (kind.isdigit() or kind in {"timeout", "delay", *AFTER_FAULTS}):
                 return web.json_response(
                     {"error": f"unknown fault {fault!r}; use '429:SECONDS', an HTTP status like '500', "
-                     "'timeout[:SECONDS]', 'timeout-after[:SECONDS]' or 'delay[:SECONDS]'"},
+                     "'timeout[:SECONDS]', 'timeout-after[:SECONDS]', 'delay[:SECONDS]' or 'delay-after[:SECONDS]'"},
                     status=400,
                 )  # fmt: skip
         self.state.faults[str(body["method"]).lower()] = faults
@@ -1063,7 +1068,7 @@ class LocalBotAPIClient:
 
     def set_faults(self, method: str, faults: list[str]) -> None:
         """Make the next calls of `method` fail in order: "429:3", "500", "timeout[:s]", "timeout-after[:s]",
-        or succeed slowly: "delay[:s]"."""
+        or succeed slowly: "delay[:s]" (held before it takes effect), "delay-after[:s]" (took effect, answer late)."""
         self._post("/_sim/faults", {"method": method, "faults": faults})
 
     def block(self, user_id: int, blocked: bool = True) -> None:

@@ -27,6 +27,7 @@ OUTBOX_TASK = "worker.tasks.send_outbox"
 SWEEP_TASK = "worker.tasks.sweep"
 PURGE_TASK = "worker.tasks.purge_images"
 BOOKING_TASK = "worker.tasks.ask_booking"
+REMINDER_TASK = "worker.tasks.send_reminders"
 
 ROUTES = {
     TRIAGE_TASK: {"queue": TRIAGE_QUEUE},
@@ -35,9 +36,12 @@ ROUTES = {
     SWEEP_TASK: {"queue": REPLIES_QUEUE},
     PURGE_TASK: {"queue": REPLIES_QUEUE},
     BOOKING_TASK: {"queue": REPLIES_QUEUE},
+    REMINDER_TASK: {"queue": REPLIES_QUEUE},
 }
 # How often beat looks for HIGH answers whose booking question is due (it is asked days later; minutes do not matter).
 BOOKING_CHECK_S = 1800.0
+# How often beat looks for due re-check reminders (they come months apart; within the hour is soon enough).
+REMINDER_CHECK_S = 1800.0
 
 # Publishing must give up fast when the broker is down or hangs: the bot keeps the case and the sweeper
 # enqueues it later, so a patient never waits on a dead Redis. The limits are settings (REDIS_*_TIMEOUT_S).
@@ -82,7 +86,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Periodic jobs: the sweeper every SWEEP_INTERVAL_S, the booking question's check, image retention daily."""
+    """Periodic jobs: the sweeper every SWEEP_INTERVAL_S, the booking question's and the re-check reminders'
+    checks, image retention daily."""
     return {
         "sweep-stuck-cases": {
             "task": SWEEP_TASK,
@@ -93,6 +98,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": BOOKING_TASK,
             "schedule": BOOKING_CHECK_S,
             "options": {"queue": REPLIES_QUEUE, "expires": BOOKING_CHECK_S},
+        },
+        "send-recheck-reminders": {
+            "task": REMINDER_TASK,
+            "schedule": REMINDER_CHECK_S,
+            "options": {"queue": REPLIES_QUEUE, "expires": REMINDER_CHECK_S},
         },
         "purge-expired-images": {
             "task": PURGE_TASK,

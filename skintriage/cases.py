@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -28,6 +28,7 @@ from skintriage.models import (
     OutboxMessage,
     PendingIntake,
     ProcessedUpdate,
+    RecheckReminder,
     User,
     utcnow,
 )
@@ -42,6 +43,19 @@ OPEN_STATUSES = (CaseStatus.RECEIVED, CaseStatus.QUEUED, CaseStatus.PROCESSING)
 def worker_identity() -> str:
     """host:pid of this process, recorded on the cases it processes."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def database_now(session: Session) -> datetime:
+    """Now by the database's clock (PostgreSQL's clock_timestamp()); this process's clock on SQLite.
+
+    Claims, leases, flood-control waits and "stuck" ages are written by one machine and compared by another;
+    with each machine's own clock, one running minutes ahead would take over live claims and leases. The
+    embedded SQLite setup runs on one machine, so its clock is the only one.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return utcnow()
+    now = session.scalar(select(func.clock_timestamp()))
+    return now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
 
 
 def owner_is_dead(owner: str | None) -> bool:
@@ -230,6 +244,7 @@ def create_case(
     case = Case(
         user_id=user.id,
         status=CaseStatus.RECEIVED,
+        received_at=database_now(session),  # the sweeper compares it with the database's clock
         language=user.language,
         image_key=image.key,
         image_sha256=image.sha256,
@@ -276,6 +291,11 @@ def get_case(*, session: Session, case_id: int) -> Case | None:
     return session.get(Case, case_id)
 
 
+def case_exists(*, session: Session, case_id: int) -> bool:
+    """Whether the case row is there (the patient's /delete removes it), asked of the database, not the session."""
+    return session.scalar(select(Case.id).where(Case.id == case_id)) is not None
+
+
 def get_user_case(*, session: Session, user: User, case_id: int) -> Case:
     """The patient's own case; CaseNotFound for anyone else's, so ids cannot be probed."""
     case = session.scalar(select(Case).where(Case.id == case_id, Case.user_id == user.id))
@@ -288,6 +308,13 @@ def history(*, session: Session, user: User, limit: int = 10) -> list[Case]:
     """The patient's latest cases, newest first."""
     return list(
         session.scalars(select(Case).where(Case.user_id == user.id).order_by(Case.id.desc()).limit(limit)).all()
+    )
+
+
+def latest_case(*, session: Session, user: User, since: datetime) -> Case | None:
+    """The patient's latest case received after `since` (what their free text most likely speaks about), or None."""
+    return session.scalar(
+        select(Case).where(Case.user_id == user.id, Case.received_at >= since).order_by(Case.id.desc()).limit(1)
     )
 
 
@@ -310,6 +337,61 @@ def previous_case(*, session: Session, case: Case) -> Case | None:
     if case.media_group_id:
         query = query.where(or_(Case.media_group_id.is_(None), Case.media_group_id != case.media_group_id))
     return session.scalar(query.order_by(Case.id.desc()).limit(1))
+
+
+def spot_roots(*, session: Session, user: User) -> dict[int, int]:
+    """Case id -> the id of the first photo of its spot, for all the patient's cases.
+
+    Cases linked by previous_case_id (a reply to an earlier answer, or the "same spot" button) are one spot;
+    a case without a link is a spot of its own (photos of one album are told apart by media_group_id).
+    """
+    links = dict(session.execute(select(Case.id, Case.previous_case_id).where(Case.user_id == user.id)).all())
+    roots: dict[int, int] = {}
+    for case_id in links:
+        chain, current = [case_id], links[case_id]
+        while current is not None and current in links and current not in chain and current not in roots:
+            chain.append(current)
+            current = links[current]
+        root = roots.get(current, chain[-1]) if current is not None else chain[-1]
+        roots.update(dict.fromkeys(chain, root))
+    return roots
+
+
+def latest_of_spots(*, session: Session, user: User, case: Case, limit: int = 3) -> list[Case]:
+    """The latest finished photo of each of the patient's earlier spots, newest first (the case's album left out)."""
+    roots = spot_roots(session=session, user=user)
+    album = {c.id for c in album_of(session=session, case=case)}
+    latest: dict[int, Case] = {}
+    earlier = session.scalars(
+        select(Case)
+        .where(Case.user_id == user.id, Case.id < case.id, Case.status.in_(FINAL_STATUSES))
+        .order_by(Case.id.desc())
+    )
+    for other in earlier:
+        if other.id not in album and roots.get(other.id, other.id) not in latest:
+            latest[roots.get(other.id, other.id)] = other
+            if len(latest) >= limit:
+                break
+    return list(latest.values())
+
+
+def link_same_spot(*, session: Session, user: User, case_id: int, previous_id: int) -> Case | None:
+    """The patient says their photo (and its album) shows the spot of `previous_id`: link them as a reply does.
+
+    Returns the case, or None when either is not the patient's, the earlier one is not earlier, or the photo
+    is already linked (a reply, or an earlier tap). Only photos without a link are linked.
+    """
+    case = session.scalar(select(Case).where(Case.id == case_id, Case.user_id == user.id))
+    previous = session.scalar(select(Case).where(Case.id == previous_id, Case.user_id == user.id))
+    if case is None or previous is None or previous.id >= case.id:
+        return None
+    album = album_of(session=session, case=case)
+    if previous.id in {c.id for c in album} or any(c.previous_case_id is not None for c in album):
+        return None
+    for photo in album:
+        photo.previous_case_id = previous.id
+    audit(session=session, actor="patient", action="case.same_spot", case_id=case.id, detail={"previous": previous.id})
+    return case
 
 
 # --- the patient's answers -------------------------------------------------------------------
@@ -371,7 +453,7 @@ def mark_queued(*, session: Session, case_id: int) -> None:
     session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status.in_((CaseStatus.RECEIVED, CaseStatus.QUEUED)))
-        .values(status=CaseStatus.QUEUED, queued_at=utcnow())
+        .values(status=CaseStatus.QUEUED, queued_at=database_now(session))
     )
 
 
@@ -403,7 +485,7 @@ def claim_for_processing(
 ) -> ClaimResult:
     """Atomically take a case for processing, counting the attempt; commit before returning."""
     owner = owner or worker_identity()
-    now = utcnow()
+    now = database_now(session)
     stale = now - timedelta(seconds=stale_after_s)
     case = session.get(Case, case_id)
     if case is None:
@@ -449,24 +531,50 @@ def claim_for_processing(
 
 
 def release_for_retry(
-    *, session: Session, case_id: int, owner: str | None = None, refund_attempt: bool = False
+    *,
+    session: Session,
+    case_id: int,
+    owner: str | None = None,
+    refund_attempt: bool = False,
+    infra_failure: bool = False,
 ) -> None:
     """Give a case back to the queue after a transient error.
 
     The attempt stays counted unless refund_attempt: the attempt cap is for jobs that kill their
     worker, so an outage of the database or the image store should not use up a patient's attempts.
+    `infra_failure`: the models failed on it; counted in `infra_failures` (see fail_after_infra_failures).
     """
     owner = owner or worker_identity()
-    values: dict[str, Any] = {"status": CaseStatus.QUEUED, "processing_owner": None, "queued_at": utcnow()}
+    values: dict[str, Any] = {"status": CaseStatus.QUEUED, "processing_owner": None, "queued_at": database_now(session)}
     if refund_attempt:
         # A PROCESSING case was claimed, so attempts >= 1 here.
         values["attempts"] = Case.attempts - 1
+    if infra_failure:
+        values["infra_failures"] = Case.infra_failures + 1
     session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+
+
+def fail_after_infra_failures(*, session: Session, case_id: int, max_failures: int) -> bool:
+    """Fail a queued case the models failed on `max_failures` times or more (the patient is told); False otherwise.
+
+    One conditional UPDATE: a case another worker has claimed meanwhile is left to it.
+    """
+    result = session.execute(
+        update(Case)
+        .where(Case.id == case_id, Case.status == CaseStatus.QUEUED, Case.infra_failures >= max_failures)
+        .values(status=CaseStatus.FAILED, finished_at=database_now(session), error_code="infrastructure_failures")
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    audit(session=session, actor="system", action="case.failed", case_id=case_id,
+          detail={"error_code": "infrastructure_failures"})  # fmt: skip
+    return True
 
 
 def save_result(
@@ -511,7 +619,7 @@ def save_result(
     result = session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
-        .values(status=status, finished_at=utcnow(), **fields)
+        .values(status=status, finished_at=database_now(session), **fields)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -530,7 +638,7 @@ def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str |
     result = session.execute(
         update(Case)
         .where(Case.id == case_id, condition)
-        .values(status=CaseStatus.FAILED, finished_at=utcnow(), error_code=error_code)
+        .values(status=CaseStatus.FAILED, finished_at=database_now(session), error_code=error_code)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -544,7 +652,7 @@ def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str |
 
 def claim_delivery(*, session: Session, case_id: int, lease_s: int = 120) -> Case | None:
     """Atomically take the right to send a finished case's answer; None if sent or held by someone else."""
-    now = utcnow()
+    now = database_now(session)
     result = session.execute(
         update(Case)
         .where(
@@ -572,7 +680,7 @@ def release_delivery(*, session: Session, case_id: int, wait_s: float | None = N
     Telegram's flood control (429) names how long to wait; sending earlier only earns another 429, so the
     wait is kept in the row, where the retry and the sweeper both see it.
     """
-    not_before = utcnow() + timedelta(seconds=wait_s) if wait_s else None
+    not_before = database_now(session) + timedelta(seconds=wait_s) if wait_s else None
     session.execute(
         update(Case)
         .where(Case.id == case_id, Case.delivered_at.is_(None))
@@ -581,17 +689,19 @@ def release_delivery(*, session: Session, case_id: int, wait_s: float | None = N
     )
 
 
-def mark_reply_started(*, session: Session, case_id: int, message_id: int) -> None:
+def mark_reply_started(*, session: Session, case_id: int, message_id: int) -> bool:
     """Record that the first message of a two-part answer reached Telegram, so a retry sends only the rest.
 
     Only the message id is set: delivered_at and reply_text (mark_delivered) stay empty until the rest is sent.
+    False when the case is gone (deleted) or already answered.
     """
-    session.execute(
+    result = session.execute(
         update(Case)
         .where(Case.id == case_id, Case.delivered_at.is_(None))
         .values(reply_message_id=message_id)
         .execution_options(synchronize_session=False)
     )
+    return result.rowcount == 1
 
 
 def mark_delivered(
@@ -656,7 +766,7 @@ def mark_delay_notice(*, session: Session, case_id: int) -> None:
 
 def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> OutboxMessage | None:
     """Atomically take the right to send an outbox message; None if sent or held by someone else."""
-    now = utcnow()
+    now = database_now(session)
     result = session.execute(
         update(OutboxMessage)
         .where(
@@ -677,9 +787,14 @@ def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> Ou
     return message
 
 
+def outbox_message_exists(*, session: Session, message_id: int) -> bool:
+    """Whether the outbox message is still there (the patient's /delete removes it)."""
+    return session.scalar(select(OutboxMessage.id).where(OutboxMessage.id == message_id)) is not None
+
+
 def release_outbox(*, session: Session, message_id: int, error: str | None = None, wait_s: float | None = None) -> None:
     """Let another attempt send the message (after a failed send), noting why; none before `wait_s` seconds."""
-    not_before = utcnow() + timedelta(seconds=wait_s) if wait_s else None
+    not_before = database_now(session) + timedelta(seconds=wait_s) if wait_s else None
     session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id == message_id, OutboxMessage.sent_at.is_(None))
@@ -727,7 +842,7 @@ def find_stuck(*, session: Session, stuck_after_s: int, now: datetime | None = N
 
     An answer or message that Telegram's flood control asked to hold is left alone until its wait is over.
     """
-    now = now or utcnow()
+    now = now or database_now(session)
     old = now - timedelta(seconds=stuck_after_s)
     to_process = session.scalars(
         select(Case.id).where(
@@ -851,6 +966,7 @@ def delete_user_data(*, session: Session, store: ImageStore, user: User) -> int:
             store.delete(key)
     session.execute(delete(OutboxMessage).where(OutboxMessage.user_id == user.id))
     session.execute(delete(PendingIntake).where(PendingIntake.user_id == user.id))
+    session.execute(delete(RecheckReminder).where(RecheckReminder.user_id == user.id))  # /delete ends reminders
     session.execute(delete(Case).where(Case.user_id == user.id))
     session.delete(user)
     audit(session=session, actor="patient", action="patient.deleted", detail={"cases": len(case_ids)})

@@ -12,6 +12,7 @@ SkinTriageError
       +-- CaseNotFound    no such case for this patient
       +-- RateLimited     the patient sent too many photos; `retry_after_s` says when to try again
       +-- TooManyInFlight the patient already has the maximum number of cases being analysed
+      +-- AnswerWithdrawn the patient deleted their data while the answer was on its way: send no more of it
 """
 
 from __future__ import annotations
@@ -63,3 +64,7 @@ class RateLimited(CaseError):
 
 class TooManyInFlight(CaseError):
     """Too many of the patient's cases are still being analysed."""
+
+
+class AnswerWithdrawn(CaseError):
+    """The case is gone (the patient's /delete) while its answer was on its way; nothing more of it is sent."""

@@ -21,16 +21,16 @@ from sqlalchemy import and_, delete, insert, or_, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from skintriage.cases import owner_is_dead, worker_identity
+from skintriage.cases import database_now, owner_is_dead, worker_identity
 from skintriage.exceptions import AlreadyRunning
-from skintriage.models import ServiceLease, utcnow
+from skintriage.models import ServiceLease
 
 log = logging.getLogger(__name__)
 
 
 def acquire(*, session: Session, name: str, holder: str, ttl_s: float, now: datetime | None = None) -> None:
     """Take the role's lease (commits); raise AlreadyRunning, naming the holder, while another process holds it."""
-    now = now or utcnow()
+    now = now or database_now(session)
     expires = now + timedelta(seconds=ttl_s)
     try:
         session.execute(insert(ServiceLease).values(name=name, holder=holder, acquired_at=now, expires_at=expires))
@@ -63,7 +63,7 @@ def renew(*, session: Session, name: str, holder: str, ttl_s: float) -> bool:
     renewed = session.execute(
         update(ServiceLease)
         .where(ServiceLease.name == name, ServiceLease.holder == holder)
-        .values(expires_at=utcnow() + timedelta(seconds=ttl_s))
+        .values(expires_at=database_now(session) + timedelta(seconds=ttl_s))
         .execution_options(synchronize_session=False)
     ).rowcount
     session.commit()

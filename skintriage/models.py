@@ -116,6 +116,9 @@ class Case(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16), default=CaseStatus.RECEIVED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The models failing on this case (worker.failures: infrastructure), on whichever workers. They do not use
+    # up attempts, but a case that keeps hitting them ends at MAX_CASE_INFRA_FAILURES and the patient is told.
+    infra_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     language: Mapped[str] = mapped_column(String(8), default="en")
 
     # Where the photo came from (for dedupe) and where it lies (content-addressed key, never bytes).
@@ -272,9 +275,10 @@ class OutboxMessage(Base):
 
     Kinds (vocabulary.OutboxKind): "followup" (an operator's own words in `text`), "review" (what a review
     changes for the patient; `text` holds the reviewer's optional words), "booking" (the question whether the
-    patient booked a dermatologist) and "answers" (the patient's answers raised the urgency; the bot composed
-    `text`, disclaimer included). The patient's text is composed in their language when it is sent
-    (bot.followups) and kept in `sent_text`.
+    patient booked a dermatologist), "answers" (the patient's answers raised a sent answer's urgency; the bot
+    composed `text`, disclaimer included), "reminder_offer" (whether to remind the patient to photograph the
+    spot again) and "reminder" (that re-check reminder). The patient's text is composed in their language when
+    it is sent (bot.followups) and kept in `sent_text`.
     """
 
     __tablename__ = "outbox_messages"
@@ -298,6 +302,29 @@ class OutboxMessage(Base):
     user: Mapped[User | None] = relationship()
     case: Mapped[Case | None] = relationship()
     review: Mapped[Review | None] = relationship()
+
+
+class RecheckReminder(Base):
+    """A patient's opt-in reminder to photograph a spot again every few months (skintriage.reminders).
+
+    `case_id` is the answer the reminder was offered after; a later photo of the same spot (linked by
+    previous_case_id) restarts the clock instead of adding a reminder. Stopped ones are kept (stopped_at) until
+    the patient's /delete, which removes them with the cases.
+    """
+
+    __tablename__ = "recheck_reminders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), unique=True)
+    every_months: Mapped[int] = mapped_column(Integer)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sent_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    case: Mapped[Case] = relationship()
 
 
 class AuditEvent(Base):

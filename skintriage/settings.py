@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     # Worker health (worker.health). Infrastructure failures (the models failing on this worker, not the photo)
     # in a row before the worker stops taking triage jobs; 0 never stops.
     worker_max_infra_failures: int = Field(3, ge=0, validation_alias="WORKER_MAX_INFRA_FAILURES")
+    # Infrastructure failures on one case, on whichever workers, before it fails and the patient is told (a photo
+    # that crashes the models everywhere, or workers that stay broken); 0 never. Keep it above
+    # WORKER_MAX_INFRA_FAILURES, so that one broken worker alone turns unhealthy before it can end a case.
+    max_case_infra_failures: int = Field(6, ge=0, validation_alias="MAX_CASE_INFRA_FAILURES")
     # A triage job running longer than this is hung: the worker turns unhealthy and the case goes to another
     # worker. Keep it well above the slowest photo's analysis and below STUCK_AFTER_S; 0 turns the watchdog off.
     job_deadline_s: int = Field(180, ge=0, validation_alias="JOB_DEADLINE_S")
@@ -143,9 +147,11 @@ class Settings(BaseSettings):
     # Clinicians' follow-up. REVIEW_PROMISE_HOURS: HIGH and UNCERTAIN answers promise that a clinician of the
     # service looks at the photo within this many hours; unset (the default) promises nothing, for a
     # deployment without clinicians on duty. BOOKING_QUESTION_DAYS after a HIGH answer the bot asks whether the
-    # patient booked a dermatologist (0 = never ask).
+    # patient booked a dermatologist (0 = never ask). After a LOW or MEDIUM answer the bot offers a re-check
+    # reminder every RECHECK_REMINDER_MONTHS (0 = never offered); the periodic jobs send the due ones.
     review_promise_hours: int | None = Field(None, ge=1, validation_alias="REVIEW_PROMISE_HOURS")
     booking_question_days: float = Field(3.0, ge=0, validation_alias="BOOKING_QUESTION_DAYS")
+    recheck_reminder_months: int = Field(3, ge=0, le=24, validation_alias="RECHECK_REMINDER_MONTHS")
 
     # Observability.
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")

@@ -80,6 +80,8 @@ class OutboxKind(StrEnum):
     REVIEW = "review"  # what a review changes for the patient
     BOOKING = "booking"  # the question whether the patient booked a dermatologist
     ANSWERS = "answers"  # the patient's answers to the questions raised the urgency (composed by the bot)
+    REMINDER_OFFER = "reminder_offer"  # whether to remind the patient to photograph the spot again
+    REMINDER = "reminder"  # that re-check reminder
 
 
 OUTBOX_KINDS: tuple[str, ...] = tuple(k.value for k in OutboxKind)

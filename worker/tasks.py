@@ -26,15 +26,24 @@ from sqlalchemy.orm import Session
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
 
 from skintriage import cases
+from skintriage import reminders as recheck
 from skintriage.db import session_factory
-from skintriage.exceptions import ImageNotFound, StorageError
+from skintriage.exceptions import AnswerWithdrawn, ImageNotFound, StorageError
 from skintriage.models import Case, CaseStatus
 from skintriage.observability import CASES, DELIVERIES, INFERENCE, QUEUE_WAIT
 from skintriage.settings import Settings, get_settings
 from skintriage.storage import ImageStore, make_store
 from skintriage.vocabulary import Label, Tier
-from worker import booking, enqueue, health, pipeline_cache, retention, sweeper
-from worker.celery_app import BOOKING_TASK, DELIVER_TASK, OUTBOX_TASK, PURGE_TASK, SWEEP_TASK, TRIAGE_TASK
+from worker import booking, enqueue, health, pipeline_cache, reminders, retention, sweeper
+from worker.celery_app import (
+    BOOKING_TASK,
+    DELIVER_TASK,
+    OUTBOX_TASK,
+    PURGE_TASK,
+    REMINDER_TASK,
+    SWEEP_TASK,
+    TRIAGE_TASK,
+)
 from worker.failures import Failure, classify
 from worker.telegram_session import run_with_bot
 
@@ -47,6 +56,9 @@ MAX_MODEL_RETRIES = 6  # while MODEL_DIR has no trusted model; then the sweeper 
 MAX_INFRA_RETRIES = 8  # while the models fail on the workers that run it; then the sweeper takes over
 UNHEALTHY_HAND_BACK_S = 2.0  # an unhealthy worker hands a job back this soon, for a healthy worker
 MAX_DELIVERY_RETRIES = 6
+# How long a worker keeps trying to record an answer Telegram took while the database is away, before handing the
+# record to a retried job. Below the delivery claim's lease (cases.claim_delivery, 120 s): no one resends meanwhile.
+RECORD_SENT_FOR_S = 60.0
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
 
@@ -166,8 +178,9 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
         session.commit()
     except Exception as exc:
         session.rollback()
-        if classify(exc) in (Failure.TRANSIENT, Failure.INFRASTRUCTURE):
-            _release(session, case_id)
+        failure = classify(exc)
+        if failure in (Failure.TRANSIENT, Failure.INFRASTRUCTURE):
+            _release(session, case_id, infra=failure is Failure.INFRASTRUCTURE)
         raise
     if saved:
         CASES.labels(status=status, tier=fields["tier"]).inc()
@@ -179,10 +192,27 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
             elapsed * 1000,
             extra={"case_id": case_id, "tier": fields["tier"], "status": str(status)},
         )
+    elif _remove_images_of_deleted(session, store, case_id, fields):
+        return "deleted"
     else:
         log.info("case %d was finished by another worker; keeping its result", case_id)
     enqueue.enqueue_delivery(case_id)
     return str(status)
+
+
+def _remove_images_of_deleted(session: Session, store: ImageStore, case_id: int, fields: dict[str, Any]) -> bool:
+    """True when the patient deleted the case during its analysis; the images just written for it are removed.
+
+    Keys are content-addressed: one that another case names is kept.
+    """
+    if cases.case_exists(session=session, case_id=case_id):
+        return False
+    written = [fields[column] for column in ("mask_key", "overlay_key", "heatmap_key") if fields.get(column)]
+    for key in sorted(cases.unreferenced_image_keys(session=session, keys=written)):
+        store.delete(key)
+    session.commit()
+    log.info("case %d was deleted while it was analysed; no answer, its new images removed", case_id)
+    return True
 
 
 def _fail(session: Session, case_id: int, error_code: str, *, owner: str | None) -> str:
@@ -258,10 +288,10 @@ def tier_reason(result: Any, *, settings: Settings) -> str | None:
     return decision.reason if str(decision.tier) == str(result.tier) else None
 
 
-def _release(session: Session, case_id: int) -> None:
+def _release(session: Session, case_id: int, *, infra: bool = False) -> None:
     """Give the case back after a transient or infrastructure error without using up one of its attempts."""
     try:
-        cases.release_for_retry(session=session, case_id=case_id, refund_attempt=True)
+        cases.release_for_retry(session=session, case_id=case_id, refund_attempt=True, infra_failure=infra)
         session.commit()
     except Exception as exc:  # noqa: BLE001 - the database may be what failed; the claim goes stale instead
         session.rollback()
@@ -294,6 +324,8 @@ def _infrastructure_failed(task: Any, case_id: int, settings: Settings, exc: Bas
             session.commit()
     except OperationalError:
         pass
+    if _failed_after_infra_failures(settings, case_id):
+        return "infrastructure_failures"
     if not health.state.healthy:
         return _hand_back_unhealthy(task, case_id)
     retries = task.request.retries
@@ -301,6 +333,24 @@ def _infrastructure_failed(task: Any, case_id: int, settings: Settings, exc: Bas
         log.error("case %d: giving up retrying for now; the sweeper re-enqueues it later", case_id)
         return "infrastructure_error"
     raise task.retry(countdown=backoff_s(retries), exc=exc)
+
+
+def _failed_after_infra_failures(settings: Settings, case_id: int) -> bool:
+    """End a case the models failed on MAX_CASE_INFRA_FAILURES times, on whichever workers, and tell the patient."""
+    cap = settings.max_case_infra_failures
+    if cap <= 0:
+        return False
+    try:
+        with _sessions(settings) as session:
+            failed = cases.fail_after_infra_failures(session=session, case_id=case_id, max_failures=cap)
+            session.commit()
+    except OperationalError:
+        return False
+    if failed:
+        log.error("case %d: the models failed on it %d times; it fails and the patient is told", case_id, cap)
+        CASES.labels(status=CaseStatus.FAILED, tier="").inc()
+        enqueue.enqueue_delivery(case_id)
+    return failed
 
 
 def _hand_back_unhealthy(task: Any, case_id: int) -> str:
@@ -355,12 +405,18 @@ def _retry_after_s(exc: RetryAfter) -> float:
 
 
 @shared_task(name=DELIVER_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
-def deliver_case(self: Any, case_id: int) -> str:
-    """Send a finished case's answer to the patient, at most once (an album of photos gets one answer)."""
+def deliver_case(self: Any, case_id: int, sent: list[Any] | None = None) -> str:
+    """Send a finished case's answer to the patient, at most once (an album of photos gets one answer).
+
+    `sent` ([answer case id, message id, text, told tier]): the answer went out but could not be recorded (the
+    database was away); this retried job only records it.
+    """
     settings = get_settings()
     from bot.answers import told_tier
     from bot.delivery import deliver_case as send_answer
 
+    if sent is not None:
+        return _record_sent_later(self, settings, case_id, sent)
     try:
         with _sessions(settings) as session:
             answer = _answer_plan(session, case_id)
@@ -372,26 +428,46 @@ def deliver_case(self: Any, case_id: int) -> str:
                 log.debug("case %d: answer already sent or being sent", answer_id)
                 return "skipped"
             store = _store(settings)
+            told = told_tier(case)  # the case as composed: the patient's answers as they are now
 
             def first_sent(message_id: int) -> None:
                 # The photo is out; if its follow-up fails, the retry must not send the photo again.
-                cases.mark_reply_started(session=session, case_id=answer_id, message_id=message_id)
-                session.commit()
+                try:
+                    recorded = cases.mark_reply_started(session=session, case_id=answer_id, message_id=message_id)
+                    session.commit()
+                except OperationalError:
+                    session.rollback()  # the database is away: the answer's record below names the photo too
+                    return
+                if not recorded and not _case_exists(settings, answer_id):
+                    raise AnswerWithdrawn(f"case {answer_id} was deleted while its answer was on its way")
 
             def send(bot: Any) -> Any:
                 return send_answer(
-                    bot, case=case, store=store, on_first_sent=first_sent, refused_before=refused_before, album=album
-                )
+                    bot, case=case, store=store, on_first_sent=first_sent, refused_before=refused_before, album=album,
+                    still_wanted=lambda: _case_exists(settings, answer_id),
+                )  # fmt: skip
 
             try:
                 message_id, text = run_with_bot(settings, send)
+            except AnswerWithdrawn:
+                session.rollback()
+                log.info("case %d: deleted by the patient; the rest of its answer is not sent", answer_id)
+                DELIVERIES.labels(outcome="withdrawn").inc()
+                return "withdrawn"
             except Exception as exc:  # noqa: BLE001 - _delivery_failed sorts every send failure: records or retries
                 return _delivery_failed(self, session, answer_id, exc)
-            told = told_tier(case)  # the case as composed: the patient's answers as they were then
-            cases.mark_delivered(session=session, case_id=answer_id, message_id=message_id, text=text, told_tier=told)
-            session.flush()
+            # Telegram has the answer: record that first, before anything else can fail.
+            if not _record_sent(session, answer_id, message_id=message_id, text=text, told=told):
+                return _hand_record_on(self, case_id, [answer_id, message_id, text, told])
+            if not _case_exists(settings, answer_id):
+                return "sent"  # deleted by the patient just after it went out
             session.refresh(case)
             cases.mark_answered_with(session=session, case_ids=[i for i in album if i != answer_id], answer=case)
+            # With the answer (the same commit, so never twice): offer a re-check reminder after LOW and MEDIUM.
+            offer = recheck.queue_offer(
+                session=session, case=case, told_tier=told, every_months=settings.recheck_reminder_months
+            )
+            offer_id = offer.id if offer is not None else None
             session.commit()
             followup = _answers_followup(session, settings, case)
     except Exception as exc:
@@ -400,9 +476,58 @@ def deliver_case(self: Any, case_id: int) -> str:
         raise
     DELIVERIES.labels(outcome="sent").inc()
     log.info("case %d: answer sent", answer_id, extra={"case_id": answer_id})
-    if followup is not None:
-        enqueue.enqueue_outbox(followup)  # False: the sweeper sends it
+    for message_id in (followup, offer_id):
+        if message_id is not None:
+            enqueue.enqueue_outbox(message_id)  # False: the sweeper sends it
     return "sent"
+
+
+def _case_exists(settings: Settings, case_id: int) -> bool:
+    """Whether the case is still there (the patient's /delete removes it), read on a fresh session."""
+    with _sessions(settings) as session:
+        return cases.case_exists(session=session, case_id=case_id)
+
+
+def _record_sent(session: Session, case_id: int, *, message_id: int | None, text: str, told: str | None) -> bool:
+    """Record an answer Telegram took; while the database is away, keep trying for RECORD_SENT_FOR_S (False then).
+
+    Until it is recorded, a second send would be a duplicate; the delivery claim keeps other jobs from sending.
+    """
+    deadline = time.monotonic() + RECORD_SENT_FOR_S
+    pause = 0.5
+    while True:
+        try:
+            cases.mark_delivered(session=session, case_id=case_id, message_id=message_id, text=text, told_tier=told)
+            session.commit()
+            return True
+        except OperationalError as exc:
+            session.rollback()
+            if time.monotonic() + pause > deadline:
+                return False
+            log.warning("case %d: answer sent, not recorded yet (%s); trying again", case_id, type(exc).__name__)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _hand_record_on(task: Any, case_id: int, sent: list[Any]) -> str:
+    """The answer went out and the database stayed away: a retried job carries the record (not a second send)."""
+    log.error("case %d: answer sent, the database is still away; a retried job records it", sent[0])
+    raise task.retry(args=[case_id], kwargs={"sent": sent}, countdown=BACKOFF_BASE_S, max_retries=None)
+
+
+def _record_sent_later(task: Any, settings: Settings, case_id: int, sent: list[Any]) -> str:
+    """Record an answer an earlier run of this job sent, then let a normal job finish the album and follow-up."""
+    answer_id, message_id, text, told = sent
+    try:
+        with _sessions(settings) as session:
+            recorded = _record_sent(session, answer_id, message_id=message_id, text=text, told=told)
+    except OperationalError:
+        recorded = False
+    if not recorded:
+        return _hand_record_on(task, case_id, sent)
+    log.info("case %d: answer sent earlier, now recorded", answer_id)
+    enqueue.enqueue_delivery(case_id)  # marks the album's other photos and checks the patient's later answers
+    return "recorded"
 
 
 def _answers_followup(session: Session, settings: Settings, case: Case) -> int | None:
@@ -498,8 +623,19 @@ def send_outbox(self: Any, message_id: int) -> str:
         message = cases.claim_outbox(session=session, message_id=message_id)
         if message is None:
             return "skipped"
+
+        def still_wanted() -> bool:
+            with _sessions(settings) as check:
+                return cases.outbox_message_exists(session=check, message_id=message_id)
+
         try:
-            _, text = run_with_bot(settings, lambda bot: send_outbox_message(bot, message=message))
+            _, text = run_with_bot(
+                settings, lambda bot: send_outbox_message(bot, message=message, still_wanted=still_wanted)
+            )
+        except AnswerWithdrawn:
+            session.rollback()
+            log.info("outbox message %d: deleted with its patient's data; not sent", message_id)
+            return "withdrawn"
         except (Forbidden, BadRequest) as exc:
             cases.mark_outbox_failed(session=session, message_id=message_id, error=f"{type(exc).__name__}: {exc}")
             session.commit()
@@ -534,6 +670,12 @@ def sweep() -> dict[str, int]:
 def ask_booking() -> int:
     """Queue the booking question for HIGH answers old enough (see worker.booking); returns questions queued."""
     return booking.ask_once(settings=get_settings())
+
+
+@shared_task(name=REMINDER_TASK, ignore_result=True)
+def send_reminders() -> int:
+    """Queue the due re-check reminders (see worker.reminders); returns reminders queued."""
+    return reminders.send_once(settings=get_settings())
 
 
 @shared_task(name=PURGE_TASK, ignore_result=True)

@@ -106,6 +106,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("runs/split.csv"),
         help="lesion-grouped split shared with segmentation; created from --seed if missing",
     )
+    parser.add_argument(
+        "--clinical-data",
+        type=Path,
+        default=None,
+        help="PAD-UFES-20 folder: its train patients' phone photos join training (cropped by the U-Net's "
+        "masks, as at inference) and its val patients are scored every epoch; its test patients are never used",
+    )
+    parser.add_argument(
+        "--clinical-repeat",
+        type=int,
+        default=4,
+        help="times each clinical training photo appears per epoch (they are few beside HAM10000)",
+    )
+    parser.add_argument(
+        "--seg-card",
+        type=Path,
+        default=Path("models/segmentation.json"),
+        help="segmentation card whose masks crop the clinical photos (default: the shipped U-Net)",
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="strong")
     parser.add_argument(
         "--input",
@@ -250,6 +269,78 @@ def cached_arrays(samples: list[Sample], *, size: tuple[int, int], variant: str,
     return Arrays(images, labels, groups)
 
 
+def clinical_arrays(
+    root: Path, *, split: str, size: tuple[int, int], margin: float, seg_card: Path, cache: Path
+) -> Arrays:
+    """One PAD-UFES-20 split cropped by the U-Net's masks (phone photos have no drawn masks), cached."""
+    from ml.data.pad_ufes import read_pad
+
+    samples = [s for s in read_pad(root) if s.split == split]
+    if not samples:
+        raise ValueError(f"{root} has no photos of {split} patients")
+    labels = np.array([LABELS.index(s.label) for s in samples], dtype=np.int64)
+    groups = np.array([f"PAD-{s.patient_id}" for s in samples])
+    if cache.is_file():
+        images = np.load(cache)
+        if len(images) == len(samples) and images.shape[1:3] == size:
+            return Arrays(images, labels, groups)
+        log.info("cache %s does not match the clinical data; rebuilding", cache)
+    from ml.segmentation.unet import Segmenter
+
+    segmenter = Segmenter.from_card(seg_card)
+    images = np.zeros((len(samples), size[0], size[1], 3), dtype=np.uint8)
+    for start in range(0, len(samples), 8):
+        photos = [read_image_rgb(s.image_path) for s in samples[start : start + 8]]
+        for i, (photo, mask) in enumerate(zip(photos, segmenter.predict_masks(photos), strict=True)):
+            crop = crop_to_lesion(photo, np.asarray(mask, dtype=np.uint8), margin=margin)
+            images[start + i] = fit_to_input(crop, size)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, images)
+    tmp.replace(cache)
+    return Arrays(images, labels, groups)
+
+
+def add_clinical(args: argparse.Namespace, data: dict[str, Arrays], *, size, train_size, cache_dir: Path) -> None:
+    """--clinical-data: PAD train patients join train (repeated), PAD val patients become data['pad_val']."""
+    if args.clinical_data is None:
+        return
+    if args.input != "crop":
+        raise ValueError("--clinical-data needs --input crop (the phone photos are cropped by the U-Net's masks)")
+    if args.clinical_repeat < 1:
+        raise ValueError("--clinical-repeat must be at least 1")
+    tag = f"m{args.crop_margin:g}-{ModelCard.load(args.seg_card).version}"
+    pad_train = clinical_arrays(
+        args.clinical_data,
+        split="train",
+        size=train_size,
+        margin=args.crop_margin,
+        seg_card=args.seg_card,
+        cache=cache_dir / f"pad-train-{tag}-{train_size[0]}x{train_size[1]}.npy",
+    )
+    data["pad_val"] = clinical_arrays(
+        args.clinical_data,
+        split="val",
+        size=size,
+        margin=args.crop_margin,
+        seg_card=args.seg_card,
+        cache=cache_dir / f"pad-val-{tag}-{size[0]}x{size[1]}.npy",
+    )
+    ham, k = data["train"], args.clinical_repeat
+    data["train"] = Arrays(
+        np.concatenate([ham.images, *[pad_train.images] * k]),
+        np.concatenate([ham.labels, *[pad_train.labels] * k]),
+        np.concatenate([ham.groups, *[pad_train.groups] * k]),
+    )
+    log.info(
+        "clinical photos: %d train (x%d), %d val, cropped by %s",
+        len(pad_train.labels),
+        k,
+        len(data["pad_val"].labels),
+        args.seg_card,
+    )
+
+
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Profile defaults overridden by explicit flags."""
     settings = dict(PROFILES[args.profile])
@@ -340,6 +431,22 @@ def selection_score(report: dict[str, float], criterion: str) -> float:
     return report[criterion]
 
 
+def score_epoch(
+    model: nn.Module, data: dict[str, Arrays], *, args: argparse.Namespace, normalize: Normalize, device: torch.device
+) -> dict[str, float]:
+    """Validation metrics of one epoch, and the clinical validation photos' melanoma AUC when there are any."""
+    val_logits = batch_logits(model, data["val"].images, normalize=normalize, device=device, cpu_bf16=args.cpu_bf16)
+    report = val_report(val_logits, data["val"].labels, target_sensitivity=args.target_sensitivity)
+    if "pad_val" in data:
+        pad_logits = batch_logits(
+            model, data["pad_val"].images, normalize=normalize, device=device, cpu_bf16=args.cpu_bf16
+        )
+        report["pad_val_mel_auc"] = binary_roc_auc(
+            data["pad_val"].labels == MEL_INDEX, softmax(pad_logits)[:, MEL_INDEX]
+        )
+    return report
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename, so a killed run never leaves half a checkpoint."""
     tmp = path.with_suffix(".tmp")
@@ -396,6 +503,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             cache=cache_dir / f"test-{tag}-{size[0]}x{size[1]}-{digest}.npy",
         ),
     }
+    add_clinical(args, data, size=size, train_size=train_size, cache_dir=cache_dir)
     log.info(
         "split %s: train %d, val %d, test %d images; input %s %dx%d",
         digest,
@@ -511,10 +619,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 break
         bar.close()
         eval_model = ema.module if ema is not None else model
-        val_logits = batch_logits(
-            eval_model, data["val"].images, normalize=normalize, device=device, cpu_bf16=args.cpu_bf16
-        )
-        report = val_report(val_logits, data["val"].labels, target_sensitivity=args.target_sensitivity)
+        report = score_epoch(eval_model, data, args=args, normalize=normalize, device=device)
         report.update(
             epoch=epoch + 1, train_loss=running / max(1, seen), minutes=elapsed() / 60, lr=settings["lr"] * factor
         )
@@ -548,7 +653,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         )
         log.info(
             "epoch %d  train_loss %.4f  val_loss %.4f  bacc %.3f  acc %.3f  mel_auc %.3f  spec@%.2f %.3f  "
-            "lr %.2e  %.1f min%s",
+            "lr %.2e  %.1f min%s%s",
             epoch + 1,
             report["train_loss"],
             report["val_loss"],
@@ -559,6 +664,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             report["mel_spec_at_target"],
             report["lr"],
             report["minutes"],
+            f"  pad_val_mel_auc {report['pad_val_mel_auc']:.3f}" if "pad_val_mel_auc" in report else "",
             "  *best" if improved else "",
         )
         if out_of_time:
@@ -625,6 +731,16 @@ def finish(
     test_metrics["ece_uncalibrated"] = summarize(softmax(test_logits), data["test"].labels)["ece"]
     val_metrics["ece_uncalibrated"] = summarize(softmax(val_logits), data["val"].labels)["ece"]
     ood = ood_check(val_logits, test_logits, ood_percentile_for(args))
+    clinical = None
+    if "pad_val" in data:
+        pad_logits = batch_logits(model, data["pad_val"].images, normalize=normalize, device=device)
+        pad_metrics = summarize(softmax(pad_logits, temperature), data["pad_val"].labels, mel_threshold=threshold)
+        clinical = {
+            "data": str(args.clinical_data),
+            "repeat": args.clinical_repeat,
+            "crop_masks": ModelCard.load(args.seg_card).version,
+            "val_patients_metrics": pad_metrics,
+        }
 
     out_dir = Path(args.out)
     weights_path, sha = export_weights(best["model"], out_dir, arch=args.arch)
@@ -648,7 +764,11 @@ def finish(
             "resize": "centre-crop to the input aspect ratio, then resize (INTER_AREA when shrinking)",
             "input_variant": args.input,
             "crop_margin": args.crop_margin if args.input == "crop" else None,
-            "crop_masks": "ground-truth masks in training; the U-Net's mask at inference"
+            "crop_masks": (
+                "ground-truth masks in training"
+                + ("; the U-Net's masks for the clinical photos" if clinical else "")
+                + "; the U-Net's mask at inference"
+            )
             if args.input == "crop"
             else None,
         },
@@ -670,6 +790,7 @@ def finish(
             "args": _jsonable(args),
             "split_csv": str(args.split_csv),
             "split_hash": digest,
+            "clinical": clinical,
             "n_images": {k: len(v.labels) for k, v in data.items()},
             "epochs_run": state["epoch"],
             "best_epoch": best["epoch"],

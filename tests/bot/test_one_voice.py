@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot import questions
 from bot.answers import visible
 from bot.handlers import warning_text
 from skintriage import cases
@@ -202,12 +203,74 @@ def test_a_caption_with_warning_words_gets_the_advice_after_the_acknowledgement(
     h.consent(609)
     since = h.patient.last_seq()
     h.patient.send_photo(609, lesion_photo(seed=69), caption="it itches and has changed colour")
-    expected = visible(warning_text(h.texts, "en", ["itching", "changed"], with_photo=True))
-    h.wait_text(609, expected, since=since)
+    h.wait_startswith(609, visible(h.texts.get("en", "warning.signs", signs="x")).split(":")[0], since=since)
     (case,) = h.cases(609)
+    # Stored as the answers of the photo's case, as taps would be (a changed colour: 2 points, itching: 1).
+    assert case.patient_answers == {"change": "colour", "symptoms": "itches"}
+    noted = questions.Noted(case.id, {"change": "colour", "symptoms": "itches"})
+    expected = visible(warning_text(h.texts, "en", ["itching", "changed"], with_photo=True, noted=noted))
+    assert f"I have noted this with case #{case.id} as your answers: “Changed colour”, “Itches”." in expected
     got = answers(h, 609, since)
-    questions = "\n\n".join(
+    questions_screen = "\n\n".join(
         [h.expect("en", "questions.intro", case_id=case.id), h.expect("en", "question.site")]
     )  # the questions of a new spot come with the acknowledgement (tests/bot/test_questions.py)
-    assert got[-3:] == [h.expect("en", "intake.ack", case_id=case.id), questions, expected]
+    assert got[-3:] == [h.expect("en", "intake.ack", case_id=case.id), questions_screen, expected]
     assert "don't wait for my answer" in expected and expected.endswith(h.expect("en", "result.disclaimer"))
+
+    # The red flags count them: 3 points on the 7-point checklist, so a LOW photo is answered HIGH.
+    finish(h, case.id, tier="LOW", reason="most_likely")
+    since = h.patient.last_seq()
+    assert deliver(case.id) == "sent"
+    caption = h.patient.wait_for(609, lambda e: e["method"] == "sendPhoto", since=since)["caption"]
+    assert caption.startswith(f"Case #{case.id}: High concern")
+    assert "“Changed colour”, “Itches”" in caption
+    since = h.patient.last_seq()
+    h.patient.send_command(609, "/history")  # shows the tier the patient was told, not the photo's alone
+    listing = h.wait_startswith(609, "Your latest cases", since=since)
+    assert listing["text"].split("\n")[1].endswith(" · High concern: see a dermatologist soon")
+
+
+def test_warning_words_written_after_an_answer_are_stored_with_that_case_and_raise_it_in_korean(start_bot) -> None:
+    h = start_bot()
+    h.consent(610, "ko")
+    send_photo_and_wait_ack(h, 610, lesion_photo(seed=70), lang="ko")
+    (case,) = h.cases(610)
+    finish(h, case.id, tier="LOW", reason="most_likely")
+    assert deliver(case.id) == "sent"
+    since = h.patient.last_seq()
+    h.patient.send_text(610, "그런데 점에서 피가 나요", language_code="ko")
+    follow = h.wait_startswith(610, h.expect("ko", "answers.followup", case_id=case.id), since=since)
+    (case,) = h.cases(610)
+    assert case.patient_answers == {"symptoms": "bleeds"} and case.told_tier == "UNCERTAIN"
+    assert "‘피가 나요’" in follow["text"]
+    noted = questions.Noted(case.id, {"symptoms": "bleeds"})
+    expected = visible(warning_text(h.texts, "ko", ["bleeding"], with_photo=False, noted=noted))
+    assert expected in answers(h, 610, since)
+    assert f"접수 번호 #{case.id}에 답하신 내용으로 적어 두었습니다" in expected
+
+    # The same words again add nothing new: no second follow-up, the plain advice only.
+    since = h.patient.last_seq()
+    h.patient.send_text(610, "피가 나요", language_code="ko")
+    h.wait_text(610, visible(warning_text(h.texts, "ko", ["bleeding"], with_photo=False)), since=since)
+    h.patient.send_sticker(610)  # its answer comes after everything the text made the bot send
+    h.wait_text(610, h.expect("ko", "other.sticker"), since=since)
+    assert not any(t.startswith(h.expect("ko", "answers.followup", case_id=case.id)) for t in answers(h, 610, since))
+
+
+@pytest.mark.parametrize(
+    ("words", "given", "stored"),
+    [
+        ("it grew", {}, {"change": "size"}),
+        ("it changed", {}, {"change": "shape"}),  # an unnamed change counts as one major feature
+        ("it got darker and grew", {}, {"change": "several"}),
+        ("색이 변했어요", {}, {"change": "colour"}),
+        ("it bleeds", {"symptoms": "itches"}, {"symptoms": "itches_and_more"}),  # words add to a tap
+        ("it itches", {"symptoms": "itches"}, {}),  # nothing new
+        ("it grew", {"change": "colour"}, {"change": "several"}),
+        ("진물이 나요", {"symptoms": "none"}, {"symptoms": "crusts"}),  # later words win over "none"
+    ],
+)
+def test_warning_words_become_the_answers_a_tap_would_give(words, given, stored) -> None:
+    from bot.warning_signs import as_answers, find_warning_signs
+
+    assert as_answers(words, find_warning_signs(words), given) == stored

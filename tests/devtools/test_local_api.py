@@ -326,3 +326,24 @@ def test_cli_serves_and_prints_the_base_urls(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_delay_after_applies_the_call_at_once_and_answers_late(
+    local_api: LocalBotAPI, patient: LocalBotAPIClient
+) -> None:
+    patient.send_text(16, "hi")
+    patient.set_faults("sendMessage", ["delay-after:1.5"])
+
+    async def go() -> tuple[float, float]:
+        async with make_bot(local_api) as bot:
+            started = time.monotonic()
+            task = asyncio.ensure_future(bot.send_message(16, "result"))
+            while not patient.messages(16):  # in the chat before its answer came back
+                await asyncio.sleep(0.05)
+            seen = time.monotonic() - started
+            await task
+            return seen, time.monotonic() - started
+
+    seen_s, answered_s = run(go())
+    assert [e["text"] for e in patient.messages(16)] == ["result"]
+    assert answered_s >= 1.5 and seen_s < answered_s

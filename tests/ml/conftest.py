@@ -63,6 +63,45 @@ def write_synthetic_ham(root: Path, *, seed: int = 0, size: tuple[int, int] = SY
     return root
 
 
+def phone_like(rng: np.random.Generator, size: int = 160) -> np.ndarray:
+    """Skin under a lamp: a lighting gradient across the frame, glare spots and a small dark spot."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    light = 0.55 + 0.45 * (xx / size) * rng.uniform(0.6, 1.0)
+    skin = np.array([200, 160, 130], np.float32) + rng.normal(0, 10, 3)
+    img = skin * light[..., None] + rng.normal(0, 8, (size, size, 3))
+    for _ in range(6):
+        cv2.circle(img, (int(rng.integers(0, size)), int(rng.integers(0, size))), 2, (255, 255, 255), -1)
+    cv2.circle(img, (size // 2, size // 2), size // 12, (90, 60, 50), -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_synthetic_pad(pad: Path, *, photos: int = 60) -> Path:
+    """A PAD-UFES-20-layout folder of phone-like photos (one patient per photo, labels in turn)."""
+    rng = np.random.default_rng(1)
+    (pad / "images").mkdir(parents=True)
+    rows = []
+    for i in range(photos):
+        name = f"pad_PAT_{i}_{i}_1.jpg"
+        cv2.imwrite(str(pad / "images" / name), cv2.cvtColor(phone_like(rng), cv2.COLOR_RGB2BGR))
+        rows.append(
+            {
+                "file": name,
+                "label3": ("NV", "MEL", "OTHER")[i % 3],
+                "patient_id": f"PAT_{i}",
+                "lesion_id": str(i),
+                "age": "50",
+                "region": "BACK",
+                "itch": "False",
+                "bleed": "",
+            }
+        )
+    with open(pad / "metadata.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return pad
+
+
 @pytest.fixture(scope="session")
 def synthetic_ham(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of a ~45-image synthetic HAM10000 dataset (64x80 images, masks, 22 lesions); do not modify it."""

@@ -51,6 +51,8 @@ __all__ = ["TcpProxy", "demo_model_dir"]
 TOKEN = "7012345678:AAH-reliability_Secret-Token-0123456789"
 # A sleep before each photo's analysis, honoured by tests/reliability/slow_worker.py only.
 SLOW_ENV = "RELIABILITY_SLOW_PIPELINE_S"
+# A sleep while composing each answer or outbox message, honoured by tests/reliability/slow_worker.py only.
+SLOW_ANSWER_ENV = "RELIABILITY_SLOW_ANSWER_S"
 # Where the models fail ("load" or "run"), honoured by tests/reliability/broken_worker.py only.
 FAULT_ENV = "RELIABILITY_MODEL_FAULT"
 
@@ -176,6 +178,7 @@ class Service:
         name: str = "worker",
         *,
         slow_s: float | None = None,
+        slow_answer_s: float | None = None,
         fault: str | None = None,
         beat: bool = False,
         wait: bool = True,
@@ -184,8 +187,8 @@ class Service:
     ) -> subprocess.Popen:
         """`skintriage worker` (both queues, solo pool).
 
-        slow_s makes each analysis sleep first (slow_worker.py); fault ("load" or "run") makes its models fail
-        with torch's out-of-memory error (broken_worker.py).
+        slow_s makes each analysis sleep first, slow_answer_s the composing of each answer (slow_worker.py); fault
+        ("load" or "run") makes its models fail with torch's out-of-memory error (broken_worker.py).
         """
         port = free_port()
         argv = ["worker", "--queues", "triage,replies", "--pool", "solo", "--hostname", f"{name}@%h"]
@@ -193,8 +196,9 @@ class Service:
             argv.append("--beat")
         full = {**self.env, **env, "HEALTH_PORT": str(port)}
         module = "skintriage.cli"
-        if slow_s is not None:
-            full[SLOW_ENV] = str(slow_s)
+        if slow_s is not None or slow_answer_s is not None:
+            full[SLOW_ENV] = str(slow_s or 0)
+            full[SLOW_ANSWER_ENV] = str(slow_answer_s or 0)
             module = "tests.reliability.slow_worker"
         if fault is not None:
             full[FAULT_ENV] = fault

@@ -69,6 +69,27 @@ def test_models_failing_on_a_worker_leave_the_case_to_a_healthy_worker(make_serv
     svc.assert_alive()
 
 
+def test_a_case_the_models_keep_failing_on_ends_and_the_patient_is_told(make_service) -> None:
+    # A worker that never turns unhealthy (as if every worker failed on this photo): the case's own count ends it.
+    svc = make_service(MAX_CASE_INFRA_FAILURES="3", **SWEEP)
+    svc.start_worker("broken-worker", fault="run", beat=True, WORKER_MAX_INFRA_FAILURES="0")
+    svc.start_bot()
+    user_id = next(_patients)
+    svc.consent(user_id)
+    case, ack_seq = _photo_case(svc, user_id, seed=95, since=svc.client.last_seq())
+
+    case = svc.wait_delivered(case.id, timeout=ANSWER_TIMEOUT_S, proc_names=("broken-worker", "bot"))
+    assert case.status == CaseStatus.FAILED and case.error_code == "infrastructure_failures"
+    assert case.infra_failures == 3 and case.attempts == 0, "counted as the models' failures, not attempts"
+    assert svc.expect("result.failed", case_id=case.id) in case.reply_text
+    assert f"case {case.id}: the models failed on it 3 times; it fails and the patient is told" in svc.log(
+        "broken-worker"
+    )
+    svc.settle()
+    svc.assert_answered_once(user_id, case.id, since=ack_seq)
+    svc.assert_alive()
+
+
 def test_hung_job_is_noticed_by_the_watchdog_and_the_case_goes_to_another_worker(make_service) -> None:
     # STUCK_AFTER_S of 5 minutes and no beat: only the watchdog can hand the case on within the test.
     svc = make_service(STUCK_AFTER_S="300")

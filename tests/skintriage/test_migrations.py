@@ -272,7 +272,7 @@ def test_0015_links_a_case_to_the_earlier_case_of_its_spot_and_reverts_keeping_t
                 )
             )
             conn.execute(text(insert.format(id=1, extra="", value="")))
-        migrate.upgrade(db_url)
+        migrate.upgrade(db_url, "0015")
         assert migrate.current(db_url) == "0015"
         with engine.begin() as conn:
             assert conn.execute(text("SELECT previous_case_id FROM cases WHERE id = 1")).scalar() is None
@@ -289,6 +289,41 @@ def test_0015_links_a_case_to_the_earlier_case_of_its_spot_and_reverts_keeping_t
         assert "previous_case_id" not in {c["name"] for c in inspect(engine).get_columns("cases")}
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 2
+        migrate.upgrade(db_url)
+    finally:
+        engine.dispose()
+
+
+def test_0016_counts_infrastructure_failures_per_case_from_zero_and_reverts(db_url: str) -> None:
+    """cases.infra_failures exists from 0016, 0 for cases received before it; downgrading drops only the column."""
+    from sqlalchemy import text
+
+    migrate.downgrade(db_url, "0017")
+    engine = create_engine(db_url)
+    try:
+        assert "infra_failures" not in {c["name"] for c in inspect(engine).get_columns("cases")}
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO users (id, telegram_user_id, chat_id, language, created_at) "
+                    "VALUES (1, 4242, 4343, 'en', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO cases (id, user_id, status, attempts, language, image_sha256, received_at, "
+                    "quality_flags, model_versions, timings_ms, demo_model) "
+                    "VALUES (1, 1, 'queued', 1, 'en', 'ab', CURRENT_TIMESTAMP, '[]', '{}', '{}', false)"
+                )
+            )
+        migrate.upgrade(db_url)
+        assert migrate.current(db_url) == "0016"
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT infra_failures FROM cases WHERE id = 1")).scalar() == 0
+        migrate.downgrade(db_url, "0017")
+        assert "infra_failures" not in {c["name"] for c in inspect(engine).get_columns("cases")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT status FROM cases WHERE id = 1")).scalar() == "queued"
         migrate.upgrade(db_url)
     finally:
         engine.dispose()

@@ -48,7 +48,7 @@ def test_stored_values_are_pinned() -> None:
     assert [t.value for t in Tier] == ["HIGH", "MEDIUM", "LOW", "UNCERTAIN", "RETAKE"]
     assert {m.value for m in Modality} == {"dermoscopic", "clinical", "unknown"}
     assert REVIEW_VERDICTS == ("agree", "disagree", "cannot_assess")
-    assert OUTBOX_KINDS == ("followup", "review", "booking", "answers")
+    assert OUTBOX_KINDS == ("followup", "review", "booking", "answers", "reminder_offer", "reminder")
     assert BOOKING_ANSWERS == ("booked", "not_yet", "declined")
     assert RetakeReason("not_skin") is RetakeReason.NOT_SKIN and len(RetakeReason) == 9
 

@@ -332,3 +332,36 @@ def test_write_ood_to_card_refuses_a_card_that_now_names_other_weights(trained, 
     shutil.copytree(root / "model", tmp_path / "model")
     with pytest.raises(ModelCardError, match="run the calibration again"):
         evaluate_classifier.write_ood_to_card(tmp_path / "model" / CLASSIFIER_CARD, {}, weights_sha256="0" * 64)
+
+
+def test_clinical_photos_join_training_cropped_by_the_unet(synthetic_ham: Path, tmp_path: Path):
+    """--clinical-data: PAD train patients join training (repeated), val patients are scored, test never used."""
+    from ml.data.pad_ufes import read_pad
+    from tests.ml.conftest import write_synthetic_pad
+
+    pad = write_synthetic_pad(tmp_path / "pad")
+    seg_card = Path(__file__).resolve().parents[3] / "models" / "segmentation.json"
+    argv = _train_argv(synthetic_ham, tmp_path, "--epochs", "1", "--input", "crop", "--arch", "resnet18")
+    argv += ["--clinical-data", str(pad), "--clinical-repeat", "2", "--seg-card", str(seg_card)]
+    card = ModelCard.load(Path(train_classifier.train(_args(train_classifier, argv))["card"]))
+
+    photos = read_pad(pad)
+    ham_train = len(read_split_csv(tmp_path / "split.csv", synthetic_ham)["train"])
+    n_train = sum(s.split == "train" for s in photos)
+    n_val = sum(s.split == "val" for s in photos)
+    assert card.training["n_images"]["train"] == ham_train + 2 * n_train
+    assert card.training["n_images"]["pad_val"] == n_val
+    clinical = card.training["clinical"]
+    assert clinical["crop_masks"] == ModelCard.load(seg_card).version and clinical["repeat"] == 2
+    assert "mel_auc" in clinical["val_patients_metrics"]
+    assert 0.0 <= card.training["history"][0]["pad_val_mel_auc"] <= 1.0
+    assert "clinical photos" in card.preprocessing["crop_masks"]
+    # The U-Net crops are cached once per split for later runs.
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "run" / "cache").glob("pad-*.npy")) == ["train", "val"]
+
+
+def test_clinical_photos_need_the_crop_input(synthetic_ham: Path, tmp_path: Path):
+    pad = tmp_path / "pad"
+    argv = _train_argv(synthetic_ham, tmp_path, "--epochs", "1", "--input", "whole", "--clinical-data", str(pad))
+    with pytest.raises(ValueError, match="--input crop"):
+        train_classifier.train(_args(train_classifier, argv))

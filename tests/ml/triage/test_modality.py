@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from importlib import resources
 from pathlib import Path
@@ -17,6 +16,7 @@ from ml.modelcard import ModelCardError
 from ml.triage.modality import MODALITY_CARD, N_FEATURES, ModalityModel, photo_features
 from ml.triage.train_modality import add_arguments, fit
 from skintriage.vocabulary import Modality
+from tests.ml.conftest import phone_like, write_synthetic_pad
 
 SHIPPED = Path(__file__).resolve().parents[3] / "models"
 
@@ -30,18 +30,6 @@ def dermoscopy_like(rng: np.random.Generator, size: int = 160) -> np.ndarray:
     blob = r < rng.uniform(0.3, 0.5)
     img[blob] = img[blob] * 0.5
     img[r > 0.95] = 8
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def phone_like(rng: np.random.Generator, size: int = 160) -> np.ndarray:
-    """Skin under a lamp: a lighting gradient across the frame, glare spots and a small dark spot."""
-    yy, xx = np.mgrid[0:size, 0:size]
-    light = 0.55 + 0.45 * (xx / size) * rng.uniform(0.6, 1.0)
-    skin = np.array([200, 160, 130], np.float32) + rng.normal(0, 10, 3)
-    img = skin * light[..., None] + rng.normal(0, 8, (size, size, 3))
-    for _ in range(6):
-        cv2.circle(img, (int(rng.integers(0, size)), int(rng.integers(0, size))), 2, (255, 255, 255), -1)
-    cv2.circle(img, (size // 2, size // 2), size // 12, (90, 60, 50), -1)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -66,30 +54,7 @@ def test_features_refuse_what_is_not_an_rgb_photo() -> None:
 
 def _synthetic_datasets(root: Path, synthetic_ham: Path) -> Path:
     """A PAD-UFES-20-layout folder of phone-like photos (three patients per split bucket at least)."""
-    rng = np.random.default_rng(1)
-    pad = root / "pad"
-    (pad / "images").mkdir(parents=True)
-    rows = []
-    for i in range(60):
-        name = f"pad_PAT_{i}_{i}_1.jpg"
-        cv2.imwrite(str(pad / "images" / name), cv2.cvtColor(phone_like(rng), cv2.COLOR_RGB2BGR))
-        rows.append(
-            {
-                "file": name,
-                "label3": ("NV", "MEL", "OTHER")[i % 3],
-                "patient_id": f"PAT_{i}",
-                "lesion_id": str(i),
-                "age": "50",
-                "region": "BACK",
-                "itch": "False",
-                "bleed": "",
-            }
-        )
-    with open(pad / "metadata.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return pad
+    return write_synthetic_pad(root / "pad")
 
 
 def test_pad_reader_and_patient_split(tmp_path: Path, synthetic_ham: Path) -> None:
