@@ -1,15 +1,14 @@
 """HAM10000's diagnoses mapped to the classifier's classes.
 
 The classes, their index order and the risk tiers are the domain's words: skintriage.vocabulary holds
-them (it imports nothing, so ml/ may use it). LABELS and MEL_INDEX are named here too for
-ml/train_classifier.py until it imports them from there.
+them (it imports nothing, so ml/ may use it).
 """
 
 from __future__ import annotations
 
-from skintriage.vocabulary import LABELS, MEL_INDEX, Label
+from skintriage.vocabulary import Label
 
-__all__ = ["DX_TO_LABEL", "LABELS", "MEL_INDEX", "label_for_dx"]
+__all__ = ["DX_TO_LABEL", "label_for_dx"]
 
 # HAM10000's seven diagnoses merged into three classes, as in the reference study.
 DX_TO_LABEL: dict[str, str] = {

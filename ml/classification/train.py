@@ -49,8 +49,8 @@ from ml.classification.metrics import (
 from ml.classification.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize, TrainAugment, fit_to_input, parse_size
 from ml.data.ham10000 import Sample, load_or_make_split, read_image_rgb, read_mask
 from ml.errors import WeightsUnavailableError
-from ml.labels import LABELS, MEL_INDEX
 from ml.modelcard import CLASSIFIER_CARD, ModelCard
+from skintriage.vocabulary import LABELS, MEL_INDEX
 
 log = logging.getLogger(__name__)
 

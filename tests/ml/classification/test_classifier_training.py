@@ -334,6 +334,7 @@ def test_write_ood_to_card_refuses_a_card_that_now_names_other_weights(trained, 
         evaluate_classifier.write_ood_to_card(tmp_path / "model" / CLASSIFIER_CARD, {}, weights_sha256="0" * 64)
 
 
+@pytest.mark.slow
 def test_clinical_photos_join_training_cropped_by_the_unet(synthetic_ham: Path, tmp_path: Path):
     """--clinical-data: PAD train patients join training (repeated), val patients are scored, test never used."""
     from ml.data.pad_ufes import read_pad
