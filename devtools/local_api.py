@@ -769,7 +769,10 @@ class LocalBotAPIServer:
             self.state.messages[(chat["id"], message_id)] = message
             key = "message"
         update_id = await self._add_update({key: message})
-        return web.json_response({"update_id": update_id, "message_id": message["message_id"], "message": message})
+        # queued_at: when the bot could first have the update (Telegram's own upload and resizing are done).
+        return web.json_response(
+            {"update_id": update_id, "message_id": message["message_id"], "message": message, "queued_at": time.time()}
+        )
 
     async def _sim_callback(self, request: web.Request) -> web.Response:
         body = await request.json()
