@@ -643,8 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         migrate.upgrade(backend.database_url)
         env = child_env(args, backend, data_dir=data_dir, model_dir=model_dir, api=api)
-        print(f"starting {0 if args.intake_only else args.workers} worker(s) and the bot on {backend.name} ...", flush=True)
         workers_to_start = 0 if args.intake_only else args.workers
+        print(f"starting {workers_to_start} worker(s) and the bot on {backend.name} ...", flush=True)
         children = start_service(env, workers=workers_to_start, log_dir=log_dir, client=client)
         recorder.start()
         catalogue = Catalogue()
