@@ -19,6 +19,7 @@ Usage:
   .venv/bin/python bench/load.py --services --workers 2          # PostgreSQL + Redis on 127.0.0.1
   .venv/bin/python bench/load.py --services --hold-workers       # intake alone, workers stopped until acked
   .venv/bin/python bench/load.py --services --intake-only        # no workers at all: acknowledgements only
+  .venv/bin/python bench/load.py --services --intake-only --webhook   # the same, updates by webhook
 
 Acknowledgement latency is reported twice: from the patient starting to send the photo (what the patient
 waits, including the Bot API stand-in's upload and resizing, which Telegram does on its own servers) and
@@ -119,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="start no worker (no models needed): the run ends once every photo is acknowledged and measures "
         "the intake path alone; cases stay queued and answers are not checked",
+    )
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="the bot takes updates by webhook (python-telegram-bot's server; the Bot API stand-in POSTs them) "
+        "instead of long polling",
     )
     parser.add_argument("--json-out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--intake-timeout", type=float, default=120.0, help="seconds to wait for each acknowledgement")
@@ -370,6 +377,15 @@ def child_env(args: argparse.Namespace, backend: Backend, *, data_dir: Path, mod
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if args.webhook:
+        port = free_port()
+        env.update(
+            {
+                "BOT_WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram",
+                "BOT_WEBHOOK_PORT": str(port),
+                "BOT_WEBHOOK_SECRET": uuid.uuid4().hex,
+            }
+        )
     return env
 
 
@@ -394,7 +410,12 @@ def start_service(env: dict, *, workers: int, log_dir: Path, client: LocalBotAPI
 
     wait_until(models_loaded, timeout=600, what="the workers loading the models", children=children)
     children.append(start_child("bot", ["bot"], env=env, log_dir=log_dir))
-    wait_until(lambda: client.status().get("last_poll_at"), timeout=120, what="the bot polling", children=children)
+
+    def taking_updates() -> bool:
+        status = client.status()
+        return bool(status.get("last_poll_at") or status.get("webhook_url"))
+
+    wait_until(taking_updates, timeout=120, what="the bot polling or its webhook set", children=children)
     return children
 
 
@@ -443,6 +464,15 @@ def wait_for_answers(database_url: str, case_ids: set[int], *, timeout: float, c
         wait_until(answered, timeout=timeout, what="every answer", children=children)
     except TimeoutError as exc:
         print(f"warning: {exc}; the report counts the unanswered cases as lost", file=sys.stderr)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (its threads included), or None without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def load_average() -> list[float] | None:
@@ -605,6 +635,11 @@ def print_table(report: dict[str, Any]) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
+    cpu = report.get("cpu_s_during_intake") or {}
+    print(
+        f"{'CPU s while sending'.ljust(width)}  bot {cpu.get('bot')}, Bot API stand-in + patients "
+        f"{cpu.get('bot_api_and_patients')}"
+    )
     for line in report["patient_errors"] + report["duplicate_detail"] + report["lost_detail"]:
         print(f"  ! {line}")
 
@@ -662,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
             signal_group(workers, signal.SIGSTOP)
         print(f"{args.patients} patients sending {args.photos} photos each ...", flush=True)
         load_before = load_average()
+        bot_pid = next(child.process.pid for child in children if child.name == "bot")
+        cpu_before = cpu_seconds(bot_pid), cpu_seconds(os.getpid())
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -671,6 +708,10 @@ def main(argv: list[str] | None = None) -> int:
             print("every photo acknowledged; resuming the workers ...", flush=True)
             signal_group(workers, signal.SIGCONT)
         load_after = load_average()
+        cpu_after = cpu_seconds(bot_pid), cpu_seconds(os.getpid())
+        cpu_used = [
+            None if a is None or b is None else round(b - a, 2) for a, b in zip(cpu_before, cpu_after, strict=True)
+        ]
         accepted = {photo.case_id for p in patients for photo in p.sent if photo.case_id is not None}
         if not args.intake_only:
             wait_for_answers(backend.database_url, accepted, timeout=args.answer_timeout, children=children)
@@ -681,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             patients, recorder, backend.database_url, args=args, wall_s=wall_s, load_before=load_before,
             load_after=load_after,
         )  # fmt: skip
+        report["cpu_s_during_intake"] = {"bot": cpu_used[0], "bot_api_and_patients": cpu_used[1]}
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

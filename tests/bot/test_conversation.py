@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from sqlalchemy import select
 from sqlalchemy import text as sql
 
 from devtools.local_api import buttons
 from skintriage import cases
-from skintriage.models import CaseStatus
+from skintriage.models import CaseStatus, PendingIntake
 from tests.factories import assert_no_metadata, lesion_photo, photo_with_gps
 from tests.stack import free_port
 
@@ -142,15 +143,36 @@ def test_photo_after_consent_is_stored_committed_queued_and_acknowledged(start_b
     assert ack["text"] == h.expect("en", "intake.ack", case_id=case.id)
     questions = h.wait_startswith(110, h.expect("en", "questions.intro", case_id=case.id), since=since)
     events = h.patient.sent(110, since=since)
-    assert [e["method"] for e in events] == ["sendChatAction", "sendMessage", "sendMessage"]  # ack, questions
-    assert events[2]["seq"] == questions["seq"]
-    assert events[0]["action"] == "typing"
-    assert case.status == CaseStatus.QUEUED and case.queued_at is not None
+    # A quick download shows no "typing..." (the acknowledgement follows at once): ack, questions.
+    assert [e["method"] for e in events] == ["sendMessage", "sendMessage"]
+    assert events[1]["seq"] == questions["seq"]
+    # Recorded with the acknowledgement, in the transaction after it.
+    assert eventually(lambda: h.cases(110)[0].status == CaseStatus.QUEUED)
+    assert h.cases(110)[0].queued_at is not None
     assert case.source_update_id == update_id and case.language == "en"
     assert (case.image_width, case.image_height) == (1280, 960)  # Telegram's largest photo size
     assert hashlib.sha256(h.services.store.get(case.image_key)).hexdigest() == case.image_sha256
     assert eventually(lambda: h.cases(110)[0].ack_message_id) == ack["message_id"]
     assert len(list((h.settings.broker_folder / "queue").iterdir())) == 1  # one job on the filesystem broker
+
+
+def test_a_slow_download_shows_typing_and_the_acknowledgement_settles_the_photo_in_one_go(start_bot) -> None:
+    h = start_bot()
+    h.consent(112)
+    since = h.patient.last_seq()
+    h.patient.send_photo(112, lesion_photo(seed=5), download_delay_s=3.0)
+    ack = h.wait_startswith(112, "Received.", since=since, timeout=30)
+    events = h.patient.sent(112, since=since)
+    typing = [e for e in events if e["method"] == "sendChatAction"]
+    assert len(typing) == 1 and typing[0]["action"] == "typing" and typing[0]["seq"] < ack["seq"]
+
+    def settled() -> bool:
+        with h.services.sessions() as session:
+            pending = session.scalars(select(PendingIntake).where(PendingIntake.chat_id == 112)).all()
+        (case,) = h.cases(112)
+        return not pending and case.ack_message_id == ack["message_id"] and case.status == CaseStatus.QUEUED
+
+    assert eventually(settled)
 
 
 def test_image_files_png_and_heic_start_cases_with_their_bytes_unchanged(start_bot) -> None:
@@ -313,7 +335,8 @@ def test_database_failing_after_the_case_is_committed_never_says_the_photo_was_n
     h = start_bot()
     h.consent(128)
     with h.session() as session:
-        # The case INSERT commits; marking it queued (an UPDATE) then fails as if the database went away.
+        # The case INSERT commits; marking it queued (an UPDATE, in the transaction after the acknowledgement)
+        # then fails as if the database went away.
         session.execute(
             sql(
                 "CREATE TRIGGER fail_after_commit BEFORE UPDATE OF status ON cases "
@@ -323,10 +346,14 @@ def test_database_failing_after_the_case_is_committed_never_says_the_photo_was_n
         session.commit()
     since = h.patient.last_seq()
     h.patient.send_photo(128, lesion_photo(seed=22))
-    reply = h.wait_startswith(128, "Our analysis service is busy", since=since)
+    reply = h.wait_startswith(128, "Received.", since=since)
     (case,) = h.cases(128)
-    assert reply["text"] == h.expect("en", "intake.delayed", case_id=case.id)
-    assert h.expect("en", "intake.unavailable") not in [m.get("text") for m in h.patient.messages(128, since=since)]
+    assert reply["text"] == h.expect("en", "intake.ack", case_id=case.id)
+    h.patient.wait_consumed()
+    time.sleep(1.0)  # anything said about the failure would follow the acknowledgement at once
+    said = [m.get("text") for m in h.patient.messages(128, since=since)]
+    assert h.expect("en", "intake.unavailable") not in said
+    assert not any(text and text.startswith("Sorry") for text in said), said
     assert case.status == CaseStatus.RECEIVED and h.services.store.exists(case.image_key)  # the sweeper queues it
 
 
