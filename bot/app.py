@@ -108,8 +108,11 @@ class WebhookDataFilter(logging.Filter):
     texts) and the traceback; polling goes through TolerantBot instead. This keeps the fact, drops the data.
     """
 
+    LOGGER = "telegram.ext.Updater"  # the webhook handler's logger
+    MESSAGE = "Something went wrong processing the data received from Telegram"
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING and record.args:
+        if str(record.msg).startswith(self.MESSAGE):
             record.msg = "an update from Telegram could not be parsed and was not handled (its content is not logged)"
             record.args = ()
             record.exc_info = None

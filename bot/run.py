@@ -49,6 +49,8 @@ def main(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, json_lines=settings.log_json)
     settings.check_secrets()
     register_secret(settings.telegram_bot_token.get_secret_value())
+    if settings.bot_webhook_url:
+        register_secret(settings.bot_webhook_secret.get_secret_value())
     url = settings.resolved_database_url
     if migrate.current(url) is None:
         raise ConfigurationError("the database has no schema yet; run `skintriage db upgrade` first")
@@ -58,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         serve_health(settings.health_port, lambda: _database_check(url))
         application = build_application(settings)
         if settings.bot_webhook_url:
-            logging.getLogger("telegram.ext._utils.webhookhandler").addFilter(WebhookDataFilter())
+            logging.getLogger(WebhookDataFilter.LOGGER).addFilter(WebhookDataFilter())
             log.info(
                 "bot taking updates by webhook on %s:%d (Telegram posts to BOT_WEBHOOK_URL)",
                 settings.bot_webhook_listen,

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 CAPTION_LIMIT = MessageLimit.CAPTION_LENGTH
 TEXT_LIMIT = MessageLimit.MAX_TEXT_LENGTH
 CALLBACK_DATA_LIMIT = InlineKeyboardButtonLimit.MAX_CALLBACK_DATA
+WEBHOOK_ATTEMPTS = 5  # an update the webhook keeps refusing is dropped after this many tries
 PHOTO_SIDES = (90, 320, 800, 1280)  # Telegram's s/m/x/y photo sizes
 HTML_TAGS = {
     "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre",
@@ -88,6 +89,7 @@ class _Pending:
     update: dict[str, Any]
     forced: bool = False  # redelivered on purpose, below the confirmed offset
     delivered: bool = False
+    webhook_failures: int = 0
 
 
 @dataclass
@@ -504,7 +506,7 @@ class LocalBotAPIServer:
     async def _deliver_webhook(self, webhook: dict[str, Any], kick: asyncio.Event) -> None:
         """POST each pending update to the webhook, like Telegram: oldest first, up to max_connections at once,
         one at a time per chat (so a chat's updates arrive in order); an update is confirmed by a 2xx answer,
-        anything else is retried a second later."""
+        anything else is retried a second later, WEBHOOK_ATTEMPTS times in all."""
         headers = {"X-Telegram-Bot-Api-Secret-Token": webhook["secret_token"]} if webhook["secret_token"] else {}
         slots = asyncio.Semaphore(webhook["max_connections"])
         sending: set[int] = set()  # ids of the updates on their way
@@ -524,7 +526,12 @@ class LocalBotAPIServer:
                     self.state.pending.remove(pending)
             else:
                 self.state.webhook_errors += 1
-                await asyncio.sleep(1.0)
+                pending.webhook_failures += 1
+                if pending.webhook_failures >= WEBHOOK_ATTEMPTS:  # Telegram too gives up after a few attempts
+                    with contextlib.suppress(ValueError):
+                        self.state.pending.remove(pending)
+                else:
+                    await asyncio.sleep(1.0)
             sending.discard(id(pending))
             busy_chats.discard(chat)
             kick.set()
