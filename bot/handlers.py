@@ -421,13 +421,17 @@ async def _download_typing(bot, patient: Patient, file_id: str) -> bytes | None:
     need, on the way to the acknowledgement (docs/load.md). A failed chat action never fails the photo.
     """
     download = asyncio.ensure_future(_download(bot, file_id))
-    done, _ = await asyncio.wait({download}, timeout=TYPING_AFTER_S)
-    if not done:
-        try:
-            await bot.send_chat_action(patient.chat_id, ChatAction.TYPING)
-        except TelegramError as exc:
-            log.info("could not show typing during a slow download (%s)", type(exc).__name__)
-    return await download
+    try:
+        done, _ = await asyncio.wait({download}, timeout=TYPING_AFTER_S)
+        if not done:
+            try:
+                await bot.send_chat_action(patient.chat_id, ChatAction.TYPING)
+            except TelegramError as exc:
+                log.info("could not show typing during a slow download (%s)", type(exc).__name__)
+        return await download
+    finally:
+        if not download.done():  # the handler was cancelled (the bot stopping): do not leave the download behind
+            download.cancel()
 
 
 class DownloadFailed(Exception):
