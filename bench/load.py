@@ -18,11 +18,20 @@ Usage:
   .venv/bin/python bench/load.py --patients 3 --photos 2 --json-out load.json
   .venv/bin/python bench/load.py --services --workers 2          # PostgreSQL + Redis on 127.0.0.1
   .venv/bin/python bench/load.py --services --hold-workers       # intake alone, workers stopped until acked
+  .venv/bin/python bench/load.py --services --intake-only        # no workers at all: acknowledgements only
+  .venv/bin/python bench/load.py --services --intake-only --webhook   # the same, updates by webhook
+
+Acknowledgement latency is reported twice: from the patient starting to send the photo (what the patient
+waits, including the Bot API stand-in's upload and resizing, which Telegram does on its own servers) and
+from the update being queued for the bot (what the bot adds). The load averages of the machine (1, 5 and
+15 minutes, as `uptime` shows them) are recorded before and after each run: on a shared machine they
+say how much the figures are worth.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -106,6 +115,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "acknowledged, as if they ran on another machine: acknowledgement latency then measures the bot, "
         "the Bot API stand-in and the patients only, and photo-to-answer latency includes the hold",
     )
+    parser.add_argument(
+        "--intake-only",
+        action="store_true",
+        help="start no worker (no models needed): the run ends once every photo is acknowledged and measures "
+        "the intake path alone; cases stay queued and answers are not checked",
+    )
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="the bot takes updates by webhook (python-telegram-bot's server; the Bot API stand-in POSTs them) "
+        "instead of long polling",
+    )
     parser.add_argument("--json-out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--intake-timeout", type=float, default=120.0, help="seconds to wait for each acknowledgement")
     parser.add_argument("--answer-timeout", type=float, default=1800.0, help="seconds to wait for the last answer")
@@ -181,7 +202,12 @@ class Catalogue:
         raw = load_texts(None).catalogues["en"]
 
         def prefix(key: str) -> str:
-            return visible(raw[key].split("{")[0].split("<")[0])
+            # The visible text up to the first placeholder; tags go first, so a text opening with <b> has one
+            # too (an empty prefix would match every message, the questions after an acknowledgement included).
+            start = visible(raw[key]).split("{")[0]
+            if not start.strip():
+                raise ValueError(f"the {key} text starts with a placeholder; recognise it some other way")
+            return start
 
         self.prefixes = {key: prefix(key) for key in (*ACCEPTED_KEYS, *REFUSED_KEYS)}
         self.consent_thanks = prefix("consent.thanks")
@@ -208,6 +234,7 @@ class Photo:
     index: int
     name: str
     sent_at: float = 0.0
+    queued_at: float | None = None  # the Bot API stand-in's clock: when the update was queued for the bot
     update_id: int | None = None
     intake_key: str | None = None
     intake_at: float | None = None
@@ -233,7 +260,8 @@ class PatientRun:
                 self.sent.append(photo)
                 after = recorder.last_seq
                 photo.sent_at = time.time()
-                photo.update_id = client.send_photo(self.user_id, data)
+                queued = client.send_message(self.user_id, photo_b64=base64.b64encode(data).decode(), compress=True)
+                photo.update_id, photo.queued_at = queued["update_id"], queued.get("queued_at")
                 said = recorder.wait(
                     self.user_id, lambda e: catalogue.intake_key(e) is not None, after=after, timeout=intake_timeout
                 )
@@ -349,6 +377,15 @@ def child_env(args: argparse.Namespace, backend: Backend, *, data_dir: Path, mod
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if args.webhook:
+        port = free_port()
+        env.update(
+            {
+                "BOT_WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram",
+                "BOT_WEBHOOK_PORT": str(port),
+                "BOT_WEBHOOK_SECRET": uuid.uuid4().hex,
+            }
+        )
     return env
 
 
@@ -373,7 +410,12 @@ def start_service(env: dict, *, workers: int, log_dir: Path, client: LocalBotAPI
 
     wait_until(models_loaded, timeout=600, what="the workers loading the models", children=children)
     children.append(start_child("bot", ["bot"], env=env, log_dir=log_dir))
-    wait_until(lambda: client.status().get("last_poll_at"), timeout=120, what="the bot polling", children=children)
+
+    def taking_updates() -> bool:
+        status = client.status()
+        return bool(status.get("last_poll_at") or status.get("webhook_url"))
+
+    wait_until(taking_updates, timeout=120, what="the bot polling or its webhook set", children=children)
     return children
 
 
@@ -424,8 +466,32 @@ def wait_for_answers(database_url: str, case_ids: set[int], *, timeout: float, c
         print(f"warning: {exc}; the report counts the unanswered cases as lost", file=sys.stderr)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (its threads included), or None without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (what `uptime` shows), or None where /proc has none."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
 def build_report(
-    patients: list[PatientRun], recorder: Recorder, database_url: str, *, args: argparse.Namespace, wall_s: float
+    patients: list[PatientRun],
+    recorder: Recorder,
+    database_url: str,
+    *,
+    args: argparse.Namespace,
+    wall_s: float,
+    load_before: list[float] | None = None,
+    load_after: list[float] | None = None,
 ) -> dict[str, Any]:
     """Everything the table and the JSON show, from the photos sent, the bot's messages and the case rows."""
     from sqlalchemy import select
@@ -448,6 +514,7 @@ def build_report(
     lost: list[str] = []
     duplicates: list[str] = []
     ack_latency: list[float] = []
+    ack_from_queue: list[float] = []
     answer_latency: list[float] = []
     accepted = refused = delivered = 0
     for photo in photos:
@@ -459,13 +526,16 @@ def build_report(
             refused += 1
             continue
         if not made:
-            lost.append(f"{label}: no acknowledgement and no case")
+            said = f"the bot said {photo.intake_key}" if photo.intake_key else "no acknowledgement"
+            lost.append(f"{label}: {said} and no case")
             continue
         accepted += 1
         case = made[0]
         chat = [e for e in recorder.chat(photo.patient) if e["method"] in {"sendMessage", "sendPhoto", "sendDocument"}]
         if photo.intake_at is not None:
             ack_latency.append(photo.intake_at - photo.sent_at)
+            if photo.queued_at is not None:
+                ack_from_queue.append(photo.intake_at - photo.queued_at)
         else:
             lost.append(f"{label}: case {case.id} was stored but the patient was never told")
         acks = [e for e in chat if e["message_id"] == case.ack_message_id]
@@ -473,6 +543,8 @@ def build_report(
             copies = [e for e in chat if e.get("text") == acks[0].get("text")]
             if len(copies) > 1:
                 duplicates.append(f"{label}: acknowledgement of case {case.id} sent {len(copies)} times")
+        if args.intake_only:
+            continue  # no worker: the answer is not part of this run
         answer = next((e for e in chat if case.reply_message_id and e["message_id"] == case.reply_message_id), None)
         if case.delivered_at is None or answer is None:
             lost.append(f"{label}: case {case.id} ({case.status}) has no answer")
@@ -498,7 +570,9 @@ def build_report(
         "config": {
             "patients": args.patients,
             "photos_per_patient": args.photos,
-            "workers": args.workers,
+            "workers": 0 if args.intake_only else args.workers,
+            "intake_only": args.intake_only,
+            "bot_updates": "webhook" if getattr(args, "webhook", False) else "long polling",
             "workers_held_during_intake": args.hold_workers,
             "backend": "services" if args.services else "embedded",
             "cpu_count": os.cpu_count(),
@@ -510,6 +584,7 @@ def build_report(
         "duplicates": len(duplicates),
         "lost": len(lost),
         "ack_latency_s": summary(ack_latency),
+        "ack_from_update_queued_s": summary(ack_from_queue),
         "answer_latency_s": summary(answer_latency),
         "analysis_s": summary(analysis),
         "cases_finished": len(finished),
@@ -517,6 +592,8 @@ def build_report(
         "worker_throughput_cases_per_s": round(throughput, 3) if throughput else None,
         "case_statuses": dict(statuses),
         "wall_s": round(wall_s, 1),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "patient_errors": [f"patient {p.user_id}: {p.error}" for p in patients if p.error],
         "duplicate_detail": duplicates,
         "lost_detail": lost,
@@ -536,7 +613,7 @@ def print_table(report: dict[str, Any]) -> None:
     throughput = report["worker_throughput_cases_per_s"]
     rows = [
         ("setup", f"{config['patients']} patients x {config['photos_per_patient']} photos, "
-                  f"{config['workers']} worker(s)"
+                  f"{config['workers']} worker(s), {config['bot_updates']}"
                   f"{' held until every photo was acknowledged' if config['workers_held_during_intake'] else ''}, "
                   f"{config['backend']}, {config['cpu_count']} CPUs"),
         ("photos sent", str(report["photos_sent"])),
@@ -546,16 +623,23 @@ def print_table(report: dict[str, Any]) -> None:
         ("duplicates (must be 0)", str(report["duplicates"])),
         ("lost (must be 0)", str(report["lost"])),
         ("acknowledgement latency", latency("ack_latency_s")),
+        ("  from the update queued", latency("ack_from_update_queued_s")),
         ("photo-to-answer latency", latency("answer_latency_s")),
         ("analysis time per case", latency("analysis_s")),
         ("worker throughput", f"{throughput:.2f} cases/s over {report['processing_window_s']:.1f} s"
                               if throughput else "-"),
         ("case statuses", ", ".join(f"{k} {v}" for k, v in sorted(report["case_statuses"].items())) or "-"),
         ("wall time", f"{report['wall_s']:.1f} s"),
+        ("load average before/after", f"{report['load_average_before']} / {report['load_average_after']}"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}")
+    cpu = report.get("cpu_s_during_intake") or {}
+    print(
+        f"{'CPU s while sending'.ljust(width)}  bot {cpu.get('bot')}, Bot API stand-in + patients "
+        f"{cpu.get('bot_api_and_patients')}"
+    )
     for line in report["patient_errors"] + report["duplicate_detail"] + report["lost_detail"]:
         print(f"  ! {line}")
 
@@ -582,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     print(f"work folder (data and logs): {work}", flush=True)
     model_dir = args.model_dir.resolve() if args.model_dir else work / "models"
-    if not (model_dir / "classifier.json").is_file():
+    if not args.intake_only and not (model_dir / "classifier.json").is_file():
         print(f"training demo models into {model_dir} ...", flush=True)
         train_demo_models(model_dir, quick=True, log_path=log_dir / "train-models.log")
 
@@ -594,8 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         migrate.upgrade(backend.database_url)
         env = child_env(args, backend, data_dir=data_dir, model_dir=model_dir, api=api)
-        print(f"starting {args.workers} worker(s) and the bot on {backend.name} ...", flush=True)
-        children = start_service(env, workers=args.workers, log_dir=log_dir, client=client)
+        workers_to_start = 0 if args.intake_only else args.workers
+        print(f"starting {workers_to_start} worker(s) and the bot on {backend.name} ...", flush=True)
+        children = start_service(env, workers=workers_to_start, log_dir=log_dir, client=client)
         recorder.start()
         catalogue = Catalogue()
         photos = photo_set(args.photos)
@@ -611,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.hold_workers:
             signal_group(workers, signal.SIGSTOP)
         print(f"{args.patients} patients sending {args.photos} photos each ...", flush=True)
+        load_before = load_average()
+        bot_pid = next(child.process.pid for child in children if child.name == "bot")
+        cpu_before = cpu_seconds(bot_pid), cpu_seconds(os.getpid())
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -619,12 +707,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.hold_workers:
             print("every photo acknowledged; resuming the workers ...", flush=True)
             signal_group(workers, signal.SIGCONT)
+        load_after = load_average()
+        cpu_after = cpu_seconds(bot_pid), cpu_seconds(os.getpid())
+        cpu_used = [
+            None if a is None or b is None else round(b - a, 2) for a, b in zip(cpu_before, cpu_after, strict=True)
+        ]
         accepted = {photo.case_id for p in patients for photo in p.sent if photo.case_id is not None}
-        wait_for_answers(backend.database_url, accepted, timeout=args.answer_timeout, children=children)
+        if not args.intake_only:
+            wait_for_answers(backend.database_url, accepted, timeout=args.answer_timeout, children=children)
         time.sleep(args.settle)  # late duplicates would show up now
         recorder.stop()
         wall_s = time.monotonic() - started
-        report = build_report(patients, recorder, backend.database_url, args=args, wall_s=wall_s)
+        report = build_report(
+            patients, recorder, backend.database_url, args=args, wall_s=wall_s, load_before=load_before,
+            load_after=load_after,
+        )  # fmt: skip
+        report["cpu_s_during_intake"] = {"bot": cpu_used[0], "bot_api_and_patients": cpu_used[1]}
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

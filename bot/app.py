@@ -101,6 +101,25 @@ class TolerantBot(ExtBot):
         return entry
 
 
+class WebhookDataFilter(logging.Filter):
+    """Keeps the patient's data out of python-telegram-bot's webhook log.
+
+    Its webhook server logs an update it cannot parse at CRITICAL with the raw update (names, chat ids,
+    texts) and the traceback; polling goes through TolerantBot instead. This keeps the fact, drops the data.
+    """
+
+    LOGGER = "telegram.ext.Updater"  # the webhook handler's logger
+    MESSAGE = "Something went wrong processing the data received from Telegram"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(self.MESSAGE):
+            record.msg = "an update from Telegram could not be parsed and was not handled (its content is not logged)"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def _default_enqueue() -> Callable[[int], bool]:
     from skintriage.queueing import enqueue_triage
 
@@ -176,7 +195,7 @@ def build_application(
                 settings.telegram_bot_token.get_secret_value(),
                 base_url=settings.telegram_api_base_url,
                 base_file_url=settings.telegram_file_base_url,
-                request=make_request(),
+                request=make_request(pool_size=settings.bot_api_connections),
                 # PTB's own default for polling: one connection; the long-poll time is added per call.
                 get_updates_request=HTTPXRequest(connection_pool_size=1),
             )

@@ -313,11 +313,12 @@ async def _receive_image(update: Update, context: ContextTypes.DEFAULT_TYPE, pho
     # Recorded as under way (bot.intake): settled once the patient is answered, here or by on_error. A
     # cancellation (the bot stopping mid-download) leaves the record for the next start to tell the patient.
     try:
-        case_id = await _download_and_register(update, context, photo, decision.language)
+        case_id, settled = await _download_and_register(update, context, photo, decision.language)
     except Exception:
         await _settle(svc, patient.chat_id, photo.message_id)
         raise
-    await _settle(svc, patient.chat_id, photo.message_id)
+    if not settled:
+        await _settle(svc, patient.chat_id, photo.message_id)
     return case_id
 
 
@@ -331,24 +332,27 @@ async def _settle(svc: Services, chat_id: int, message_id: int) -> None:
 
 async def _download_and_register(
     update: Update, context: ContextTypes.DEFAULT_TYPE, photo: IncomingPhoto, lang: str
-) -> int | None:
-    """Download, header check, store + commit, enqueue, acknowledge, and ask the questions of a new spot."""
+) -> tuple[int | None, bool]:
+    """Download, header check, store + commit, enqueue, acknowledge, and ask the questions of a new spot.
+
+    Returns the photo's case (None when none) and whether its intake record was settled here (with the
+    acknowledgement, in one transaction).
+    """
     svc, patient, bot = _services(context), _patient(update), context.bot
     file_id, file_size = photo.file_id, photo.file_size
-    await bot.send_chat_action(patient.chat_id, ChatAction.TYPING)
     try:
-        data = None if (file_size or 0) > svc.settings.max_file_bytes else await _download(bot, file_id)
+        data = None if (file_size or 0) > svc.settings.max_file_bytes else await _download_typing(bot, patient, file_id)
     except DownloadFailed:
         await _say(update, svc.texts.get(lang, "intake.download_failed"))
-        return None
+        return None, False
     if data is None or len(data) > svc.settings.max_file_bytes:
         await _say(update, _too_big(svc, lang, file_size or (len(data) if data else 0)))
-        return None
+        return None, False
     try:
         data, info = await asyncio.to_thread(intake.prepare_image, data, settings=svc.settings)
     except InvalidImageError as exc:
         await _say(update, svc.texts.get(lang, "intake.unusable", reason=svc.texts.retake_reason(lang, exc.reason)))
-        return None
+        return None, False
     decision = await asyncio.to_thread(
         intake.register, sessions=svc.sessions, store=svc.store, settings=svc.settings, patient=patient, data=data,
         info=info, update_id=photo.update_id, message_id=photo.message_id, file_unique_id=photo.file_unique_id,
@@ -356,23 +360,25 @@ async def _download_and_register(
     )  # fmt: skip
     if decision.outcome is not Outcome.CREATED:
         await _explain(update, svc, decision)
-        return decision.case_id if decision.outcome is Outcome.DUPLICATE else None
+        return (decision.case_id if decision.outcome is Outcome.DUPLICATE else None), False
     # The case is committed: from here a failure must not tell the patient their photo was lost (see on_error).
     saved = context.chat_data.setdefault(SAVED_CASES, {})
     saved[update.update_id] = _SavedCase(decision.case_id)
-    queued = await asyncio.to_thread(intake.queue, sessions=svc.sessions, case_id=decision.case_id, enqueue=svc.enqueue)
+    # Only the broker call stands between the commit and the acknowledgement; "queued" is recorded with it.
+    queued = await asyncio.to_thread(intake.publish, case_id=decision.case_id, enqueue=svc.enqueue)
     key = "intake.ack" if queued else "intake.delayed"
     message_id = await _say(update, svc.texts.get(lang, key, case_id=decision.case_id))
     saved[update.update_id].acknowledged = True
     await asyncio.to_thread(
-        intake.acknowledged, sessions=svc.sessions, case_id=decision.case_id, message_id=message_id, delayed=not queued
-    )
+        intake.acknowledged, sessions=svc.sessions, case_id=decision.case_id, message_id=message_id, queued=queued,
+        chat_id=patient.chat_id, photo_message_id=photo.message_id,
+    )  # fmt: skip
     if decision.first_of_album:  # a new photo: is it an earlier spot? And what a doctor would ask (no waiting)
         await spots.offer(bot, sessions=svc.sessions, texts=svc.texts, patient=patient, case_id=decision.case_id,
                           lang=lang)  # fmt: skip
         await _say(update, *questions.first_screen(svc.texts, lang, case_id=decision.case_id))
     saved.pop(update.update_id, None)
-    return decision.case_id
+    return decision.case_id, True
 
 
 # chat_data key: {update id: _SavedCase} for photos committed by an update still being handled.
@@ -391,6 +397,30 @@ def _saved_case(update: Update, context: ContextTypes.DEFAULT_TYPE) -> _SavedCas
     """The case this update committed before it failed, if any (and forget it)."""
     saved = context.chat_data.get(SAVED_CASES) if context.chat_data is not None else None
     return saved.pop(update.update_id, None) if saved else None
+
+
+# A download that takes longer than this shows "typing..." (a quick one needs no sign: the acknowledgement follows).
+TYPING_AFTER_S = 1.0
+
+
+async def _download_typing(bot, patient: Patient, file_id: str) -> bytes | None:  # noqa: ANN001 - Bot or ExtBot
+    """`_download`, showing "typing..." to the patient once it has taken TYPING_AFTER_S.
+
+    The chat action used to precede every download: one Bot API call per photo that a quick download does not
+    need, on the way to the acknowledgement (docs/load.md). A failed chat action never fails the photo.
+    """
+    download = asyncio.ensure_future(_download(bot, file_id))
+    try:
+        done, _ = await asyncio.wait({download}, timeout=TYPING_AFTER_S)
+        if not done:
+            try:
+                await bot.send_chat_action(patient.chat_id, ChatAction.TYPING)
+            except TelegramError as exc:
+                log.info("could not show typing during a slow download (%s)", type(exc).__name__)
+        return await download
+    finally:
+        if not download.done():  # the handler was cancelled (the bot stopping): do not leave the download behind
+            download.cancel()
 
 
 class DownloadFailed(Exception):

@@ -8,8 +8,9 @@ Order matters and each step is a plain blocking function the handler runs off th
      EXIF (GPS included) and other metadata, applying the orientation, so the stored photo carries none
   3. `register`: store the image, then in ONE transaction mark the message (chat id, message id) processed,
      reuse a case for the same bytes within the duplicate window or create the case, and COMMIT
-  4. `queue`: enqueue the committed case; on success mark it queued. When the broker is down the case
-     stays "received" and the sweeper enqueues it later, so the photo is never lost.
+  4. `publish`: enqueue the committed case, then the handler acknowledges, and `acknowledged` records in one
+     transaction the case queued, the acknowledgement and the intake record settled. When the broker is down
+     the case stays "received" and the sweeper enqueues it later, so the photo is never lost.
 
 Telegram counts an update as delivered once the bot fetched it, before any handler ran. So when the checks
 pass, step 1 also records the message (`pending_intakes`) in its transaction, before the download; `settle`
@@ -249,19 +250,36 @@ def register(
     return decision
 
 
-def queue(*, sessions: sessionmaker[Session], case_id: int, enqueue: Callable[[int], bool]) -> bool:
-    """Hand a committed case to the broker and mark it queued; False leaves it for the sweeper."""
+def publish(*, case_id: int, enqueue: Callable[[int], bool]) -> bool:
+    """Hand a committed case to the broker; False (the broker is down) leaves it for the sweeper."""
     if not enqueue(case_id):
         log.warning("case %d kept as received: the broker is unreachable; the sweeper will enqueue it", case_id)
         return False
-    with transaction(sessions) as session:
-        cases.mark_queued(session=session, case_id=case_id)
     return True
 
 
-def acknowledged(*, sessions: sessionmaker[Session], case_id: int, message_id: int | None, delayed: bool) -> None:
-    """Record the acknowledgement (and the delay notice when the broker was down)."""
+def acknowledged(
+    *,
+    sessions: sessionmaker[Session],
+    case_id: int,
+    message_id: int | None,
+    queued: bool,
+    chat_id: int | None = None,
+    photo_message_id: int | None = None,
+) -> None:
+    """After the acknowledgement, in one transaction: the case queued (when `publish` succeeded), acknowledged
+    (and the delay notice when the broker was down), and the photo message's intake record settled.
+
+    One transaction instead of three keeps the database round trips of a photo to three (checks, commit, this),
+    so the patient's next photo waits less for this one (docs/load.md). Marking "queued" after the broker call
+    and the message is safe: a worker that already took the case is not set back (`cases.mark_queued` only
+    moves a received case), and a bot stopped in between leaves a received case for the sweeper.
+    """
     with transaction(sessions) as session:
+        if queued:
+            cases.mark_queued(session=session, case_id=case_id)
         cases.mark_acknowledged(session=session, case_id=case_id, message_id=message_id)
-        if delayed:
+        if not queued:
             cases.mark_delay_notice(session=session, case_id=case_id)
+        if chat_id is not None and photo_message_id is not None:
+            cases.end_intake(session=session, chat_id=chat_id, message_id=photo_message_id)

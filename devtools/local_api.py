@@ -5,6 +5,9 @@ Telegram's so the real python-telegram-bot library parses them. A simulated pati
 through control routes under ``/_sim/`` (wrapped by `LocalBotAPIClient`); everything the bot sends is
 recorded and can be read back, photos included. Faults (429 with retry_after, 5xx, timeouts) can be
 injected per method, and a patient's file can be made slow to download (`download_delay_s`).
+Updates reach the bot by getUpdates (long polling) or, once the bot called setWebhook, by POSTs to its
+webhook like Telegram's: oldest first, one at a time per chat, with the secret token header, retried until
+the bot answers 2xx (getUpdates then answers 409 as Telegram does).
 
 Routes:
   POST|GET /bot<token>/<method>          the Bot API (wrong token -> 401 like Telegram)
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
+import aiohttp
 import httpx
 from aiohttp import web
 from telegram.constants import InlineKeyboardButtonLimit, MessageLimit
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 CAPTION_LIMIT = MessageLimit.CAPTION_LENGTH
 TEXT_LIMIT = MessageLimit.MAX_TEXT_LENGTH
 CALLBACK_DATA_LIMIT = InlineKeyboardButtonLimit.MAX_CALLBACK_DATA
+WEBHOOK_ATTEMPTS = 5  # an update the webhook keeps refusing is dropped after this many tries
 PHOTO_SIDES = (90, 320, 800, 1280)  # Telegram's s/m/x/y photo sizes
 HTML_TAGS = {
     "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre",
@@ -86,6 +91,7 @@ class _Pending:
     update: dict[str, Any]
     forced: bool = False  # redelivered on purpose, below the confirmed offset
     delivered: bool = False
+    webhook_failures: int = 0
 
 
 @dataclass
@@ -111,6 +117,8 @@ class _State:
     calls: dict[str, int] = field(default_factory=dict)
     last_poll_at: float = 0.0
     confirmed_offset: int = 0
+    webhook: dict[str, Any] | None = None  # setWebhook's url, secret_token and max_connections
+    webhook_errors: int = 0
 
 
 class _HTMLChecker(HTMLParser):
@@ -148,6 +156,17 @@ def plain_text(text: str, parse_mode: str | None) -> str:
             f"Bad Request: can't parse entities: Can't find end tag corresponding to start tag \"{checker.stack[-1]}\"",
         )
     return "".join(checker.parts)
+
+
+def _update_chat(update: dict[str, Any]) -> Any:
+    """The chat an update belongs to (its updates are delivered in order), or its own id when it has none."""
+    for key in ("message", "edited_message", "channel_post", "edited_channel_post"):
+        if isinstance(update.get(key), dict):
+            return update[key].get("chat", {}).get("id")
+    query = update.get("callback_query")
+    if isinstance(query, dict):
+        return ((query.get("message") or {}).get("chat") or {}).get("id") or (query.get("from") or {}).get("id")
+    return ("update", update.get("update_id"))
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
@@ -204,6 +223,8 @@ class LocalBotAPIServer:
         )
         self.timeout_fault_s = timeout_fault_s
         self._new_update: asyncio.Condition | None = None
+        self._webhook_kick: asyncio.Event | None = None
+        self._webhook_task: asyncio.Task | None = None
         self.app = web.Application(client_max_size=60 * 1024 * 1024)
         self.app.router.add_route("*", "/bot{token}/{method}", self._api)
         self.app.router.add_get("/file/bot{token}/{path:.+}", self._download)
@@ -447,12 +468,104 @@ class LocalBotAPIServer:
     async def _m_deletewebhook(self, params: dict[str, Any]) -> Any:
         if str(params.get("drop_pending_updates", "")).lower() == "true":
             self.state.pending.clear()
+        await self._stop_webhook()
         return True
 
     async def _m_getwebhookinfo(self, params: dict[str, Any]) -> Any:
-        return {"url": "", "has_custom_certificate": False, "pending_update_count": len(self.state.pending)}
+        webhook = self.state.webhook or {}
+        info = {"url": webhook.get("url", ""), "has_custom_certificate": False}
+        info["pending_update_count"] = len(self.state.pending)
+        if webhook:
+            info["max_connections"] = webhook["max_connections"]
+        return info
+
+    async def _m_setwebhook(self, params: dict[str, Any]) -> Any:
+        url = str(params.get("url") or "")
+        if not url:
+            await self._stop_webhook()
+            return True
+        if not url.startswith(("http://", "https://")):
+            raise ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        secret = params.get("secret_token") or None
+        if secret is not None and not (1 <= len(secret) <= 256 and all(c.isalnum() or c in "_-" for c in secret)):
+            raise ApiError(400, "Bad Request: secret token contains unallowed characters")
+        if str(params.get("drop_pending_updates", "")).lower() == "true":
+            self.state.pending.clear()
+        await self._stop_webhook()
+        max_connections = max(1, min(100, int(params.get("max_connections") or 40)))
+        self.state.webhook = {"url": url, "secret_token": secret, "max_connections": max_connections}
+        self._webhook_kick = asyncio.Event()
+        self._webhook_task = asyncio.get_running_loop().create_task(
+            self._deliver_webhook(self.state.webhook, self._webhook_kick)
+        )
+        return True
+
+    async def _stop_webhook(self) -> None:
+        self.state.webhook = None
+        task, self._webhook_task = self._webhook_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _deliver_webhook(self, webhook: dict[str, Any], kick: asyncio.Event) -> None:
+        """POST each pending update to the webhook, like Telegram: oldest first, up to max_connections at once,
+        one at a time per chat (so a chat's updates arrive in order); an update is confirmed by a 2xx answer,
+        anything else is retried a second later, WEBHOOK_ATTEMPTS times in all."""
+        headers = {"X-Telegram-Bot-Api-Secret-Token": webhook["secret_token"]} if webhook["secret_token"] else {}
+        slots = asyncio.Semaphore(webhook["max_connections"])
+        sending: set[int] = set()  # ids of the updates on their way
+        busy_chats: set[Any] = set()
+
+        async def send(session: aiohttp.ClientSession, pending: _Pending, chat: Any) -> None:
+            update_id = pending.update["update_id"]
+            delivered = False
+            try:
+                async with slots, session.post(webhook["url"], json=pending.update, headers=headers) as response:
+                    delivered = 200 <= response.status < 300
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.info("webhook delivery of update %d failed: %s", update_id, type(exc).__name__)
+            if delivered:
+                pending.delivered = True
+                with contextlib.suppress(ValueError):
+                    self.state.pending.remove(pending)
+            else:
+                self.state.webhook_errors += 1
+                pending.webhook_failures += 1
+                if pending.webhook_failures >= WEBHOOK_ATTEMPTS:  # Telegram too gives up after a few attempts
+                    with contextlib.suppress(ValueError):
+                        self.state.pending.remove(pending)
+                else:
+                    await asyncio.sleep(1.0)
+            sending.discard(id(pending))
+            busy_chats.discard(chat)
+            kick.set()
+
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            tasks: set[asyncio.Task] = set()
+            try:
+                while True:
+                    kick.clear()
+                    for pending in sorted(self.state.pending, key=lambda p: p.update["update_id"]):
+                        chat = _update_chat(pending.update)
+                        if id(pending) in sending or chat in busy_chats:
+                            continue
+                        sending.add(id(pending))
+                        busy_chats.add(chat)
+                        task = asyncio.get_running_loop().create_task(send(session, pending, chat))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    await kick.wait()
+            finally:
+                for task in list(tasks):
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _m_getupdates(self, params: dict[str, Any]) -> Any:
+        if self.state.webhook is not None:
+            raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook "
+                           "to delete the webhook first")  # fmt: skip
         offset = int(params.get("offset", 0) or 0)
         limit = max(1, min(100, int(params.get("limit", 100) or 100)))
         timeout = max(0, int(params.get("timeout", 0) or 0))
@@ -699,6 +812,8 @@ class LocalBotAPIServer:
         self.state.pending.append(_Pending(update, forced=forced))
         async with self._cond:
             self._cond.notify_all()
+        if self._webhook_kick is not None:
+            self._webhook_kick.set()
         return int(update["update_id"])
 
     def _patient_chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -774,7 +889,10 @@ class LocalBotAPIServer:
             self.state.messages[(chat["id"], message_id)] = message
             key = "message"
         update_id = await self._add_update({key: message})
-        return web.json_response({"update_id": update_id, "message_id": message["message_id"], "message": message})
+        # queued_at: when the bot could first have the update (Telegram's own upload and resizing are done).
+        return web.json_response(
+            {"update_id": update_id, "message_id": message["message_id"], "message": message, "queued_at": time.time()}
+        )
 
     async def _sim_callback(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -855,6 +973,8 @@ class LocalBotAPIServer:
                 "unconfirmed_updates": len(self.state.pending),
                 "confirmed_offset": self.state.confirmed_offset,
                 "last_poll_at": self.state.last_poll_at,
+                "webhook_url": (self.state.webhook or {}).get("url"),
+                "webhook_errors": self.state.webhook_errors,
                 "calls": self.state.calls,
                 "commands": self.state.commands,
             }
@@ -904,7 +1024,8 @@ class LocalBotAPI:
         log.info("local Bot API server listening on %s", self.base_url)
 
     async def stop_async(self) -> None:
-        """Stop serving (long polls end)."""
+        """Stop serving (long polls end, webhook delivery stops)."""
+        await self.server._stop_webhook()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

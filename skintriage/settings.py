@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +15,7 @@ from skintriage.exceptions import ConfigurationError
 
 PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "placeholder", "demo-secret-not-for-production"}
 DEMO_BOT_TOKEN = "123456:DEMO-local-bot-api-token"
+WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")  # what Telegram accepts as a webhook's secret_token
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -80,6 +83,18 @@ class Settings(BaseSettings):
     redis_health_check_interval_s: int = Field(25, ge=0, validation_alias="REDIS_HEALTH_CHECK_INTERVAL_S")
     # Updates of one chat run one at a time; at most this many chats are handled at once.
     bot_concurrent_chats: int = Field(32, ge=1, validation_alias="BOT_CONCURRENT_CHATS")
+    # Connections of the bot's pool for Bot API calls (acknowledgements, downloads). httpx checks every idle
+    # pooled connection on each request (docs/load.md), so more than the calls really in flight costs CPU.
+    bot_api_connections: int = Field(8, ge=1, validation_alias="BOT_API_CONNECTIONS")
+    # How updates arrive: long polling (BOT_WEBHOOK_URL empty, the default) or Telegram POSTing them to the
+    # bot's webhook server (python-telegram-bot's), which listens on BOT_WEBHOOK_LISTEN:BOT_WEBHOOK_PORT
+    # behind a TLS reverse proxy that BOT_WEBHOOK_URL (https, the path included) reaches. Telegram sends
+    # BOT_WEBHOOK_SECRET with every update and the bot refuses requests without it. docs/load.md compares both.
+    bot_webhook_url: str = Field("", validation_alias="BOT_WEBHOOK_URL")
+    bot_webhook_listen: str = Field("127.0.0.1", validation_alias="BOT_WEBHOOK_LISTEN")
+    bot_webhook_port: int = Field(8443, ge=1, le=65535, validation_alias="BOT_WEBHOOK_PORT")
+    bot_webhook_secret: SecretStr = Field(SecretStr(""), validation_alias="BOT_WEBHOOK_SECRET")
+    bot_webhook_max_connections: int = Field(40, ge=1, le=100, validation_alias="BOT_WEBHOOK_MAX_CONNECTIONS")
 
     # Case handling.
     retention_days: int = Field(30, validation_alias="RETENTION_DAYS")
@@ -173,6 +188,28 @@ class Settings(BaseSettings):
                 f"e.g. DB_ANSWER_TIMEOUT_S={self.db_statement_timeout_s + 5:g}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _webhook_has_a_secret(self) -> Settings:
+        if not self.bot_webhook_url:
+            return self
+        if not self.bot_webhook_url.startswith(("https://", "http://")):
+            raise ValueError(
+                "BOT_WEBHOOK_URL must be an https:// URL (Telegram posts only there), e.g. "
+                "https://bot.example.org/telegram"
+            )
+        secret = self.bot_webhook_secret.get_secret_value()
+        if not WEBHOOK_SECRET.fullmatch(secret) or secret in PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "BOT_WEBHOOK_URL needs BOT_WEBHOOK_SECRET: 1-256 characters of A-Z, a-z, 0-9, _ and -, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return self
+
+    @property
+    def bot_webhook_path(self) -> str:
+        """The path of BOT_WEBHOOK_URL, where the webhook server takes updates (without the leading slash)."""
+        return urlsplit(self.bot_webhook_url).path.lstrip("/")
 
     @field_validator("console_trusted_proxies")
     @classmethod

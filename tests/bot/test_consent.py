@@ -93,8 +93,9 @@ def test_after_the_consent_text_changes_the_next_photo_asks_again_and_is_analyse
     ack = h.wait_startswith(150, h.expect("ko", "intake.ack", case_id=0).split("#")[0], since=since)
     (case,) = h.cases(150)
     assert ack["text"] == h.expect("ko", "intake.ack", case_id=case.id)
-    assert case.source_update_id == update_id and case.status == CaseStatus.QUEUED and case.language == "ko"
+    assert case.source_update_id == update_id and case.language == "ko"
     h.wait_startswith(150, h.expect("ko", "questions.intro", case_id=case.id), since=since)
+    assert h.cases(150)[0].status == CaseStatus.QUEUED  # recorded after the acknowledgement, before the questions
     user = h.user(150)
     assert user.consent_version == h.services.consent_version and user.pending_photos is None
     with h.session() as session:

@@ -39,8 +39,8 @@ def test_four_taps_are_stored_with_the_case_and_red_flags_make_a_low_photo_high(
     h.consent(701)
     since = h.patient.last_seq()
     ack = send_photo_and_wait_ack(h, 701, lesion_photo(seed=71))
-    (case,) = h.cases(701)
     first = question_message(h, 701, since)
+    (case,) = h.cases(701)
     assert first["seq"] > ack["seq"]
     # The analysis does not wait: the case was queued when the questions were asked.
     assert case.status == CaseStatus.QUEUED and case.patient_answers is None

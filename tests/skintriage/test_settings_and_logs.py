@@ -40,6 +40,23 @@ def test_demo_environment_accepts_placeholders(monkeypatch):
     Settings().check_secrets()
 
 
+def test_webhook_mode_needs_a_secret_telegram_accepts(monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("BOT_WEBHOOK_URL", "https://bot.example.org/telegram/updates")
+    monkeypatch.delenv("BOT_WEBHOOK_SECRET", raising=False)
+    with pytest.raises(ValidationError, match="BOT_WEBHOOK_SECRET"):
+        Settings()
+    monkeypatch.setenv("BOT_WEBHOOK_SECRET", "has spaces")
+    with pytest.raises(ValidationError, match="BOT_WEBHOOK_SECRET"):
+        Settings()
+    monkeypatch.setenv("BOT_WEBHOOK_SECRET", "Abc_123-xyz")
+    assert Settings().bot_webhook_path == "telegram/updates"
+    monkeypatch.setenv("BOT_WEBHOOK_URL", "bot.example.org/telegram")
+    with pytest.raises(ValidationError, match="https://"):
+        Settings()
+
+
 def test_bot_token_and_url_passwords_are_redacted(monkeypatch):
     token = "123456789:AAH" + "x" * 32
     text = f"POST https://api.telegram.org/bot{token}/sendMessage to postgresql://user:hunter2@db/x"
