@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -469,52 +469,60 @@ def release_for_retry(
     )
 
 
-def save_result(
-    *,
-    session: Session,
-    case_id: int,
-    status: CaseStatus,
-    fields: dict[str, Any],
-    owner: str | None = None,
-) -> bool:
+@dataclass(frozen=True)
+class CaseResult:
+    """What the pipeline found for a case, as its row stores it (built by the worker from ml.result.TriageResult).
+
+    The image keys name the mask, overlay and heatmap already written to the image store. A RETAKE result
+    finishes the case as rejected, any other as done.
+    """
+
+    tier: str
+    tier_reason: str | None = None
+    label: str | None = None
+    prob_mel: float | None = None
+    prob_nv: float | None = None
+    prob_other: float | None = None
+    mel_threshold: float | None = None
+    lesion_area_px: int | None = None
+    lesion_diameter_px: float | None = None
+    quality_flags: list[str] = field(default_factory=list)
+    retake_reason: str | None = None
+    model_versions: dict[str, str] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    demo_model: bool = False
+    modality: str | None = None
+    # Left as they are on the row when None: the photo's size measured at intake, no measurements or images.
+    measurements: dict[str, Any] | None = None
+    image_width: int | None = None
+    image_height: int | None = None
+    mask_key: str | None = None
+    overlay_key: str | None = None
+    heatmap_key: str | None = None
+
+    _KEPT_WHEN_NONE = ("measurements", "image_width", "image_height", "mask_key", "overlay_key", "heatmap_key")
+
+    @property
+    def status(self) -> CaseStatus:
+        """The status the result finishes its case with."""
+        return CaseStatus.REJECTED if self.tier == "RETAKE" else CaseStatus.DONE
+
+    def columns(self) -> dict[str, Any]:
+        """The case columns this result sets."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in values.items() if v is not None or k not in self._KEPT_WHEN_NONE}
+
+
+def save_result(*, session: Session, case_id: int, result: CaseResult, owner: str | None = None) -> bool:
     """Store the pipeline's result and finish the case; False when another worker finished it first."""
-    allowed = {
-        "tier",
-        "tier_reason",
-        "label",
-        "prob_mel",
-        "prob_nv",
-        "prob_other",
-        "mel_threshold",
-        "lesion_area_px",
-        "lesion_diameter_px",
-        "quality_flags",
-        "retake_reason",
-        "mask_key",
-        "overlay_key",
-        "heatmap_key",
-        "model_versions",
-        "timings_ms",
-        "measurements",
-        "modality",
-        "demo_model",
-        "error_code",
-        "image_width",
-        "image_height",
-    }
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValueError(f"unknown result fields {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if status not in (CaseStatus.DONE, CaseStatus.REJECTED):
-        raise ValueError("save_result finishes a case as done or rejected; use mark_failed for failures")
     owner = owner or worker_identity()
-    result = session.execute(
+    updated = session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
-        .values(status=status, finished_at=utcnow(), **fields)
+        .values(status=result.status, finished_at=utcnow(), **result.columns())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return updated.rowcount == 1
 
 
 def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str | None = None) -> bool:

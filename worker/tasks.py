@@ -18,7 +18,7 @@ import random
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
@@ -36,6 +36,9 @@ from worker import booking, enqueue, health, pipeline_cache, retention, sweeper
 from worker.celery_app import BOOKING_TASK, DELIVER_TASK, OUTBOX_TASK, PURGE_TASK, SWEEP_TASK, TRIAGE_TASK
 from worker.failures import Failure, classify
 from worker.telegram_session import run_with_bot
+
+if TYPE_CHECKING:
+    from ml.result import TriageResult
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +161,8 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
         INFERENCE.observe(elapsed)
         health.state.record_success()
 
-        fields = _result_fields(result, store=store, total_ms=elapsed * 1000)
-        fields["tier_reason"] = tier_reason(result, settings=settings)
-        status = CaseStatus.REJECTED if fields["tier"] == "RETAKE" else CaseStatus.DONE
-        saved = cases.save_result(session=session, case_id=case_id, status=status, fields=fields, owner=owner)
+        stored = _case_result(result, store=store, settings=settings, total_ms=elapsed * 1000)
+        saved = cases.save_result(session=session, case_id=case_id, result=stored, owner=owner)
         session.commit()
     except Exception as exc:
         session.rollback()
@@ -169,19 +170,19 @@ def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any)
             _release(session, case_id)
         raise
     if saved:
-        CASES.labels(status=status, tier=fields["tier"]).inc()
+        CASES.labels(status=stored.status, tier=stored.tier).inc()
         log.info(
             "case %d %s tier=%s in %.0f ms",
             case_id,
-            status,
-            fields["tier"],
+            stored.status,
+            stored.tier,
             elapsed * 1000,
-            extra={"case_id": case_id, "tier": fields["tier"], "status": str(status)},
+            extra={"case_id": case_id, "tier": stored.tier, "status": str(stored.status)},
         )
     else:
         log.info("case %d was finished by another worker; keeping its result", case_id)
     enqueue.enqueue_delivery(case_id)
-    return str(status)
+    return str(stored.status)
 
 
 def _fail(session: Session, case_id: int, error_code: str, *, owner: str | None) -> str:
@@ -195,42 +196,41 @@ def _fail(session: Session, case_id: int, error_code: str, *, owner: str | None)
     return error_code
 
 
-def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[str, Any]:
-    """The case columns for a TriageResult, storing its images on the way."""
+def _case_result(result: TriageResult, *, store: ImageStore, settings: Settings, total_ms: float) -> cases.CaseResult:
+    """The case's stored result for a TriageResult, writing its images to the store on the way."""
     probs = result.probabilities or {}
     timings = dict(result.timings_ms or {})
     timings.setdefault("worker_total", round(total_ms, 1))
-    fields: dict[str, Any] = {
-        "tier": str(result.tier),
-        "label": result.label,
-        "prob_mel": probs.get("MEL"),
-        "prob_nv": probs.get("NV"),
-        "prob_other": probs.get("OTHER"),
-        "mel_threshold": result.mel_threshold,
-        "lesion_area_px": result.lesion_area_px,
-        "lesion_diameter_px": result.lesion_diameter_px,
-        "quality_flags": list(result.quality_flags or []),
-        "retake_reason": str(result.retake_reason) if result.retake_reason else None,
-        "model_versions": dict(result.model_versions or {}),
-        "timings_ms": timings,
-        "demo_model": bool(result.demo_model),
-        "modality": getattr(result, "modality", None),
+    keys = {
+        column: store.put(data, kind=kind, ext=ext).key
+        for data, kind, ext, column in (
+            (result.mask_png, "mask", "png", "mask_key"),
+            (result.overlay_jpeg, "overlay", "jpg", "overlay_key"),
+            (result.heatmap_jpeg, "heatmap", "jpg", "heatmap_key"),
+        )
+        if data
     }
-    measurements = getattr(result, "measurements", None)
-    if measurements is not None:
-        fields["measurements"] = measurements.to_dict()
-    if result.image_width:
-        fields["image_width"] = result.image_width
-        fields["image_height"] = result.image_height
-    for attr, kind, ext, column in (
-        ("mask_png", "mask", "png", "mask_key"),
-        ("overlay_jpeg", "overlay", "jpg", "overlay_key"),
-        ("heatmap_jpeg", "heatmap", "jpg", "heatmap_key"),
-    ):
-        data = getattr(result, attr, None)
-        if data:
-            fields[column] = store.put(data, kind=kind, ext=ext).key
-    return fields
+    return cases.CaseResult(
+        tier=str(result.tier),
+        tier_reason=tier_reason(result, settings=settings),
+        label=result.label,
+        prob_mel=probs.get("MEL"),
+        prob_nv=probs.get("NV"),
+        prob_other=probs.get("OTHER"),
+        mel_threshold=result.mel_threshold,
+        lesion_area_px=result.lesion_area_px,
+        lesion_diameter_px=result.lesion_diameter_px,
+        quality_flags=list(result.quality_flags or []),
+        retake_reason=str(result.retake_reason) if result.retake_reason else None,
+        model_versions=dict(result.model_versions or {}),
+        timings_ms=timings,
+        demo_model=bool(result.demo_model),
+        modality=result.modality,
+        measurements=result.measurements.to_dict() if result.measurements is not None else None,
+        image_width=result.image_width or None,
+        image_height=result.image_height if result.image_width else None,
+        **keys,
+    )
 
 
 def tier_reason(result: Any, *, settings: Settings) -> str | None:

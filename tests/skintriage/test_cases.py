@@ -98,12 +98,10 @@ def test_result_saved_once_and_delivery_claimed_once(db_url, store):
         case_id = _case(session, store, _patient(session)).id
         session.commit()
         cases.claim_for_processing(session=session, case_id=case_id, max_attempts=3, stale_after_s=300, owner="w:1")
-        fields = {"tier": "LOW", "label": "NV", "prob_mel": 0.1, "prob_nv": 0.8, "prob_other": 0.1}
-        assert cases.save_result(session=session, case_id=case_id, status=CaseStatus.DONE, fields=fields, owner="w:1")
+        result = cases.CaseResult(tier="LOW", label="NV", prob_mel=0.1, prob_nv=0.8, prob_other=0.1)
+        assert cases.save_result(session=session, case_id=case_id, result=result, owner="w:1")
         session.commit()
-        assert not cases.save_result(
-            session=session, case_id=case_id, status=CaseStatus.DONE, fields=fields, owner="w:1"
-        )
+        assert not cases.save_result(session=session, case_id=case_id, result=result, owner="w:1")
     with factory() as s1, factory() as s2:
         assert cases.claim_delivery(session=s1, case_id=case_id) is not None
         assert cases.claim_delivery(session=s2, case_id=case_id) is None
