@@ -24,7 +24,7 @@ from telegram.error import BadRequest, Forbidden, TelegramError
 from bot.answers import queue_answers_followup
 from bot.delivery import send_outbox_message
 from bot.i18n import Html, Texts, language_for
-from bot.patients import Patient, transaction
+from bot.patients import Patient
 from ml.red_flags import QUESTIONS, SKIP
 from skintriage import cases
 from skintriage.exceptions import CaseNotFound
@@ -99,7 +99,7 @@ def record(
     *, sessions: sessionmaker[Session], texts: Texts, patient: Patient, case_id: int, question: str, option: str
 ) -> Tapped:
     """Store a tap on the patient's own case (and its album) and queue a follow-up if it raises the urgency."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         if user is None:  # a button of a patient who deleted everything, or a forged one
             return Tapped(language_for(patient.language_code), None)
@@ -114,7 +114,7 @@ def record(
 
 
 def _claim(sessions: sessionmaker[Session], message_id: int) -> OutboxMessage | None:
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         message = cases.claim_outbox(session=session, message_id=message_id)
         if message is not None:
             # Composing it (bot.followups) reads these after the session closes: load them now.
@@ -125,7 +125,7 @@ def _claim(sessions: sessionmaker[Session], message_id: int) -> OutboxMessage | 
 def _finish(
     sessions: sessionmaker[Session], message_id: int, error: str | None, *, final: bool, text: str | None = None
 ) -> None:
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         if error is None:
             cases.mark_outbox_sent(session=session, message_id=message_id, text=text)
         elif final:

@@ -401,7 +401,10 @@ class ClaimResult:
 def claim_for_processing(
     *, session: Session, case_id: int, max_attempts: int, stale_after_s: int, owner: str | None = None
 ) -> ClaimResult:
-    """Atomically take a case for processing, counting the attempt; commit before returning."""
+    """Atomically take a case for processing, counting the attempt.
+
+    The caller commits (ends its unit of work) before processing, so that other workers see the claim.
+    """
     owner = owner or worker_identity()
     now = utcnow()
     stale = now - timedelta(seconds=stale_after_s)
@@ -425,7 +428,6 @@ def claim_for_processing(
         # Fail it only while the dead or stale holder still has it: it may finish the case meanwhile.
         holder = case.processing_owner if case.status == CaseStatus.PROCESSING else None
         mark_failed(session=session, case_id=case_id, error_code="attempts_exhausted", owner=holder)
-        session.commit()
         session.refresh(case)
         return ClaimResult(Claim.EXHAUSTED, case)
     result = session.execute(
@@ -439,7 +441,6 @@ def claim_for_processing(
         )
         .execution_options(synchronize_session=False)
     )
-    session.commit()
     session.refresh(case)
     if result.rowcount == 1:
         return ClaimResult(Claim.CLAIMED, case)
@@ -551,7 +552,10 @@ def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str |
 
 
 def claim_delivery(*, session: Session, case_id: int, lease_s: int = 120) -> Case | None:
-    """Atomically take the right to send a finished case's answer; None if sent or held by someone else."""
+    """Atomically take the right to send a finished case's answer; None if sent or held by someone else.
+
+    The caller commits before sending, so that other jobs see the claim.
+    """
     now = utcnow()
     result = session.execute(
         update(Case)
@@ -565,7 +569,6 @@ def claim_delivery(*, session: Session, case_id: int, lease_s: int = 120) -> Cas
         .values(delivery_claimed_at=now)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
     if result.rowcount != 1:
         return None
     case = session.get(Case, case_id)
@@ -663,7 +666,10 @@ def mark_delay_notice(*, session: Session, case_id: int) -> None:
 
 
 def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> OutboxMessage | None:
-    """Atomically take the right to send an outbox message; None if sent or held by someone else."""
+    """Atomically take the right to send an outbox message; None if sent or held by someone else.
+
+    The caller commits before sending, so that other jobs see the claim.
+    """
     now = utcnow()
     result = session.execute(
         update(OutboxMessage)
@@ -676,7 +682,6 @@ def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> Ou
         .values(claimed_at=now, attempts=OutboxMessage.attempts + 1)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
     if result.rowcount != 1:
         return None
     message = session.get(OutboxMessage, message_id)
