@@ -611,7 +611,7 @@ def _send_failed(task: Any, exc: Exception, *, outgoing: _Outgoing, settings: Se
     if failure.reason == "invalid_token":
         log.error("%s: Telegram rejected the bot token; fix TELEGRAM_BOT_TOKEN", subject)
     else:
-        log.warning("%s: sending failed (%s: %s); retrying", subject, failure.reason, type(exc).__name__)
+        log.warning("%s: sending failed (%s); retrying", subject, type(exc).__name__)
     if outgoing.sending:
         DELIVERIES.labels(outcome=label + "retry").inc()
     if out_of_retries:
