@@ -619,9 +619,11 @@ def _send_answer(
         if not recorded and not still_wanted():
             raise AnswerWithdrawn(f"case {plan.case_id} was deleted while its answer was on its way")
 
-    # A read held while the answer is composed and sent (its rows load as it is composed). It writes nothing,
-    # so it ends without a commit: a database that goes away during the send cannot lose what Telegram took.
-    with sessions() as session:
+    # A read held while the answer is composed and sent (its rows load as it is composed). It writes nothing and
+    # ends without a commit; the database going away during the send must not lose what Telegram took, so a
+    # transient error in ending it is only logged (the answer's record, _record_sent, retries on its own).
+    session = sessions()
+    try:
         case = cases.get_case(session=session, case_id=plan.case_id)
         if case is None:
             return None
@@ -633,6 +635,14 @@ def _send_answer(
                 album=plan.album, still_wanted=still_wanted,
             ),
         )  # fmt: skip
+    finally:
+        try:
+            session.close()
+        except SQLAlchemyError as exc:
+            if classify(exc) is not Failure.TRANSIENT:
+                raise
+            log.warning("case %d: the database went away while its answer was sent (%s)", plan.case_id,
+                        type(exc).__name__)  # fmt: skip
     return message_id, text, told
 
 
