@@ -84,10 +84,10 @@ def _make_korean(url: str, case_id: int) -> None:
     """Make one seeded case a Korean patient's, its answer composed by the bot as the worker stores it."""
     from bot.answers import compose
     from bot.i18n import load_texts
-    from skintriage.db import session_scope
+    from skintriage.db import session_factory
     from skintriage.models import Case
 
-    with session_scope(url) as session:
+    with session_factory(url).begin() as session:
         case = session.get(Case, case_id)
         case.language = case.user.language = "ko"
         case.reply_text = compose(case, texts=load_texts()).full_text

@@ -448,11 +448,11 @@ def wait_for_answers(database_url: str, case_ids: set[int], *, timeout: float, c
     """Until every accepted case has its answer recorded as sent (or the timeout; the report counts the rest)."""
     from sqlalchemy import func, select
 
-    from skintriage.db import session_scope
+    from skintriage.db import session_factory
     from skintriage.models import Case
 
     def answered() -> bool:
-        with session_scope(database_url) as session:
+        with session_factory(database_url).begin() as session:
             open_count = session.scalar(
                 select(func.count()).select_from(Case).where(Case.id.in_(case_ids), Case.delivered_at.is_(None))
             )
@@ -496,10 +496,10 @@ def build_report(
     """Everything the table and the JSON show, from the photos sent, the bot's messages and the case rows."""
     from sqlalchemy import select
 
-    from skintriage.db import session_scope
+    from skintriage.db import session_factory
     from skintriage.models import Case, User
 
-    with session_scope(database_url) as session:
+    with session_factory(database_url).begin() as session:
         rows = session.execute(select(Case, User.telegram_user_id).join(User)).all()
         cases = [(case, user_id) for case, user_id in rows]
         for case, _ in cases:

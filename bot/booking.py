@@ -14,7 +14,7 @@ from telegram.ext import Application, CallbackQueryHandler, ContextTypes
 
 from bot.followups import BOOKING_PATTERN
 from bot.i18n import language_for
-from bot.patients import Patient, transaction
+from bot.patients import Patient
 from skintriage import booking
 
 
@@ -25,7 +25,7 @@ def _patient(update: Update) -> Patient:
 
 def answer(*, sessions: sessionmaker[Session], patient: Patient, case_id: int, choice: str) -> str | None:
     """Store the patient's answer on their own case; their language, or None when the case is not theirs."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         stored = booking.record_answer(
             session=session, telegram_user_id=patient.telegram_user_id, case_id=case_id, answer=choice
         )

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.consent import ConsentState
-from bot.patients import Patient, consent_state, ensure_user, transaction
+from bot.patients import Patient, consent_state, ensure_user
 from ml.triage.decode import ImageInfo, probe_image, strip_metadata
 from skintriage import cases
 from skintriage.exceptions import RateLimited, TooManyInFlight
@@ -119,7 +119,7 @@ def before_download(
 ) -> Decision:
     """The checks that need no bytes: repeated update, consent, same file just now, rate limit, cases in flight."""
     file_unique_id = photo.file_unique_id
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = ensure_user(session, patient)
         if cases.update_seen(session=session, chat_id=patient.chat_id, message_id=photo.message_id):
             return Decision(Outcome.SEEN, user.language)
@@ -154,7 +154,7 @@ def before_download(
 
 def settle(*, sessions: sessionmaker[Session], chat_id: int, message_id: int) -> None:
     """The patient has been answered about this photo message: forget that its handling was under way."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         cases.end_intake(session=session, chat_id=chat_id, message_id=message_id)
 
 
@@ -170,7 +170,7 @@ class Interrupted:
 
 def interrupted(*, sessions: sessionmaker[Session]) -> list[Interrupted]:
     """Photo messages left under way by an earlier run of the bot (there is one bot per deployment)."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         return [
             Interrupted(pending.chat_id, pending.message_id, user.language, saved)
             for pending, user, saved in cases.interrupted_intakes(session=session)
@@ -215,7 +215,7 @@ def register(
     same spot again: the new case is linked to that one, and its answer compares the two.
     """
     image = store.put(data, kind="photo", ext=STORE_EXTENSIONS.get(info.format.upper(), "bin"))
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = ensure_user(session, patient)
         if not cases.mark_update_processed(
             session=session, chat_id=patient.chat_id, message_id=message_id, update_id=update_id
@@ -275,7 +275,7 @@ def acknowledged(
     and the message is safe: a worker that already took the case is not set back (`cases.mark_queued` only
     moves a received case), and a bot stopped in between leaves a received case for the sweeper.
     """
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         if queued:
             cases.mark_queued(session=session, case_id=case_id)
         cases.mark_acknowledged(session=session, case_id=case_id, message_id=message_id)

@@ -1,13 +1,12 @@
 """The patient's account as the bot sees it: language, consent, history, deletion.
 
 Plain blocking functions over the case service; handlers run them with `asyncio.to_thread` so a slow
-database never stalls other patients' updates. Each call is one committed transaction.
+database never stalls other patients' updates. Each call is one unit of work (`sessions.begin()`): it
+commits when it returns and rolls back when it raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,20 +43,6 @@ class CaseSummary:
     change: LesionChange | None = None  # since the earlier photo of the spot; None: not measured or no link
 
 
-@contextmanager
-def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    session = sessions()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
 def ensure_user(session: Session, patient: Patient) -> User:
     """The patient's row, created (without consent) on first contact in their Telegram language."""
     return cases.get_or_create_user(
@@ -70,7 +55,7 @@ def ensure_user(session: Session, patient: Patient) -> User:
 
 def language_of(*, sessions: sessionmaker[Session], patient: Patient) -> str:
     """The patient's chosen language, or their Telegram language when they are not known yet."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         return user.language if user else language_for(patient.language_code)
 
@@ -84,14 +69,14 @@ def consent_state(user: User | None, version: str) -> ConsentState:
 
 def start(*, sessions: sessionmaker[Session], patient: Patient, version: str) -> tuple[str, ConsentState]:
     """Register the patient on /start; returns (language, where they stand with the consent text)."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = ensure_user(session, patient)
         return user.language, consent_state(user, version)
 
 
 def consent_of(*, sessions: sessionmaker[Session], patient: Patient, version: str) -> tuple[str, ConsentState]:
     """The patient's language and where they stand with the consent text (nothing is created)."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         lang = user.language if user else language_for(patient.language_code)
         return lang, consent_state(user, version)
@@ -108,7 +93,7 @@ class Consent:
 
 def give_consent(*, sessions: sessionmaker[Session], patient: Patient, version: str) -> Consent:
     """Record consent to this version of the text (once) and hand back the photos held until then."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = ensure_user(session, patient)
         if consent_state(user, version) is ConsentState.CURRENT:
             return Consent(user.language, True, [])
@@ -118,7 +103,7 @@ def give_consent(*, sessions: sessionmaker[Session], patient: Patient, version: 
 
 def choose_language(*, sessions: sessionmaker[Session], patient: Patient, language: str, version: str) -> ConsentState:
     """Store the patient's language; returns where they stand with the consent text."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = ensure_user(session, patient)
         cases.set_language(session=session, user=user, language=language)
         return consent_state(user, version)
@@ -128,7 +113,7 @@ def recent_cases(
     *, sessions: sessionmaker[Session], patient: Patient, limit: int = 10
 ) -> tuple[str, list[CaseSummary]]:
     """The patient's language and latest cases, newest first."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         if user is None:
             return language_for(patient.language_code), []
@@ -161,7 +146,7 @@ def own_case(*, sessions: sessionmaker[Session], patient: Patient, case_id: int)
     """
     from bot.answers import urgency_rank
 
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         if user is None:
             return language_for(patient.language_code), None, []
@@ -182,7 +167,7 @@ def delete_everything(
     *, sessions: sessionmaker[Session], store: ImageStore, patient: Patient
 ) -> tuple[str, int | None]:
     """Delete the patient's images, cases and profile; returns (language, cases deleted or None if unknown)."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         if user is None:
             return language_for(patient.language_code), None

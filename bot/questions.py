@@ -25,7 +25,7 @@ from telegram.error import BadRequest, Forbidden, TelegramError
 from bot.answers import queue_answers_followup
 from bot.delivery import send_outbox_message
 from bot.i18n import Html, Texts, language_for
-from bot.patients import Patient, transaction
+from bot.patients import Patient
 from bot.warning_signs import as_answers
 from ml.triage.red_flags import QUESTIONS, SKIP
 from skintriage import cases
@@ -103,7 +103,7 @@ def record(
     *, sessions: sessionmaker[Session], texts: Texts, patient: Patient, case_id: int, question: str, option: str
 ) -> Tapped:
     """Store a tap on the patient's own case (and its album) and queue a follow-up if it raises the urgency."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         if user is None:  # a button of a patient who deleted everything, or a forged one
             return Tapped(language_for(patient.language_code), None)
@@ -133,7 +133,7 @@ def record_words(
 ) -> Noted | None:  # fmt: skip
     """Store the warning signs of a caption (`case_id`: its photo's case) or a free text (the latest case of the
     last WORDS_CASE_WINDOW) as the patient's answers, as a tap would; None when there is no case or nothing new."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         if user is None:
             return None
@@ -161,7 +161,7 @@ def noted_text(texts: Texts, lang: str, noted: Noted) -> Html:
 
 
 def _claim(sessions: sessionmaker[Session], message_id: int) -> OutboxMessage | None:
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         message = cases.claim_outbox(session=session, message_id=message_id)
         if message is not None:
             # Composing it (bot.followups) reads these after the session closes: load them now.
@@ -172,7 +172,7 @@ def _claim(sessions: sessionmaker[Session], message_id: int) -> OutboxMessage | 
 def _finish(
     sessions: sessionmaker[Session], message_id: int, error: str | None, *, final: bool, text: str | None = None
 ) -> None:
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         if error is None:
             cases.mark_outbox_sent(session=session, message_id=message_id, text=text)
         elif final:

@@ -18,7 +18,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 
 from bot.followups import REMINDER_PATTERN, REMINDER_PREFIX, reminder_button
 from bot.i18n import Texts, language_for
-from bot.patients import Patient, transaction
+from bot.patients import Patient
 from skintriage import cases, reminders
 
 
@@ -39,7 +39,7 @@ class Listed:
 
 def listing(*, sessions: sessionmaker[Session], patient: Patient) -> tuple[str, list[Listed]]:
     """The patient's language and running reminders, soonest first."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         if user is None:
             return language_for(patient.language_code), []
@@ -49,7 +49,7 @@ def listing(*, sessions: sessionmaker[Session], patient: Patient) -> tuple[str, 
 
 def tap(*, sessions: sessionmaker[Session], patient: Patient, action: str, case_id: int, months: int) -> tuple:
     """Store a tap on the patient's own case: (language, key of the answer text, values) or None when not theirs."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         who = patient.telegram_user_id
         if action == "yes":
             found = reminders.accept(session=session, telegram_user_id=who, case_id=case_id, every_months=months)

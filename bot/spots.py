@@ -22,7 +22,7 @@ from telegram.ext import Application, CallbackQueryHandler, ContextTypes
 
 from bot.answers import comparison
 from bot.i18n import Html, Texts, language_for
-from bot.patients import CaseSummary, Patient, transaction
+from bot.patients import CaseSummary, Patient
 from ml.triage.lesion_change import Direction
 from skintriage import cases
 from skintriage.models import CaseStatus
@@ -97,7 +97,7 @@ class EarlierSpot:
 
 def earlier_spots(*, sessions: sessionmaker[Session], patient: Patient, case_id: int) -> list[EarlierSpot]:
     """The spots to offer for a new photo: none when it is linked already (a reply) or the patient has no others."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         case = cases.get_case(session=session, case_id=case_id)
         if user is None or case is None or case.user_id != user.id or case.previous_case_id is not None:
@@ -151,7 +151,7 @@ def link(
     *, sessions: sessionmaker[Session], texts: Texts, patient: Patient, case_id: int, previous_id: int
 ) -> Linked | None:
     """Link the patient's photo to an earlier spot; None when the case is not theirs."""
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         if user is None:
             return None
@@ -198,7 +198,7 @@ async def on_spot_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
 
 
 def _language_if_own(*, sessions: sessionmaker[Session], patient: Patient, case_id: int) -> str | None:
-    with transaction(sessions) as session:
+    with sessions.begin() as session:
         user = cases.get_user(session=session, telegram_user_id=patient.telegram_user_id)
         case = cases.get_case(session=session, case_id=case_id)
         return user.language if user is not None and case is not None and case.user_id == user.id else None

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from console.auth import check_new_password, check_username, hash_password
 from skintriage.cases import audit
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import Operator, OperatorRole
 from skintriage.settings import get_settings
 
@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
     url = args.url or get_settings().resolved_database_url
     try:
         password = _read_password(args)
-        with session_scope(url) as session:
+        with session_factory(url).begin() as session:
             if args.reset:
                 operator = reset_operator(session=session, username=args.name, password=password, role=args.role)
                 verb = "updated"

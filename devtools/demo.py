@@ -400,9 +400,9 @@ class Patient:
 
     def _cases(self) -> list[Any]:
         from skintriage import cases
-        from skintriage.db import session_scope
+        from skintriage.db import session_factory
 
-        with session_scope(self.settings.resolved_database_url) as session:
+        with session_factory(self.settings.resolved_database_url).begin() as session:
             user = cases.get_user(session=session, telegram_user_id=self.user_id)
             return [] if user is None else cases.history(session=session, user=user, limit=100)
 

@@ -145,7 +145,7 @@ class Service:
     def _sessions(self) -> Any:
         from skintriage.db import session_factory
 
-        return session_factory(self.settings.resolved_database_url)()
+        return session_factory(self.settings.resolved_database_url)
 
     def answer(self, recorder: Recorder, note: str) -> None:
         """Analyse every open case of the chat and send their answers, then the outbox messages they queued."""
@@ -155,7 +155,7 @@ class Service:
         from worker.tasks import deliver_case, triage_case
 
         recorder.note(note)
-        with self._sessions() as session:
+        with self._sessions().begin() as session:
             ids = list(
                 session.scalars(
                     select(Case.id)
@@ -179,7 +179,7 @@ class Service:
         from skintriage.models import OutboxMessage
         from worker.tasks import send_outbox
 
-        with self._sessions() as session:
+        with self._sessions().begin() as session:
             ids = list(
                 session.scalars(
                     select(OutboxMessage.id)
@@ -200,10 +200,9 @@ class Service:
         from worker.tasks import send_reminders
 
         recorder.note(note)
-        with self._sessions() as session:
+        with self._sessions().begin() as session:
             user_id = session.scalar(select(User.id).where(User.telegram_user_id == recorder.user_id))
             session.execute(update(RecheckReminder).where(RecheckReminder.user_id == user_id).values(next_at=utcnow()))
-            session.commit()
         send_reminders.apply()
         self.outbox(recorder)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -33,6 +33,7 @@ from skintriage.models import (
     utcnow,
 )
 from skintriage.storage import ImageStore, StoredImage
+from skintriage.vocabulary import Tier
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +484,10 @@ class ClaimResult:
 def claim_for_processing(
     *, session: Session, case_id: int, max_attempts: int, stale_after_s: int, owner: str | None = None
 ) -> ClaimResult:
-    """Atomically take a case for processing, counting the attempt; commit before returning."""
+    """Atomically take a case for processing, counting the attempt.
+
+    The caller commits (ends its unit of work) before processing, so that other workers see the claim.
+    """
     owner = owner or worker_identity()
     now = database_now(session)
     stale = now - timedelta(seconds=stale_after_s)
@@ -507,7 +511,6 @@ def claim_for_processing(
         # Fail it only while the dead or stale holder still has it: it may finish the case meanwhile.
         holder = case.processing_owner if case.status == CaseStatus.PROCESSING else None
         mark_failed(session=session, case_id=case_id, error_code="attempts_exhausted", owner=holder)
-        session.commit()
         session.refresh(case)
         return ClaimResult(Claim.EXHAUSTED, case)
     result = session.execute(
@@ -521,7 +524,6 @@ def claim_for_processing(
         )
         .execution_options(synchronize_session=False)
     )
-    session.commit()
     session.refresh(case)
     if result.rowcount == 1:
         return ClaimResult(Claim.CLAIMED, case)
@@ -577,52 +579,60 @@ def fail_after_infra_failures(*, session: Session, case_id: int, max_failures: i
     return True
 
 
-def save_result(
-    *,
-    session: Session,
-    case_id: int,
-    status: CaseStatus,
-    fields: dict[str, Any],
-    owner: str | None = None,
-) -> bool:
+@dataclass(frozen=True)
+class CaseResult:
+    """What the pipeline found for a case, as its row stores it (the worker builds it from ml.triage's TriageResult).
+
+    The image keys name the mask, overlay and heatmap already written to the image store. A RETAKE result
+    finishes the case as rejected, any other as done.
+    """
+
+    tier: str
+    tier_reason: str | None = None
+    label: str | None = None
+    prob_mel: float | None = None
+    prob_nv: float | None = None
+    prob_other: float | None = None
+    mel_threshold: float | None = None
+    lesion_area_px: int | None = None
+    lesion_diameter_px: float | None = None
+    quality_flags: list[str] = field(default_factory=list)
+    retake_reason: str | None = None
+    model_versions: dict[str, str] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    demo_model: bool = False
+    modality: str | None = None
+    # Left as they are on the row when None: the photo's size measured at intake, no measurements or images.
+    measurements: dict[str, Any] | None = None
+    image_width: int | None = None
+    image_height: int | None = None
+    mask_key: str | None = None
+    overlay_key: str | None = None
+    heatmap_key: str | None = None
+
+    _KEPT_WHEN_NONE = ("measurements", "image_width", "image_height", "mask_key", "overlay_key", "heatmap_key")
+
+    @property
+    def status(self) -> CaseStatus:
+        """The status the result finishes its case with."""
+        return CaseStatus.REJECTED if self.tier == Tier.RETAKE else CaseStatus.DONE
+
+    def columns(self) -> dict[str, Any]:
+        """The case columns this result sets."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: v for k, v in values.items() if v is not None or k not in self._KEPT_WHEN_NONE}
+
+
+def save_result(*, session: Session, case_id: int, result: CaseResult, owner: str | None = None) -> bool:
     """Store the pipeline's result and finish the case; False when another worker finished it first."""
-    allowed = {
-        "tier",
-        "tier_reason",
-        "label",
-        "prob_mel",
-        "prob_nv",
-        "prob_other",
-        "mel_threshold",
-        "lesion_area_px",
-        "lesion_diameter_px",
-        "quality_flags",
-        "retake_reason",
-        "mask_key",
-        "overlay_key",
-        "heatmap_key",
-        "model_versions",
-        "timings_ms",
-        "measurements",
-        "modality",
-        "demo_model",
-        "error_code",
-        "image_width",
-        "image_height",
-    }
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ValueError(f"unknown result fields {sorted(unknown)}; allowed: {sorted(allowed)}")
-    if status not in (CaseStatus.DONE, CaseStatus.REJECTED):
-        raise ValueError("save_result finishes a case as done or rejected; use mark_failed for failures")
     owner = owner or worker_identity()
-    result = session.execute(
+    updated = session.execute(
         update(Case)
         .where(Case.id == case_id, Case.status == CaseStatus.PROCESSING, Case.processing_owner == owner)
-        .values(status=status, finished_at=database_now(session), **fields)
+        .values(status=result.status, finished_at=database_now(session), **result.columns())
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return updated.rowcount == 1
 
 
 def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str | None = None) -> bool:
@@ -651,7 +661,10 @@ def mark_failed(*, session: Session, case_id: int, error_code: str, owner: str |
 
 
 def claim_delivery(*, session: Session, case_id: int, lease_s: int = 120) -> Case | None:
-    """Atomically take the right to send a finished case's answer; None if sent or held by someone else."""
+    """Atomically take the right to send a finished case's answer; None if sent or held by someone else.
+
+    The caller commits before sending, so that other jobs see the claim.
+    """
     now = database_now(session)
     result = session.execute(
         update(Case)
@@ -665,7 +678,6 @@ def claim_delivery(*, session: Session, case_id: int, lease_s: int = 120) -> Cas
         .values(delivery_claimed_at=now)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
     if result.rowcount != 1:
         return None
     case = session.get(Case, case_id)
@@ -765,7 +777,10 @@ def mark_delay_notice(*, session: Session, case_id: int) -> None:
 
 
 def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> OutboxMessage | None:
-    """Atomically take the right to send an outbox message; None if sent or held by someone else."""
+    """Atomically take the right to send an outbox message; None if sent or held by someone else.
+
+    The caller commits before sending, so that other jobs see the claim.
+    """
     now = database_now(session)
     result = session.execute(
         update(OutboxMessage)
@@ -778,7 +793,6 @@ def claim_outbox(*, session: Session, message_id: int, lease_s: int = 120) -> Ou
         .values(claimed_at=now, attempts=OutboxMessage.attempts + 1)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
     if result.rowcount != 1:
         return None
     message = session.get(OutboxMessage, message_id)

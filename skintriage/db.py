@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -110,19 +108,9 @@ def engine_for(url: str) -> Engine:
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
-    """A sessionmaker bound to the configured (or given) database."""
+    """A sessionmaker bound to the configured (or given) database.
+
+    A unit of work is `with session_factory(url).begin() as session:`: it commits when the block ends and
+    rolls back when it raises. Services never commit; their callers decide where a transaction ends.
+    """
     return sessionmaker(engine_for(url or get_settings().resolved_database_url), expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    session = session_factory(url)()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

@@ -5,6 +5,8 @@ SkinTriageError
  |    +-- AlreadyRunning  a second bot or beat for the same database; only one may run
  +-- InfrastructureError  this worker cannot run the models (load error, out of memory, library crash);
  |                        the case waits for a healthy worker and keeps its attempts
+ +-- TransientError       the database, the image store or Telegram is away for now; the worker retries the job
+ |                        (worker.failures translates the libraries' errors into it)
  +-- StorageError         the image store failed to read or write
  |    +-- ImageNotFound   no object under that key (deleted by retention or by the patient)
  |    +-- InvalidKey      a key that is not one of ours (path traversal, odd characters)
@@ -32,6 +34,10 @@ class AlreadyRunning(ConfigurationError):
 
 class InfrastructureError(SkinTriageError):
     """The worker's models, memory or libraries failed; not the photo's fault, so not the case's."""
+
+
+class TransientError(SkinTriageError):
+    """A failure a later try gets past (raised `from` the library's error); the reply tasks retry it with backoff."""
 
 
 class StorageError(SkinTriageError):

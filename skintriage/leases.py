@@ -29,15 +29,14 @@ log = logging.getLogger(__name__)
 
 
 def acquire(*, session: Session, name: str, holder: str, ttl_s: float, now: datetime | None = None) -> None:
-    """Take the role's lease (commits); raise AlreadyRunning, naming the holder, while another process holds it."""
+    """Take the role's lease; raise AlreadyRunning, naming the holder, while another process holds it."""
     now = now or database_now(session)
     expires = now + timedelta(seconds=ttl_s)
     try:
-        session.execute(insert(ServiceLease).values(name=name, holder=holder, acquired_at=now, expires_at=expires))
-        session.commit()
+        with session.begin_nested():
+            session.execute(insert(ServiceLease).values(name=name, holder=holder, acquired_at=now, expires_at=expires))
     except IntegrityError:
-        session.rollback()
-        current = session.get(ServiceLease, name)
+        current = session.get(ServiceLease, name, populate_existing=True)
         takeover = [ServiceLease.expires_at < now, ServiceLease.holder == holder]
         if current is not None and owner_is_dead(current.holder):
             takeover.append(ServiceLease.holder == current.holder)
@@ -47,7 +46,6 @@ def acquire(*, session: Session, name: str, holder: str, ttl_s: float, now: date
             .values(holder=holder, acquired_at=now, expires_at=expires)
             .execution_options(synchronize_session=False)
         ).rowcount
-        session.commit()
         if taken != 1:
             current = session.get(ServiceLease, name, populate_existing=True)
             held_by = current.holder if current is not None else "another process"
@@ -59,21 +57,19 @@ def acquire(*, session: Session, name: str, holder: str, ttl_s: float, now: date
 
 
 def renew(*, session: Session, name: str, holder: str, ttl_s: float) -> bool:
-    """Extend the lease (commits); False when this process no longer holds it."""
+    """Extend the lease; False when this process no longer holds it."""
     renewed = session.execute(
         update(ServiceLease)
         .where(ServiceLease.name == name, ServiceLease.holder == holder)
         .values(expires_at=database_now(session) + timedelta(seconds=ttl_s))
         .execution_options(synchronize_session=False)
     ).rowcount
-    session.commit()
     return renewed == 1
 
 
 def release(*, session: Session, name: str, holder: str) -> None:
-    """Give the lease up (commits), so the next process can start at once."""
+    """Give the lease up, so the next process can start at once."""
     session.execute(delete(ServiceLease).where(and_(ServiceLease.name == name, ServiceLease.holder == holder)))
-    session.commit()
 
 
 def _stop_this_process() -> None:
@@ -101,7 +97,7 @@ class Singleton:
 
     def start(self) -> Singleton:
         """Take the lease and keep it renewed from a daemon thread; raise AlreadyRunning when it is held."""
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
             acquire(session=session, name=self.name, holder=self.holder, ttl_s=self.ttl_s)
         log.info("%s lease taken by %s (renewed every %.0f s)", self.name, self.holder, self.ttl_s / 3)
         threading.Thread(target=self._renew_loop, name=f"{self.name}-lease", daemon=True).start()
@@ -110,7 +106,7 @@ class Singleton:
     def _renew_loop(self) -> None:
         while not self._stopped.wait(self.ttl_s / 3):
             try:
-                with self.sessions() as session:
+                with self.sessions.begin() as session:
                     held = renew(session=session, name=self.name, holder=self.holder, ttl_s=self.ttl_s)
             except SQLAlchemyError as exc:
                 # The database is away: keep trying; if it stays away past the TTL, another process may take over
@@ -127,7 +123,7 @@ class Singleton:
         """Stop renewing and release the lease."""
         self._stopped.set()
         try:
-            with self.sessions() as session:
+            with self.sessions.begin() as session:
                 release(session=session, name=self.name, holder=self.holder)
         except SQLAlchemyError as exc:
             log.warning("could not release the %s lease (%s); it expires by itself", self.name, type(exc).__name__)

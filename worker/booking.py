@@ -23,15 +23,17 @@ def ask_once(*, settings: Settings, now: datetime | None = None) -> int:
         return 0
     after = timedelta(days=settings.booking_question_days)
     asked = 0
-    with session_factory(settings.resolved_database_url)() as session:
-        for case_id in booking.due_cases(session=session, after=after, now=now):
+    sessions = session_factory(settings.resolved_database_url)
+    with sessions.begin() as session:
+        due = booking.due_cases(session=session, after=after, now=now)
+    for case_id in due:
+        with sessions.begin() as session:  # committed before it is enqueued
             message = booking.queue_question(session=session, case_id=case_id, now=now)
-            session.commit()
-            if message is None:
-                continue  # asked meanwhile (another run, or a photo of the same album)
-            asked += 1
-            if not enqueue.enqueue_outbox(message.id):
-                log.warning("reply queue unreachable; booking question %s waits for the sweeper", message.id)
+        if message is None:
+            continue  # asked meanwhile (another run, or a photo of the same album)
+        asked += 1
+        if not enqueue.enqueue_outbox(message.id):
+            log.warning("reply queue unreachable; booking question %s waits for the sweeper", message.id)
     if asked:
         log.info("queued %d booking questions", asked)
     return asked

@@ -1,4 +1,6 @@
-"""What a failed triage job means for its case: the one place that maps exceptions to a course of action.
+"""What a failure means for a job: the one place that maps exceptions to a course of action.
+
+`classify`: what a failed triage job means for its case.
 
     BAD_INPUT       about this job (the photo, or a bug it triggers): the case fails and the patient is
                     told; never retried, since the same photo would fail the same way.
@@ -9,16 +11,30 @@
                     counts towards this worker declaring itself unhealthy (worker.health).
 
 Photos that cannot be analysed never get here: the pipeline turns them into a RETAKE answer.
+
+`send_failure`: what a failed send to Telegram means, for an answer and for an outbox message alike.
+
+    WITHDRAWN  AnswerWithdrawn: the patient's /delete removed the message's row while it was on its way;
+               what is not out yet is not sent, and there is no row left to record anything on.
+    REFUSED    Forbidden (the patient blocked the bot, the chat is gone) or BadRequest (refused even as plain
+               text): never retried; the row records why.
+    WAIT       RetryAfter (flood control): wait as long as Telegram says, then send again.
+    RETRY      TimedOut, NetworkError, another TelegramError, InvalidToken (logged as an error: fix
+               TELEGRAM_BOT_TOKEN), the image store or the database away: back off and retry.
+    Anything else is a bug and goes up.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
 from sqlalchemy.exc import DBAPIError, OperationalError
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
 
-from skintriage.exceptions import ImageNotFound, InfrastructureError, InvalidKey, StorageError
+from skintriage.exceptions import AnswerWithdrawn, ImageNotFound, InfrastructureError, InvalidKey, StorageError
 
 
 class Failure(StrEnum):
@@ -57,3 +73,52 @@ def classify(exc: BaseException) -> Failure:
     if _is_library_error(exc):
         return Failure.INFRASTRUCTURE
     return Failure.BAD_INPUT
+
+
+class Send(StrEnum):
+    """What a failed send does next (see the module docstring)."""
+
+    WITHDRAWN = "withdrawn"
+    REFUSED = "refused"
+    WAIT = "wait"
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class SendFailure:
+    """A failed send, translated: what to do, why (recorded on the row and in the metrics), how long to wait."""
+
+    action: Send
+    reason: str
+    wait_s: float | None = None
+
+
+def _retry_after_s(exc: RetryAfter) -> float:
+    value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def send_failure(exc: BaseException) -> SendFailure | None:
+    """What a failed send to Telegram means; None for an error that is no send failure (a bug: it goes up)."""
+    # Order matters: BadRequest and TimedOut are NetworkErrors, every one of them a TelegramError.
+    if isinstance(exc, AnswerWithdrawn):
+        return SendFailure(Send.WITHDRAWN, "withdrawn")
+    if isinstance(exc, Forbidden):
+        return SendFailure(Send.REFUSED, "forbidden")
+    if isinstance(exc, BadRequest):
+        return SendFailure(Send.REFUSED, "bad_request")
+    if isinstance(exc, RetryAfter):
+        return SendFailure(Send.WAIT, "retry_after", _retry_after_s(exc))
+    if isinstance(exc, InvalidToken):
+        return SendFailure(Send.RETRY, "invalid_token")
+    if isinstance(exc, TimedOut):
+        return SendFailure(Send.RETRY, "timed_out")
+    if isinstance(exc, NetworkError):
+        return SendFailure(Send.RETRY, "network")
+    if isinstance(exc, TelegramError):
+        return SendFailure(Send.RETRY, "telegram")
+    if isinstance(exc, StorageError):
+        return SendFailure(Send.RETRY, "storage")
+    if classify(exc) is Failure.TRANSIENT:
+        return SendFailure(Send.RETRY, "database")
+    return None

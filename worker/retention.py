@@ -24,10 +24,9 @@ log = logging.getLogger(__name__)
 def purge_once(*, settings: Settings, store: ImageStore | None = None) -> int:
     """Delete expired images and return how many cases had theirs removed."""
     store = store or make_store(settings)
-    with session_factory(settings.resolved_database_url)() as session:
+    with session_factory(settings.resolved_database_url).begin() as session:
         purged = cases.purge_expired_images(session=session, store=store, retention_days=settings.retention_days)
         forgotten = cases.prune_processed_updates(session=session)
-        session.commit()
     orphans = remove_orphans(settings=settings, store=store)
     if orphans:
         log.info("retention: removed %d orphaned images or temporary files", orphans)
@@ -43,7 +42,7 @@ def remove_orphans(*, settings: Settings, store: ImageStore, now: datetime | Non
     cutoff = (now or datetime.now(UTC)) - timedelta(hours=settings.orphan_grace_hours)
     removed = store.remove_stale_temporaries(cutoff)
     keys = list(store.stored_before(cutoff))
-    with session_factory(settings.resolved_database_url)() as session:
+    with session_factory(settings.resolved_database_url).begin() as session:
         orphans = cases.unreferenced_image_keys(session=session, keys=keys)
     deleted = 0
     for key in sorted(orphans):

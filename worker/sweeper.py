@@ -37,26 +37,27 @@ class SweepReport:
 def sweep_once(*, settings: Settings) -> SweepReport:
     """Find stuck cases and unsent messages and enqueue their next step once."""
     report = SweepReport()
-    with session_factory(settings.resolved_database_url)() as session:
+    sessions = session_factory(settings.resolved_database_url)
+    with sessions.begin() as session:
         plan = cases.find_stuck(session=session, stuck_after_s=settings.stuck_after_s)
-        for case_id in plan.to_process:
-            if enqueue.enqueue_triage(case_id):
-                report.triage += 1
-                # A fresh queued_at means the next sweep waits another STUCK_AFTER_S before adding a duplicate.
+    for case_id in plan.to_process:
+        if enqueue.enqueue_triage(case_id):
+            report.triage += 1
+            # A fresh queued_at means the next sweep waits another STUCK_AFTER_S before adding a duplicate.
+            with sessions.begin() as session:
                 cases.mark_queued(session=session, case_id=case_id)
-                session.commit()
-            else:
-                report.not_enqueued += 1
-        for case_id in plan.to_deliver:
-            if enqueue.enqueue_delivery(case_id):
-                report.delivery += 1
-            else:
-                report.not_enqueued += 1
-        for message_id in plan.outbox:
-            if enqueue.enqueue_outbox(message_id):
-                report.outbox += 1
-            else:
-                report.not_enqueued += 1
+        else:
+            report.not_enqueued += 1
+    for case_id in plan.to_deliver:
+        if enqueue.enqueue_delivery(case_id):
+            report.delivery += 1
+        else:
+            report.not_enqueued += 1
+    for message_id in plan.outbox:
+        if enqueue.enqueue_outbox(message_id):
+            report.outbox += 1
+        else:
+            report.not_enqueued += 1
     if report.triage or report.delivery or report.outbox or report.not_enqueued:
         log.warning("sweeper re-enqueued stuck work: %s", report.as_dict(), extra=report.as_dict())
     return report

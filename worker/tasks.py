@@ -2,13 +2,23 @@
 
 Every task takes a row id and re-reads the row; the row, not the message, says what is left to do,
 so a redelivered or duplicated job (acks_late) does nothing twice:
-  - claiming a case for processing and claiming its reply are single conditional UPDATEs;
+  - claiming a case for processing and claiming its reply are single conditional UPDATEs, each committed
+    in its own unit of work (`sessionmaker.begin()`) before the work it claims;
   - a case that is already finished only gets its delivery (re)enqueued, and delivery is claimed.
-Retries are narrowed to transient errors (database, image store, Telegram network); a bad photo is
-a RETAKE result, never a retry; the attempt cap in cases.claim_for_processing ends a job that keeps
-killing its worker, and the patient is told. worker.failures.classify decides what a failed triage job
-means: an infrastructure failure (the models failing on this worker) hands the case back without using
-an attempt and counts towards this worker turning unhealthy (worker.health), which stops it taking jobs.
+Each task has one error boundary, where worker.failures says what an exception means:
+  - triage (`classify`): a bad photo is a RETAKE result, never a retry; a bug the photo triggers fails the
+    case; the database or the image store away is retried with backoff, no attempt used; an infrastructure
+    failure (the models failing on this worker) hands the case back without using an attempt and counts
+    towards this worker turning unhealthy (worker.health), which stops it taking jobs. The attempt cap in
+    cases.claim_for_processing ends a job that keeps killing its worker, and the patient is told.
+    A case the models fail on MAX_CASE_INFRA_FAILURES times, on whichever workers (cases.infra_failures),
+    fails and the patient is told.
+  - the two send tasks (`send_failure`, one table for answers and outbox messages): a refusal is recorded
+    and never retried, flood control is waited out as Telegram says, anything transient becomes a
+    TransientError that Celery retries with backoff (the tasks' declared autoretry options); a message the
+    patient deleted on its way (/delete: AnswerWithdrawn) is not sent, or not sent further.
+An answer Telegram took is recorded before anything else (_record_sent); while the database is away, a new job
+carries the record, never a second send.
 """
 
 from __future__ import annotations
@@ -17,19 +27,19 @@ import logging
 import random
 import threading
 import time
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
-from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from skintriage import cases
 from skintriage import reminders as recheck
 from skintriage.db import session_factory
-from skintriage.exceptions import AnswerWithdrawn, ImageNotFound, StorageError
-from skintriage.models import Case, CaseStatus
+from skintriage.exceptions import AnswerWithdrawn, ImageNotFound, TransientError
+from skintriage.models import Case, CaseStatus, OutboxMessage
 from skintriage.observability import CASES, DELIVERIES, INFERENCE, QUEUE_WAIT
 from skintriage.settings import Settings, get_settings
 from skintriage.storage import ImageStore, make_store
@@ -44,23 +54,36 @@ from worker.celery_app import (
     SWEEP_TASK,
     TRIAGE_TASK,
 )
-from worker.failures import Failure, classify
+from worker.failures import Failure, Send, SendFailure, classify, send_failure
 from worker.telegram_session import run_with_bot
+
+if TYPE_CHECKING:
+    from ml.triage.result import TriageResult
 
 log = logging.getLogger(__name__)
 
-# Errors that a later try can get past: the database or the image store being away (see _is_transient).
-TRANSIENT_DB_ERRORS = (OperationalError,)
 MAX_TRANSIENT_RETRIES = 8  # about 20 minutes of backoff; then the sweeper takes over
 MAX_MODEL_RETRIES = 6  # while MODEL_DIR has no trusted model; then the sweeper takes over
 MAX_INFRA_RETRIES = 8  # while the models fail on the workers that run it; then the sweeper takes over
 UNHEALTHY_HAND_BACK_S = 2.0  # an unhealthy worker hands a job back this soon, for a healthy worker
 MAX_DELIVERY_RETRIES = 6
 # How long a worker keeps trying to record an answer Telegram took while the database is away, before handing the
-# record to a retried job. Below the delivery claim's lease (cases.claim_delivery, 120 s): no one resends meanwhile.
+# record to a new job. Below the delivery claim's lease (cases.claim_delivery, 120 s): no one resends meanwhile.
 RECORD_SENT_FOR_S = 60.0
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 300.0
+
+# The send tasks' retries, declared to Celery: a TransientError is retried after 2 * 2**retries s at most
+# (full jitter, capped), MAX_DELIVERY_RETRIES times; then the job ends and the sweeper sends later. The triage
+# task counts its retries itself: they have four causes with their own caps, and an unhealthy worker's hand-back
+# must never run out.
+SEND_RETRIES: dict[str, Any] = {
+    "autoretry_for": (TransientError,),
+    "max_retries": MAX_DELIVERY_RETRIES,
+    "retry_backoff": 2,
+    "retry_backoff_max": int(BACKOFF_MAX_S),
+    "retry_jitter": True,
+}
 
 
 def backoff_s(retries: int, *, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_MAX_S) -> float:
@@ -68,8 +91,8 @@ def backoff_s(retries: int, *, base: float = BACKOFF_BASE_S, cap: float = BACKOF
     return random.uniform(base / 2, min(cap, base * 2**retries))
 
 
-def _sessions(settings: Settings) -> Session:
-    return session_factory(settings.resolved_database_url)()
+def _sessions(settings: Settings) -> sessionmaker[Session]:
+    return session_factory(settings.resolved_database_url)
 
 
 _stores: dict[tuple[Any, ...], ImageStore] = {}
@@ -84,7 +107,25 @@ def _store(settings: Settings) -> ImageStore:
         return _stores[key]
 
 
+def _record(settings: Settings, case_id: int, write: Callable[[Session], None], *, otherwise: str) -> None:
+    """A bookkeeping write made while a failure is handled: a database error is logged, not raised over it."""
+    try:
+        with _sessions(settings).begin() as session:
+            write(session)
+    except SQLAlchemyError as exc:
+        log.warning("case %d: could not record it (%s); %s", case_id, type(exc).__name__, otherwise)
+
+
 # --- triage ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """How far a triage job got, for its error boundary (_triage_failed)."""
+
+    case_id: int
+    owner: str | None = None  # this worker's name on the case, once claimed
+    in_pipeline: bool = False  # the pipeline is running on the photo
 
 
 @shared_task(name=TRIAGE_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
@@ -93,132 +134,133 @@ def triage_case(self: Any, case_id: int) -> str:
     settings = get_settings()
     if not health.state.healthy:
         return _hand_back_unhealthy(self, case_id)
+    job = _Job(case_id)
     try:
         pipeline = pipeline_cache.get_pipeline(settings)
-    except Exception as exc:
-        failure = classify(exc)
-        if failure is Failure.MODEL_MISSING:
-            return _models_unavailable(self, case_id, settings, exc)
-        if failure is Failure.INFRASTRUCTURE:
-            return _infrastructure_failed(self, case_id, settings, exc)
-        raise
-
-    try:
-        with _sessions(settings) as session:
+        with _sessions(settings).begin() as session:
             claim = cases.claim_for_processing(
                 session=session,
                 case_id=case_id,
                 max_attempts=settings.max_attempts,
                 stale_after_s=settings.stuck_after_s,
             )
-            outcome = claim.outcome
-            if outcome == cases.Claim.CLAIMED:
-                with health.state.job(case_id):
-                    return _process(claim.case, session=session, settings=settings, pipeline=pipeline)
-    except Exception as exc:
-        failure = classify(exc)
-        if failure is Failure.TRANSIENT:
-            return _retry_transient(self, case_id, settings, exc)
-        if failure is Failure.INFRASTRUCTURE:
-            return _infrastructure_failed(self, case_id, settings, exc)
-        raise
+        if claim.outcome == cases.Claim.CLAIMED:
+            job.owner = claim.case.processing_owner
+            with health.state.job(case_id):
+                return _process(job, claim.case, settings=settings, pipeline=pipeline)
+    except Exception as exc:  # noqa: BLE001 - the task's one boundary: _triage_failed sorts every failure
+        return _triage_failed(self, job, exc, settings=settings)
+    return _not_claimed(self, case_id, claim, settings=settings)
 
+
+def _not_claimed(task: Any, case_id: int, claim: cases.ClaimResult, *, settings: Settings) -> str:
+    """A case this job could not claim: gone, held by a live worker, finished, or out of attempts."""
+    outcome = claim.outcome
     if outcome == cases.Claim.MISSING:
         log.info("case %d no longer exists; nothing to do", case_id)
         return "missing"
+    case = claim.case
     if outcome == cases.Claim.BUSY:
-        if self.request.retries >= MAX_TRANSIENT_RETRIES:
-            log.info("case %d still held by %s; the sweeper will check it", case_id, claim.case.processing_owner)
+        if task.request.retries >= MAX_TRANSIENT_RETRIES:
+            log.info("case %d still held by %s; the sweeper will check it", case.id, case.processing_owner)
             return "busy"
         countdown = min(max(settings.stuck_after_s / 4, 5.0), 120.0)
-        raise self.retry(countdown=countdown)
+        raise task.retry(countdown=countdown)
     if outcome == cases.Claim.EXHAUSTED:
-        log.error("case %d failed after %d attempts; telling the patient", case_id, settings.max_attempts)
+        log.error("case %d failed after %d attempts; telling the patient", case.id, settings.max_attempts)
         CASES.labels(status=CaseStatus.FAILED, tier="").inc()
     # FINISHED or EXHAUSTED: the answer may not have gone out yet (the sender is idempotent).
-    if claim.case is not None and claim.case.delivered_at is None:
-        enqueue.enqueue_delivery(case_id)
+    if case.delivered_at is None:
+        enqueue.enqueue_delivery(case.id)
     return outcome.value
 
 
-def _process(case: Case, *, session: Session, settings: Settings, pipeline: Any) -> str:
+def _photo(store: ImageStore, key: str | None) -> bytes | None:
+    """The case's photo, or None when it was deleted (retention or the patient's /delete) before the analysis."""
+    try:
+        return store.get(key) if key else None
+    except ImageNotFound:
+        return None
+
+
+def _process(job: _Job, case: Case, *, settings: Settings, pipeline: Any) -> str:
     """Run the pipeline on a claimed case, store the images and the result, enqueue the answer."""
     case_id = case.id
-    owner = case.processing_owner  # read now: after a rollback the row would show a new owner's name
     if case.queued_at is not None and case.started_at is not None:
         QUEUE_WAIT.observe(max((case.started_at - case.queued_at).total_seconds(), 0.0))
     store = _store(settings)
-    try:
-        try:
-            image = store.get(case.image_key) if case.image_key else None
-        except ImageNotFound:
-            image = None
-        if image is None:
-            # The photo was deleted (retention or the patient's /delete) before it was analysed.
-            return _fail(session, case_id, "image_missing", owner=owner)
+    image = _photo(store, case.image_key)
+    if image is None:
+        return _fail(settings, case_id, "image_missing", owner=job.owner)
 
-        started = time.monotonic()
-        try:
-            result = pipeline.run(image)
-        except Exception as exc:
-            if classify(exc) in (Failure.TRANSIENT, Failure.INFRASTRUCTURE):
-                raise  # the worker's fault, not the photo's: the case is handed back below
-            # Not a photo the pipeline could refuse (those come back as RETAKE): a bug this photo triggers.
-            log.exception("pipeline failed on case %d; the case fails and the patient is told", case_id)
-            session.rollback()
-            return _fail(session, case_id, "pipeline_error", owner=owner)
-        elapsed = time.monotonic() - started
-        INFERENCE.observe(elapsed)
-        health.state.record_success()
+    started = time.monotonic()
+    job.in_pipeline = True
+    result = pipeline.run(image)
+    job.in_pipeline = False
+    elapsed = time.monotonic() - started
+    INFERENCE.observe(elapsed)
+    health.state.record_success()
 
-        fields = _result_fields(result, store=store, total_ms=elapsed * 1000)
-        fields["tier_reason"] = tier_reason(result, settings=settings)
-        status = CaseStatus.REJECTED if fields["tier"] == Tier.RETAKE else CaseStatus.DONE
-        saved = cases.save_result(session=session, case_id=case_id, status=status, fields=fields, owner=owner)
-        session.commit()
-    except Exception as exc:
-        session.rollback()
-        failure = classify(exc)
-        if failure in (Failure.TRANSIENT, Failure.INFRASTRUCTURE):
-            _release(session, case_id, infra=failure is Failure.INFRASTRUCTURE)
-        raise
+    stored = _case_result(result, store=store, settings=settings, total_ms=elapsed * 1000)
+    with _sessions(settings).begin() as session:
+        saved = cases.save_result(session=session, case_id=case_id, result=stored, owner=job.owner)
     if saved:
-        CASES.labels(status=status, tier=fields["tier"]).inc()
+        CASES.labels(status=stored.status, tier=stored.tier).inc()
         log.info(
             "case %d %s tier=%s in %.0f ms",
             case_id,
-            status,
-            fields["tier"],
+            stored.status,
+            stored.tier,
             elapsed * 1000,
-            extra={"case_id": case_id, "tier": fields["tier"], "status": str(status)},
+            extra={"case_id": case_id, "tier": stored.tier, "status": str(stored.status)},
         )
-    elif _remove_images_of_deleted(session, store, case_id, fields):
+    elif _remove_images_of_deleted(settings, store, case_id, stored):
         return "deleted"
     else:
         log.info("case %d was finished by another worker; keeping its result", case_id)
     enqueue.enqueue_delivery(case_id)
-    return str(status)
+    return str(stored.status)
 
 
-def _remove_images_of_deleted(session: Session, store: ImageStore, case_id: int, fields: dict[str, Any]) -> bool:
+def _remove_images_of_deleted(settings: Settings, store: ImageStore, case_id: int, result: cases.CaseResult) -> bool:
     """True when the patient deleted the case during its analysis; the images just written for it are removed.
 
     Keys are content-addressed: one that another case names is kept.
     """
-    if cases.case_exists(session=session, case_id=case_id):
-        return False
-    written = [fields[column] for column in ("mask_key", "overlay_key", "heatmap_key") if fields.get(column)]
-    for key in sorted(cases.unreferenced_image_keys(session=session, keys=written)):
+    with _sessions(settings).begin() as session:
+        if cases.case_exists(session=session, case_id=case_id):
+            return False
+        written = [key for key in (result.mask_key, result.overlay_key, result.heatmap_key) if key]
+        unreferenced = sorted(cases.unreferenced_image_keys(session=session, keys=written))
+    for key in unreferenced:
         store.delete(key)
-    session.commit()
     log.info("case %d was deleted while it was analysed; no answer, its new images removed", case_id)
     return True
 
 
-def _fail(session: Session, case_id: int, error_code: str, *, owner: str | None) -> str:
+def _triage_failed(task: Any, job: _Job, exc: Exception, *, settings: Settings) -> str:
+    """The triage task's error boundary: what `exc` means for the case (worker.failures.classify)."""
+    failure = classify(exc)
+    worker_fault = failure in (Failure.TRANSIENT, Failure.INFRASTRUCTURE)
+    if job.in_pipeline and not worker_fault:
+        # Not a photo the pipeline could refuse (those come back as RETAKE): a bug this photo triggers.
+        log.error("pipeline failed on case %d; the case fails and the patient is told", job.case_id, exc_info=exc)
+        return _fail(settings, job.case_id, "pipeline_error", owner=job.owner)
+    if job.owner is not None and worker_fault:
+        _release(settings, job.case_id, owner=job.owner, infra=failure is Failure.INFRASTRUCTURE)
+    if failure is Failure.MODEL_MISSING:
+        return _models_unavailable(task, job.case_id, settings, exc)
+    if failure is Failure.TRANSIENT:
+        return _retry_transient(task, job.case_id, exc)
+    if failure is Failure.INFRASTRUCTURE:
+        return _infrastructure_failed(task, job.case_id, settings, exc)
+    raise exc
+
+
+def _fail(settings: Settings, case_id: int, error_code: str, *, owner: str | None) -> str:
     """Fail a case this worker holds and enqueue the answer; a case taken over meanwhile is left to its new owner."""
-    failed = cases.mark_failed(session=session, case_id=case_id, error_code=error_code, owner=owner)
-    session.commit()
+    with _sessions(settings).begin() as session:
+        failed = cases.mark_failed(session=session, case_id=case_id, error_code=error_code, owner=owner)
     if not failed:
         log.info("case %d was taken over by another worker; leaving it to them (%s not recorded)", case_id, error_code)
         return "taken_over"
@@ -226,42 +268,41 @@ def _fail(session: Session, case_id: int, error_code: str, *, owner: str | None)
     return error_code
 
 
-def _result_fields(result: Any, *, store: ImageStore, total_ms: float) -> dict[str, Any]:
-    """The case columns for a TriageResult, storing its images on the way."""
+def _case_result(result: TriageResult, *, store: ImageStore, settings: Settings, total_ms: float) -> cases.CaseResult:
+    """The case's stored result for a TriageResult, writing its images to the store on the way."""
     probs = result.probabilities or {}
     timings = dict(result.timings_ms or {})
     timings.setdefault("worker_total", round(total_ms, 1))
-    fields: dict[str, Any] = {
-        "tier": str(result.tier),
-        "label": result.label,
-        "prob_mel": probs.get(Label.MEL),
-        "prob_nv": probs.get(Label.NV),
-        "prob_other": probs.get(Label.OTHER),
-        "mel_threshold": result.mel_threshold,
-        "lesion_area_px": result.lesion_area_px,
-        "lesion_diameter_px": result.lesion_diameter_px,
-        "quality_flags": list(result.quality_flags or []),
-        "retake_reason": str(result.retake_reason) if result.retake_reason else None,
-        "model_versions": dict(result.model_versions or {}),
-        "timings_ms": timings,
-        "demo_model": bool(result.demo_model),
-        "modality": getattr(result, "modality", None),
+    keys = {
+        column: store.put(data, kind=kind, ext=ext).key
+        for data, kind, ext, column in (
+            (result.mask_png, "mask", "png", "mask_key"),
+            (result.overlay_jpeg, "overlay", "jpg", "overlay_key"),
+            (result.heatmap_jpeg, "heatmap", "jpg", "heatmap_key"),
+        )
+        if data
     }
-    measurements = getattr(result, "measurements", None)
-    if measurements is not None:
-        fields["measurements"] = measurements.to_dict()
-    if result.image_width:
-        fields["image_width"] = result.image_width
-        fields["image_height"] = result.image_height
-    for attr, kind, ext, column in (
-        ("mask_png", "mask", "png", "mask_key"),
-        ("overlay_jpeg", "overlay", "jpg", "overlay_key"),
-        ("heatmap_jpeg", "heatmap", "jpg", "heatmap_key"),
-    ):
-        data = getattr(result, attr, None)
-        if data:
-            fields[column] = store.put(data, kind=kind, ext=ext).key
-    return fields
+    return cases.CaseResult(
+        tier=str(result.tier),
+        tier_reason=tier_reason(result, settings=settings),
+        label=result.label,
+        prob_mel=probs.get(Label.MEL),
+        prob_nv=probs.get(Label.NV),
+        prob_other=probs.get(Label.OTHER),
+        mel_threshold=result.mel_threshold,
+        lesion_area_px=result.lesion_area_px,
+        lesion_diameter_px=result.lesion_diameter_px,
+        quality_flags=list(result.quality_flags or []),
+        retake_reason=str(result.retake_reason) if result.retake_reason else None,
+        model_versions=dict(result.model_versions or {}),
+        timings_ms=timings,
+        demo_model=bool(result.demo_model),
+        modality=result.modality,
+        measurements=result.measurements.to_dict() if result.measurements is not None else None,
+        image_width=result.image_width or None,
+        image_height=result.image_height if result.image_width else None,
+        **keys,
+    )
 
 
 def tier_reason(result: Any, *, settings: Settings) -> str | None:
@@ -288,17 +329,32 @@ def tier_reason(result: Any, *, settings: Settings) -> str | None:
     return decision.reason if str(decision.tier) == str(result.tier) else None
 
 
-def _release(session: Session, case_id: int, *, infra: bool = False) -> None:
-    """Give the case back after a transient or infrastructure error without using up one of its attempts."""
-    try:
-        cases.release_for_retry(session=session, case_id=case_id, refund_attempt=True, infra_failure=infra)
-        session.commit()
-    except Exception as exc:  # noqa: BLE001 - the database may be what failed; the claim goes stale instead
-        session.rollback()
-        log.warning("could not release case %d (%s); retried once its claim is stale", case_id, type(exc).__name__)
+def _release(settings: Settings, case_id: int, *, owner: str, infra: bool = False) -> None:
+    """Give the case back after a transient or infrastructure error without using up one of its attempts.
+
+    `infra`: the models failed on it; counted on the case (cases.infra_failures, see _failed_after_infra_failures).
+    """
+    _record(
+        settings,
+        case_id,
+        lambda session: cases.release_for_retry(
+            session=session, case_id=case_id, owner=owner, refund_attempt=True, infra_failure=infra
+        ),
+        otherwise="it is retried once its claim is stale",
+    )
 
 
-def _retry_transient(task: Any, case_id: int, settings: Settings, exc: BaseException) -> str:
+def _mark_queued(settings: Settings, case_id: int) -> None:
+    """A fresh queued_at while the job waits to retry, so the sweeper adds no duplicate meanwhile."""
+    _record(
+        settings,
+        case_id,
+        lambda session: cases.mark_queued(session=session, case_id=case_id),
+        otherwise="the sweeper may enqueue a duplicate job, which does nothing twice",
+    )
+
+
+def _retry_transient(task: Any, case_id: int, exc: BaseException) -> str:
     retries = task.request.retries
     if retries >= MAX_TRANSIENT_RETRIES:
         log.error("case %d: giving up retrying %s; the sweeper re-enqueues it later", case_id, type(exc).__name__)
@@ -309,7 +365,7 @@ def _retry_transient(task: Any, case_id: int, settings: Settings, exc: BaseExcep
 
 
 def _infrastructure_failed(task: Any, case_id: int, settings: Settings, exc: BaseException) -> str:
-    """The models failed on this worker: the case (released by _process) waits for a healthy worker."""
+    """The models failed on this worker: the case (released by _triage_failed) waits for a healthy worker."""
     log.error(
         "case %d: the models failed on this worker (%s: %s); the case goes back to the queue, its attempts untouched",
         case_id,
@@ -318,12 +374,7 @@ def _infrastructure_failed(task: Any, case_id: int, settings: Settings, exc: Bas
         exc_info=exc,
     )
     health.state.record_infrastructure_failure(exc)
-    try:
-        with _sessions(settings) as session:
-            cases.mark_queued(session=session, case_id=case_id)  # a fresh queued_at: no sweeper duplicate meanwhile
-            session.commit()
-    except OperationalError:
-        pass
+    _mark_queued(settings, case_id)
     if _failed_after_infra_failures(settings, case_id):
         return "infrastructure_failures"
     if not health.state.healthy:
@@ -341,10 +392,11 @@ def _failed_after_infra_failures(settings: Settings, case_id: int) -> bool:
     if cap <= 0:
         return False
     try:
-        with _sessions(settings) as session:
+        with _sessions(settings).begin() as session:
             failed = cases.fail_after_infra_failures(session=session, case_id=case_id, max_failures=cap)
-            session.commit()
-    except OperationalError:
+    except SQLAlchemyError as exc:
+        log.warning("case %d: could not check its infrastructure failures (%s); checked again next time", case_id,
+                    type(exc).__name__)  # fmt: skip
         return False
     if failed:
         log.error("case %d: the models failed on it %d times; it fails and the patient is told", case_id, cap)
@@ -365,9 +417,8 @@ def hand_back_hung(case_id: int, *, settings: Settings) -> None:
     The attempt stays counted (a photo that hangs every worker is ended by the attempt cap); if the hung job
     ever finishes, its result is refused because the case is no longer its own (cases.save_result).
     """
-    with _sessions(settings) as session:
+    with _sessions(settings).begin() as session:
         cases.release_for_retry(session=session, case_id=case_id)
-        session.commit()
     if enqueue.enqueue_triage(case_id):
         log.error("case %d: its job hung on this worker; handed to another worker", case_id)
     else:
@@ -383,13 +434,7 @@ def _models_unavailable(task: Any, case_id: int, settings: Settings, exc: BaseEx
         exc,
         case_id,
     )
-    try:
-        with _sessions(settings) as session:
-            # A fresh queued_at keeps the sweeper from adding duplicates while this job retries.
-            cases.mark_queued(session=session, case_id=case_id)
-            session.commit()
-    except OperationalError:
-        pass
+    _mark_queued(settings, case_id)
     retries = task.request.retries
     if retries >= MAX_MODEL_RETRIES:
         return "model_unavailable"
@@ -399,156 +444,128 @@ def _models_unavailable(task: Any, case_id: int, settings: Settings, exc: BaseEx
 # --- delivery -------------------------------------------------------------------------------
 
 
-def _retry_after_s(exc: RetryAfter) -> float:
-    value = exc.retry_after
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+@dataclass
+class _Outgoing:
+    """What a send task sends, for its error boundary (_send_failed)."""
+
+    subject: str  # for the logs: "case 12", "outbox message 7"
+    what: str  # "the answer", "the message"
+    withdrawn: str  # for the log when the patient's /delete stopped it on its way
+    metric_prefix: str  # DELIVERIES outcome labels: "" for answers, "outbox_" for outbox messages
+    give_up: Callable[[Session, SendFailure, Exception], None]  # record that Telegram refused it for good, and why
+    release: Callable[[Session, SendFailure, Exception], None]  # let a later attempt send it (after any wait)
+    sending: bool = False  # the send to Telegram (with the claim held) is under way
 
 
-@shared_task(name=DELIVER_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def _answer_outgoing(case_id: int) -> _Outgoing:
+    return _Outgoing(
+        subject=f"case {case_id}",
+        what="the answer",
+        withdrawn="deleted by the patient; the rest of its answer is not sent",
+        metric_prefix="",
+        give_up=lambda session, failure, _: cases.mark_undeliverable(
+            session=session, case_id=case_id, reason=failure.reason
+        ),
+        release=lambda session, failure, _: cases.release_delivery(
+            session=session, case_id=case_id, wait_s=failure.wait_s
+        ),
+    )
+
+
+def _outbox_outgoing(message_id: int) -> _Outgoing:
+    return _Outgoing(
+        subject=f"outbox message {message_id}",
+        what="the message",
+        withdrawn="deleted with its patient's data; not sent",
+        metric_prefix="outbox_",
+        give_up=lambda session, failure, exc: cases.mark_outbox_failed(
+            session=session, message_id=message_id, error=f"{type(exc).__name__}: {exc}"
+        ),
+        release=lambda session, failure, exc: cases.release_outbox(
+            session=session,
+            message_id=message_id,
+            error="flood control" if failure.action is Send.WAIT else type(exc).__name__,
+            wait_s=failure.wait_s,
+        ),
+    )
+
+
+@shared_task(name=DELIVER_TASK, bind=True, acks_late=True, ignore_result=True, **SEND_RETRIES)
 def deliver_case(self: Any, case_id: int, sent: list[Any] | None = None) -> str:
     """Send a finished case's answer to the patient, at most once (an album of photos gets one answer).
 
     `sent` ([answer case id, message id, text, told tier]): the answer went out but could not be recorded (the
-    database was away); this retried job only records it.
+    database was away); this job only records it.
     """
     settings = get_settings()
-    from bot.answers import told_tier
-    from bot.delivery import deliver_case as send_answer
-
+    sessions = _sessions(settings)
     if sent is not None:
-        return _record_sent_later(self, settings, case_id, sent)
+        return _record_sent_later(self, sessions, case_id, sent)
+    outgoing = _answer_outgoing(case_id)
     try:
-        with _sessions(settings) as session:
-            answer = _answer_plan(session, case_id)
-            if isinstance(answer, str):
-                return answer
-            answer_id, album, refused_before = answer
-            case = cases.claim_delivery(session=session, case_id=answer_id)
+        with sessions.begin() as session:
+            plan = _answer_plan(session, case_id)
+        if isinstance(plan, str):
+            return plan
+        outgoing = _answer_outgoing(plan.case_id)
+        if plan.sent:
+            # A retried job whose first run sent the answer but failed before checking the patient's answers.
+            _queue_answers_followup(sessions, settings, plan.case_id)
+            return "skipped"
+        with sessions.begin() as session:
+            claimed = cases.claim_delivery(session=session, case_id=plan.case_id) is not None
+        if not claimed:
+            log.debug("case %d: answer already sent or being sent", plan.case_id)
+            return "skipped"
+        outgoing.sending = True
+        answer = _send_answer(settings, sessions, plan)
+        outgoing.sending = False
+        if answer is None:
+            return "missing"
+        message_id, text, told = answer
+        # Telegram has the answer: record that first, before anything else can fail.
+        if not _record_sent(sessions, plan.case_id, message_id=message_id, text=text, told=told):
+            return _hand_record_on(self, case_id, [plan.case_id, message_id, text, told])
+        DELIVERIES.labels(outcome="sent").inc()
+        log.info("case %d: answer sent", plan.case_id, extra={"case_id": plan.case_id})
+        with sessions.begin() as session:
+            case = session.get(Case, plan.case_id)
             if case is None:
-                log.debug("case %d: answer already sent or being sent", answer_id)
-                return "skipped"
-            store = _store(settings)
-            told = told_tier(case)  # the case as composed: the patient's answers as they are now
-
-            def first_sent(message_id: int) -> None:
-                # The photo is out; if its follow-up fails, the retry must not send the photo again.
-                try:
-                    recorded = cases.mark_reply_started(session=session, case_id=answer_id, message_id=message_id)
-                    session.commit()
-                except OperationalError:
-                    session.rollback()  # the database is away: the answer's record below names the photo too
-                    return
-                if not recorded and not _case_exists(settings, answer_id):
-                    raise AnswerWithdrawn(f"case {answer_id} was deleted while its answer was on its way")
-
-            def send(bot: Any) -> Any:
-                return send_answer(
-                    bot, case=case, store=store, on_first_sent=first_sent, refused_before=refused_before, album=album,
-                    still_wanted=lambda: _case_exists(settings, answer_id),
-                )  # fmt: skip
-
-            try:
-                message_id, text = run_with_bot(settings, send)
-            except AnswerWithdrawn:
-                session.rollback()
-                log.info("case %d: deleted by the patient; the rest of its answer is not sent", answer_id)
-                DELIVERIES.labels(outcome="withdrawn").inc()
-                return "withdrawn"
-            except Exception as exc:  # noqa: BLE001 - _delivery_failed sorts every send failure: records or retries
-                return _delivery_failed(self, session, answer_id, exc)
-            # Telegram has the answer: record that first, before anything else can fail.
-            if not _record_sent(session, answer_id, message_id=message_id, text=text, told=told):
-                return _hand_record_on(self, case_id, [answer_id, message_id, text, told])
-            if not _case_exists(settings, answer_id):
                 return "sent"  # deleted by the patient just after it went out
-            session.refresh(case)
-            cases.mark_answered_with(session=session, case_ids=[i for i in album if i != answer_id], answer=case)
-            # With the answer (the same commit, so never twice): offer a re-check reminder after LOW and MEDIUM.
+            cases.mark_answered_with(
+                session=session, case_ids=[i for i in plan.album if i != plan.case_id], answer=case
+            )
+            # With the answer's album: offer a re-check reminder after LOW and MEDIUM (a retried job, which finds
+            # the answer sent, offers nothing, so it is never offered twice).
             offer = recheck.queue_offer(
                 session=session, case=case, told_tier=told, every_months=settings.recheck_reminder_months
             )
             offer_id = offer.id if offer is not None else None
-            session.commit()
-            followup = _answers_followup(session, settings, case)
-    except Exception as exc:
-        if isinstance(exc, TRANSIENT_DB_ERRORS):
-            return _retry_delivery(self, case_id, exc, countdown=backoff_s(self.request.retries))
-        raise
-    DELIVERIES.labels(outcome="sent").inc()
-    log.info("case %d: answer sent", answer_id, extra={"case_id": answer_id})
-    for message_id in (followup, offer_id):
-        if message_id is not None:
-            enqueue.enqueue_outbox(message_id)  # False: the sweeper sends it
+        _queue_answers_followup(sessions, settings, plan.case_id)
+        if offer_id is not None:
+            enqueue.enqueue_outbox(offer_id)  # False: the sweeper sends it
+    except Exception as exc:  # noqa: BLE001 - the task's one boundary: _send_failed sorts every failure
+        return _send_failed(self, exc, outgoing=outgoing, settings=settings)
     return "sent"
 
 
-def _case_exists(settings: Settings, case_id: int) -> bool:
-    """Whether the case is still there (the patient's /delete removes it), read on a fresh session."""
-    with _sessions(settings) as session:
-        return cases.case_exists(session=session, case_id=case_id)
+@dataclass(frozen=True)
+class _AnswerPlan:
+    """Which case's answer a delivery job sends: that case, its album's case ids, whether to say "see a doctor"."""
+
+    case_id: int
+    album: list[int]
+    refused_before: bool
+    sent: bool  # sent already (this job is a sibling's, or a redelivery)
 
 
-def _record_sent(session: Session, case_id: int, *, message_id: int | None, text: str, told: str | None) -> bool:
-    """Record an answer Telegram took; while the database is away, keep trying for RECORD_SENT_FOR_S (False then).
-
-    Until it is recorded, a second send would be a duplicate; the delivery claim keeps other jobs from sending.
-    """
-    deadline = time.monotonic() + RECORD_SENT_FOR_S
-    pause = 0.5
-    while True:
-        try:
-            cases.mark_delivered(session=session, case_id=case_id, message_id=message_id, text=text, told_tier=told)
-            session.commit()
-            return True
-        except OperationalError as exc:
-            session.rollback()
-            if time.monotonic() + pause > deadline:
-                return False
-            log.warning("case %d: answer sent, not recorded yet (%s); trying again", case_id, type(exc).__name__)
-            time.sleep(pause)
-            pause = min(pause * 2, 5.0)
-
-
-def _hand_record_on(task: Any, case_id: int, sent: list[Any]) -> str:
-    """The answer went out and the database stayed away: a retried job carries the record (not a second send)."""
-    log.error("case %d: answer sent, the database is still away; a retried job records it", sent[0])
-    raise task.retry(args=[case_id], kwargs={"sent": sent}, countdown=BACKOFF_BASE_S, max_retries=None)
-
-
-def _record_sent_later(task: Any, settings: Settings, case_id: int, sent: list[Any]) -> str:
-    """Record an answer an earlier run of this job sent, then let a normal job finish the album and follow-up."""
-    answer_id, message_id, text, told = sent
-    try:
-        with _sessions(settings) as session:
-            recorded = _record_sent(session, answer_id, message_id=message_id, text=text, told=told)
-    except OperationalError:
-        recorded = False
-    if not recorded:
-        return _hand_record_on(task, case_id, sent)
-    log.info("case %d: answer sent earlier, now recorded", answer_id)
-    enqueue.enqueue_delivery(case_id)  # marks the album's other photos and checks the patient's later answers
-    return "recorded"
-
-
-def _answers_followup(session: Session, settings: Settings, case: Case) -> int | None:
-    """A follow-up for answers the patient tapped while the answer was being sent (see questions in bot/)."""
-    from bot.answers import queue_answers_followup
-    from bot.i18n import load_texts
-
-    session.expire_all()  # read the answers as they are now, not as they were when the answer was composed
-    message_id = queue_answers_followup(session=session, case=case, texts=load_texts(settings.guidance_file))
-    session.commit()
-    if message_id is not None:
-        log.info("case %d: a later answer raised the urgency; follow-up %d queued", case.id, message_id)
-    return message_id
-
-
-def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], bool]:
-    """Which case's answer to send for `case_id`: (case id, album case ids, refused before), or why nothing is sent.
+def _answer_plan(session: Session, case_id: int) -> str | _AnswerPlan:
+    """Which case's answer to send for `case_id`, or why nothing is sent ("missing", "waiting_for_album").
 
     Photos sent together (one Telegram album) are one spot: the answer waits until every photo is finished,
     then the most urgent one is sent once, naming the others. The answer to a refused photo says to see a
-    doctor when the patient's previous photo was refused too (or two photos of the album were).
+    doctor when the patient's previous photo was refused too (or two photos of the album were). An answer
+    sent already is recorded on every photo of its album.
     """
     from bot.answers import answer_plan
 
@@ -561,100 +578,216 @@ def _answer_plan(session: Session, case_id: int) -> str | tuple[int, list[int], 
         return "waiting_for_album"
     answer, album_ids, refused_before = answer_plan(session=session, case=case)
     if answer.delivered_at is not None:
-        # Sent already (this job is a sibling's, or a redelivery): make sure every photo of the album says so.
         cases.mark_answered_with(
             session=session, case_ids=[c.id for c in album if c.delivered_at is None], answer=answer
         )
-        session.commit()
-        # A retried job whose first run sent the answer but failed before checking the patient's answers.
-        followup = _answers_followup(session, get_settings(), answer)
-        if followup is not None:
-            enqueue.enqueue_outbox(followup)
-        return "skipped"
-    return answer.id, album_ids, refused_before
+    return _AnswerPlan(answer.id, album_ids, refused_before, sent=answer.delivered_at is not None)
 
 
-def _delivery_failed(task: Any, session: Session, case_id: int, exc: BaseException) -> str:
-    """Decide what a failed send means: give up for good, wait as told, or back off and retry."""
-    if isinstance(exc, Forbidden | BadRequest):
-        # Blocked bot or deleted chat (a BadRequest here means even the plain-text answer was refused):
-        # retrying cannot help. A patient who blocked the bot chose so; anything else needs a person to look.
-        reason = "forbidden" if isinstance(exc, Forbidden) else "bad_request"
-        level = logging.WARNING if reason == "forbidden" else logging.ERROR
-        log.log(level, "case %d: Telegram refused the answer (%s: %s); not retrying", case_id, reason, exc)
-        cases.mark_undeliverable(session=session, case_id=case_id, reason=reason)
-        session.commit()
-        DELIVERIES.labels(outcome=reason).inc()
-        return reason
-    session.rollback()
-    wait_s = _retry_after_s(exc) if isinstance(exc, RetryAfter) else None
-    cases.release_delivery(session=session, case_id=case_id, wait_s=wait_s)
-    session.commit()
-    if wait_s is not None:
-        DELIVERIES.labels(outcome="retry_after").inc()
-        countdown = wait_s + random.uniform(0, 1)  # after the row's not-before time, or the claim refuses
-        log.warning("case %d: Telegram flood control, retrying in %.0f s as asked", case_id, countdown)
-        # Waiting as told is not a failure: it does not count against the retry budget.
-        raise task.retry(countdown=countdown, exc=exc, max_retries=None)
-    if isinstance(exc, InvalidToken):
-        log.error("case %d: Telegram rejected the bot token; fix TELEGRAM_BOT_TOKEN", case_id)
-    elif isinstance(exc, NetworkError | TelegramError | StorageError | OperationalError):
-        log.warning("case %d: sending failed (%s); retrying", case_id, type(exc).__name__)
-    else:
-        raise exc
-    DELIVERIES.labels(outcome="retry").inc()
-    return _retry_delivery(task, case_id, exc, countdown=backoff_s(task.request.retries, base=2.0))
+def _case_exists(sessions: sessionmaker[Session], case_id: int) -> bool:
+    """Whether the case is still there (the patient's /delete removes it), read in a unit of work of its own."""
+    with sessions.begin() as session:
+        return cases.case_exists(session=session, case_id=case_id)
 
 
-def _retry_delivery(task: Any, case_id: int, exc: BaseException, *, countdown: float) -> str:
-    if task.request.retries >= MAX_DELIVERY_RETRIES:
-        log.error("case %d: giving up sending for now (%s); the sweeper tries again", case_id, type(exc).__name__)
-        return "retry_later"
-    raise task.retry(countdown=countdown, exc=exc)
+def _send_answer(
+    settings: Settings, sessions: sessionmaker[Session], plan: _AnswerPlan
+) -> tuple[int | None, str, str | None] | None:
+    """Compose and send a claimed answer: (first message id, text, tier told), or None when the case is gone.
+
+    Raises AnswerWithdrawn when the patient deletes the case while its answer is on its way: what is not out
+    yet is not sent.
+    """
+    from bot.answers import told_tier
+    from bot.delivery import deliver_case as send_answer
+
+    store = _store(settings)
+
+    def still_wanted() -> bool:
+        return _case_exists(sessions, plan.case_id)
+
+    def first_sent(message_id: int) -> None:
+        # The photo is out; if its follow-up fails, the retry must not send the photo again.
+        try:
+            with sessions.begin() as session:
+                recorded = cases.mark_reply_started(session=session, case_id=plan.case_id, message_id=message_id)
+        except SQLAlchemyError as exc:
+            if classify(exc) is not Failure.TRANSIENT:
+                raise
+            # The database is away: the answer's record (_record_sent) names the photo too.
+            log.warning("case %d: its photo is out, not recorded yet (%s)", plan.case_id, type(exc).__name__)
+            return
+        if not recorded and not still_wanted():
+            raise AnswerWithdrawn(f"case {plan.case_id} was deleted while its answer was on its way")
+
+    # A read held while the answer is composed and sent (its rows load as it is composed). It writes nothing and
+    # ends without a commit; the database going away during the send must not lose what Telegram took, so a
+    # transient error in ending it is only logged (the answer's record, _record_sent, retries on its own).
+    session = sessions()
+    try:
+        case = cases.get_case(session=session, case_id=plan.case_id)
+        if case is None:
+            return None
+        told = told_tier(case)  # the case as composed: the patient's answers as they are now
+        message_id, text = run_with_bot(
+            settings,
+            lambda bot: send_answer(
+                bot, case=case, store=store, on_first_sent=first_sent, refused_before=plan.refused_before,
+                album=plan.album, still_wanted=still_wanted,
+            ),
+        )  # fmt: skip
+    finally:
+        try:
+            session.close()
+        except SQLAlchemyError as exc:
+            if classify(exc) is not Failure.TRANSIENT:
+                raise
+            log.warning("case %d: the database went away while its answer was sent (%s)", plan.case_id,
+                        type(exc).__name__)  # fmt: skip
+    return message_id, text, told
 
 
-@shared_task(name=OUTBOX_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def _record_sent(
+    sessions: sessionmaker[Session], case_id: int, *, message_id: int | None, text: str, told: str | None
+) -> bool:
+    """Record an answer Telegram took; while the database is away, keep trying for RECORD_SENT_FOR_S (False then).
+
+    Until it is recorded, a second send would be a duplicate; the delivery claim keeps other jobs from sending.
+    """
+    deadline = time.monotonic() + RECORD_SENT_FOR_S
+    pause = 0.5
+    while True:
+        try:
+            with sessions.begin() as session:
+                cases.mark_delivered(session=session, case_id=case_id, message_id=message_id, text=text, told_tier=told)
+            return True
+        except SQLAlchemyError as exc:
+            if classify(exc) is not Failure.TRANSIENT:
+                raise
+            if time.monotonic() + pause > deadline:
+                return False
+            log.warning("case %d: answer sent, not recorded yet (%s); trying again", case_id, type(exc).__name__)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _hand_record_on(task: Any, case_id: int, sent: list[Any]) -> str:
+    """The answer went out and the database stayed away: a new job carries the record (not a second send).
+
+    A new job, not a retry: the record must not run out of the send tasks' retries (SEND_RETRIES), or the
+    claim would expire and the sweeper would send the answer a second time.
+    """
+    log.error("case %d: answer sent, the database is still away; a new job records it", sent[0])
+    task.apply_async(args=[case_id], kwargs={"sent": sent}, countdown=BACKOFF_BASE_S)
+    return "record_handed_on"
+
+
+def _record_sent_later(task: Any, sessions: sessionmaker[Session], case_id: int, sent: list[Any]) -> str:
+    """Record an answer an earlier job sent, then let a normal job finish the album and the follow-up."""
+    answer_id, message_id, text, told = sent
+    if not _record_sent(sessions, answer_id, message_id=message_id, text=text, told=told):
+        return _hand_record_on(task, case_id, sent)
+    log.info("case %d: answer sent earlier, now recorded", answer_id)
+    enqueue.enqueue_delivery(case_id)  # marks the album's other photos and checks the patient's later answers
+    return "recorded"
+
+
+def _queue_answers_followup(sessions: sessionmaker[Session], settings: Settings, case_id: int) -> None:
+    """A follow-up for answers the patient tapped while the answer was being sent (see questions in bot/)."""
+    from bot.answers import queue_answers_followup
+    from bot.i18n import load_texts
+
+    with sessions.begin() as session:  # the answers as they are now, not as they were when the answer was composed
+        case = cases.get_case(session=session, case_id=case_id)
+        texts = load_texts(settings.guidance_file)
+        message_id = queue_answers_followup(session=session, case=case, texts=texts) if case else None
+    if message_id is not None:
+        log.info("case %d: a later answer raised the urgency; follow-up %d queued", case_id, message_id)
+        enqueue.enqueue_outbox(message_id)  # False: the sweeper sends it
+
+
+@shared_task(name=OUTBOX_TASK, bind=True, acks_late=True, ignore_result=True, **SEND_RETRIES)
 def send_outbox(self: Any, message_id: int) -> str:
     """Send an outbox message (a clinician's review or words, the booking question) to a patient, at most once."""
-    settings = get_settings()
     from bot.delivery import send_outbox_message
 
-    with _sessions(settings) as session:
-        message = cases.claim_outbox(session=session, message_id=message_id)
-        if message is None:
+    settings = get_settings()
+    sessions = _sessions(settings)
+    outgoing = _outbox_outgoing(message_id)
+
+    def still_wanted() -> bool:
+        with sessions.begin() as check:
+            return cases.outbox_message_exists(session=check, message_id=message_id)
+
+    try:
+        with sessions.begin() as session:
+            claimed = cases.claim_outbox(session=session, message_id=message_id) is not None
+        if not claimed:
             return "skipped"
-
-        def still_wanted() -> bool:
-            with _sessions(settings) as check:
-                return cases.outbox_message_exists(session=check, message_id=message_id)
-
-        try:
+        with sessions.begin() as session:
+            message = session.get(OutboxMessage, message_id)
+            if message is None:
+                return "missing"
+            outgoing.sending = True
             _, text = run_with_bot(
                 settings, lambda bot: send_outbox_message(bot, message=message, still_wanted=still_wanted)
             )
-        except AnswerWithdrawn:
-            session.rollback()
-            log.info("outbox message %d: deleted with its patient's data; not sent", message_id)
-            return "withdrawn"
-        except (Forbidden, BadRequest) as exc:
-            cases.mark_outbox_failed(session=session, message_id=message_id, error=f"{type(exc).__name__}: {exc}")
-            session.commit()
-            DELIVERIES.labels(outcome="outbox_refused").inc()
-            return "refused"
-        except RetryAfter as exc:
-            wait_s = _retry_after_s(exc)
-            cases.release_outbox(session=session, message_id=message_id, error="flood control", wait_s=wait_s)
-            session.commit()
-            raise self.retry(countdown=wait_s + random.uniform(0, 1), exc=exc, max_retries=None) from exc
-        except (TelegramError, StorageError, OperationalError) as exc:
-            session.rollback()
-            cases.release_outbox(session=session, message_id=message_id, error=type(exc).__name__)
-            session.commit()
-            return _retry_delivery(self, message_id, exc, countdown=backoff_s(self.request.retries, base=2.0))
-        cases.mark_outbox_sent(session=session, message_id=message_id, text=text)
-        session.commit()
+            outgoing.sending = False
+        with sessions.begin() as session:
+            cases.mark_outbox_sent(session=session, message_id=message_id, text=text)
+    except Exception as exc:  # noqa: BLE001 - the task's one boundary: _send_failed sorts every failure
+        return _send_failed(self, exc, outgoing=outgoing, settings=settings)
     DELIVERIES.labels(outcome="outbox_sent").inc()
     return "sent"
+
+
+def _send_failed(task: Any, exc: Exception, *, outgoing: _Outgoing, settings: Settings) -> str:
+    """The send tasks' error boundary: give up for good, wait as Telegram says, or retry (worker.failures.send_failure).
+
+    Only a failure of the send itself touches the row: a refusal is recorded, anything else releases the claim
+    for the retry. A database error around the send leaves the claim to expire, so a sent message is not sent
+    again at once. A message the patient deleted on its way is gone with its row: nothing is recorded.
+    """
+    failure = send_failure(exc)
+    if failure is None:
+        raise exc  # a bug, not a send failure
+    subject, label = outgoing.subject, outgoing.metric_prefix
+    if failure.action is Send.WITHDRAWN:
+        log.info("%s: %s", subject, outgoing.withdrawn)
+        DELIVERIES.labels(outcome=label + failure.reason).inc()
+        return failure.reason
+    if outgoing.sending:
+        with _sessions(settings).begin() as session:
+            if failure.action is Send.REFUSED:
+                outgoing.give_up(session, failure, exc)
+            else:
+                outgoing.release(session, failure, exc)
+    if failure.action is Send.REFUSED:
+        # Blocked bot or deleted chat (a BadRequest here means even the plain-text version was refused): retrying
+        # cannot help. A patient who blocked the bot chose so; anything else needs a person to look.
+        level = logging.WARNING if failure.reason == "forbidden" else logging.ERROR
+        log.log(level, "%s: Telegram refused %s (%s: %s); not retrying", subject, outgoing.what, failure.reason, exc)
+        DELIVERIES.labels(outcome=label + failure.reason).inc()
+        return failure.reason
+    out_of_retries = task.request.retries >= task.max_retries
+    if failure.action is Send.WAIT:
+        DELIVERIES.labels(outcome=label + "retry_after").inc()
+        if out_of_retries:
+            log.error("%s: Telegram flood control; the sweeper sends it after the wait", subject)
+            return "retry_later"
+        # After the row's not-before time, or the claim refuses.
+        countdown = (failure.wait_s or 0.0) + random.uniform(0, 1)
+        log.warning("%s: Telegram flood control, retrying in %.0f s as asked", subject, countdown)
+        raise task.retry(countdown=countdown, exc=exc)
+    if failure.reason == "invalid_token":
+        log.error("%s: Telegram rejected the bot token; fix TELEGRAM_BOT_TOKEN", subject)
+    else:
+        log.warning("%s: sending failed (%s); retrying", subject, type(exc).__name__)
+    if outgoing.sending:
+        DELIVERIES.labels(outcome=label + "retry").inc()
+    if out_of_retries:
+        log.error("%s: giving up sending for now (%s); the sweeper tries again", subject, type(exc).__name__)
+    raise TransientError(f"{subject}: {failure.reason}") from exc  # retried by Celery (SEND_RETRIES)
 
 
 # --- periodic jobs --------------------------------------------------------------------------

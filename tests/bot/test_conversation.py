@@ -62,12 +62,14 @@ def finish_case(h, case_id: int, *, tier: str = "LOW", probs=(0.03, 0.9, 0.07), 
         claim = cases.claim_for_processing(session=session, case_id=case_id, max_attempts=3, stale_after_s=300)
         overlay = outline(h.services.store.get(claim.case.image_key))
         key = h.services.store.put(overlay, kind="overlay", ext="jpg").key
-        fields = {"tier": tier, "overlay_key": key, "demo_model": False}
         if status == CaseStatus.DONE:
-            fields.update(prob_mel=probs[0], prob_nv=probs[1], prob_other=probs[2], label="NV")
+            result = cases.CaseResult(
+                tier=tier, overlay_key=key, prob_mel=probs[0], prob_nv=probs[1], prob_other=probs[2], label="NV"
+            )
         else:
-            fields.update(retake_reason="blurry")
-        assert cases.save_result(session=session, case_id=case_id, status=status, fields=fields)
+            result = cases.CaseResult(tier=tier, overlay_key=key, retake_reason="blurry")
+        assert result.status == status
+        assert cases.save_result(session=session, case_id=case_id, result=result)
         session.commit()
     return overlay
 

@@ -233,12 +233,12 @@ def _settings(local_api) -> Settings:
 def test_deliver_case_sends_the_outlined_photo_with_caption_to_the_patient(
     local_api, patient, sqlite_url, tmp_path
 ) -> None:
-    from skintriage.db import session_scope
+    from skintriage.db import session_factory
 
     store = LocalImageStore(tmp_path / "images")
     photo, overlay = lesion_photo(seed=1), lesion_photo(seed=2)
     patient.send_text(301, "hi")
-    with session_scope(sqlite_url) as session:
+    with session_factory(sqlite_url).begin() as session:
         user = cases.get_or_create_user(session=session, telegram_user_id=301, chat_id=301, language="ko")
         case = cases.create_case(session=session, user=user, image=store.put(photo))
         case.status, case.tier = CaseStatus.DONE, "MEDIUM"

@@ -10,7 +10,6 @@ from bot import questions
 from bot.answers import visible
 from bot.handlers import warning_text
 from skintriage import cases
-from skintriage.models import CaseStatus
 from tests.bot.test_conversation import outline, send_photo_and_wait_ack
 from tests.factories import lesion_photo
 
@@ -19,18 +18,15 @@ def finish(h, case_id: int, *, tier: str, probs=(0.03, 0.9, 0.07), reason: str |
     """Do what the worker's triage task does with a result: claim, store the overlay, save (not deliver)."""
     with h.session() as session:
         claim = cases.claim_for_processing(session=session, case_id=case_id, max_attempts=3, stale_after_s=300)
-        fields = {"tier": tier, "demo_model": False}
         if retake:
-            fields["retake_reason"] = retake
-            status = CaseStatus.REJECTED
+            result = cases.CaseResult(tier=tier, retake_reason=retake)
         else:
             overlay = outline(h.services.store.get(claim.case.image_key))
-            fields.update(
-                overlay_key=h.services.store.put(overlay, kind="overlay", ext="jpg").key,
+            result = cases.CaseResult(
+                tier=tier, overlay_key=h.services.store.put(overlay, kind="overlay", ext="jpg").key,
                 prob_mel=probs[0], prob_nv=probs[1], prob_other=probs[2], label="NV", tier_reason=reason,
             )  # fmt: skip
-            status = CaseStatus.DONE
-        assert cases.save_result(session=session, case_id=case_id, status=status, fields=fields)
+        assert cases.save_result(session=session, case_id=case_id, result=result)
         session.commit()
 
 

@@ -79,7 +79,7 @@ class Seeded:
 def seed(url: str, store, *, now=None) -> Seeded:  # noqa: ANN001
     """Two patients with finished, rejected, failed and open cases, real images, and two operators."""
     from console.operators import create_operator
-    from skintriage.db import session_scope
+    from skintriage.db import session_factory
     from skintriage.models import Case, CaseStatus, User, utcnow
 
     now = now or utcnow()
@@ -107,7 +107,7 @@ def seed(url: str, store, *, now=None) -> Seeded:  # noqa: ANN001
         ("b_failed", "boris", 0, CaseStatus.FAILED, None, None, None, {}, False),
         ("b_queued", "boris", 0, CaseStatus.QUEUED, None, None, None, {}, False),
     ]
-    with session_scope(url) as session:
+    with session_factory(url).begin() as session:
         users = {
             "anna": User(telegram_user_id=1001, chat_id=1001, language="en", consent_at=now),
             "boris": User(telegram_user_id=1002, chat_id=1002, language="ru", consent_at=now),

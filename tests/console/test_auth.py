@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from console.auth import SESSION_COOKIE
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import AuditEvent, Operator
 from tests.console.seed import ADMIN, REVIEWER
 from tests.console.session_helpers import csrf_of, login
@@ -48,7 +48,7 @@ def test_login_replaces_the_anonymous_session_and_its_csrf_token(client, seeded,
     anonymous_token = csrf_of(client.get("/login").text)
     assert login(client, *REVIEWER).status_code == 303
     assert csrf_of(client.get("/cases").text) != anonymous_token
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         rita = s.get(Operator, seeded.operators["rita"])
         assert rita.last_login_at is not None
         assert s.scalars(select(AuditEvent.action).where(AuditEvent.operator_id == rita.id)).all() == ["operator.login"]
@@ -92,7 +92,7 @@ def test_admin_cannot_deactivate_themselves(admin_client, seeded):
 def test_a_password_change_ends_existing_sessions(reviewer, console_db_url, seeded):
     from console.operators import reset_operator
 
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         reset_operator(session=s, username=REVIEWER[0], password="a-brand-new-password")
     assert reviewer.get("/cases").status_code == 303
 

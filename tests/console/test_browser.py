@@ -237,10 +237,10 @@ def test_a_stranger_behind_the_proxy_cannot_lock_a_clinician_out(browser, live_c
 
     from sqlalchemy import select
 
-    from skintriage.db import session_scope
+    from skintriage.db import session_factory
     from skintriage.models import AuditEvent
 
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         details = s.scalars(select(AuditEvent.detail).where(AuditEvent.action.like("operator.login%"))).all()
     assert {d["address"] for d in details} == {"203.0.113.66", "198.51.100.10"}
 
@@ -352,7 +352,7 @@ def test_zoom_outline_comparison_and_patient_page(browser, live_console):
     keys still choose the verdict; compare with an earlier photo zoomed together; open the patient's page."""
     from sqlalchemy import select
 
-    from skintriage.db import session_scope
+    from skintriage.db import session_factory
     from skintriage.models import AuditEvent
 
     base, seeded, url = live_console
@@ -471,7 +471,7 @@ def test_zoom_outline_comparison_and_patient_page(browser, live_console):
     page.click(f'#patient-cases a.case-link[href="/cases/{c["a_medium"]}"]')
     page.wait_for_url(f"{base}/cases/{c['a_medium']}")
 
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         events = s.scalars(select(AuditEvent).where(AuditEvent.action.in_(("patient.viewed", "case.image_viewed"))))
         seen = {(e.action, e.case_id, (e.detail or {}).get("kind")) for e in events}
     assert ("patient.viewed", None, None) in seen
@@ -541,10 +541,10 @@ def test_failed_and_retake_lane_and_a_cannot_assess_verdict(browser, live_consol
 
     from sqlalchemy import select
 
-    from skintriage.db import session_scope
+    from skintriage.db import session_factory
     from skintriage.models import Review
 
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         saved = s.scalars(select(Review)).one()
         assert (saved.case_id, saved.verdict, saved.agrees, saved.corrected_label) == (
             c["b_retake"],
@@ -583,17 +583,17 @@ def test_a_review_sent_after_the_session_expired_is_saved_after_logging_in_again
 
     from sqlalchemy import select
 
-    from skintriage.db import session_scope
+    from skintriage.db import session_factory
     from skintriage.models import Review
 
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         assert s.scalars(select(Review)).all() == []
     page.fill("#username", REVIEWER[0])
     page.fill("#password", REVIEWER[1])
     page.click("#login")
     page.wait_for_url(f"{base}/cases/{queue[1]}?*")
     assert f"Review of case #{queue[0]} saved." in page.inner_text("#notice")
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         review = s.scalars(select(Review)).one()
         assert (review.case_id, review.verdict, review.corrected_label, review.note) == (
             queue[0],

@@ -10,7 +10,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import AuditEvent, OutboxMessage, Review
 from tests.console.session_helpers import csrf_of
 
@@ -109,7 +109,7 @@ def test_case_page_shows_images_probabilities_timeline_history_and_reply(reviewe
     assert f'href="/cases/{seeded.cases["a_medium"]}"' in html
     assert f'href="/cases/{seeded.cases["b_uncertain"]}"' not in html
     assert "Result for case a_high: please see a dermatologist.\nThis is not a diagnosis." in html
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         views = s.scalars(select(AuditEvent).where(AuditEvent.action == "case.viewed")).all()
         assert [(v.case_id, v.operator_id) for v in views] == [(case_id, seeded.operators["rita"])]
 
@@ -133,7 +133,7 @@ def test_case_page_shows_the_lesion_measurements_when_present(reviewer, seeded):
 def test_case_page_shows_the_kind_of_photo_and_why_the_tier(reviewer, seeded, console_db_url):
     from skintriage.models import Case
 
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         case = s.get(Case, seeded.cases["a_medium"])
         case.modality, case.tier_reason = "clinical", "clinical_photo"
     html = reviewer.get(f"/cases/{seeded.cases['a_medium']}").text
@@ -147,7 +147,7 @@ def test_case_page_shows_the_patients_answers_their_checklist_score_and_the_tier
 ):
     from skintriage.models import Case
 
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         case = s.get(Case, seeded.cases["a_low"])
         case.patient_answers = {"site": "palm_sole", "change": "size", "symptoms": "bleeds", "age": "skip"}
         case.told_tier = "HIGH"
@@ -170,7 +170,7 @@ def test_case_page_shows_the_patients_answers_their_checklist_score_and_the_tier
 def test_case_page_escapes_what_the_patient_was_told(reviewer, seeded, console_db_url):
     from skintriage.models import Case
 
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         s.get(Case, seeded.cases["a_low"]).reply_text = "<script>alert(1)</script>"
     html = reviewer.get(f"/cases/{seeded.cases['a_low']}").text
     assert "<script>alert(1)</script>" not in html
@@ -196,7 +196,7 @@ def test_review_is_stored_and_audited(reviewer, seeded, console_db_url):
     )
     assert response.status_code == 303
     assert response.headers["location"].startswith(f"/cases/{case_id}?notice=reviewed")
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         review = s.scalars(select(Review).where(Review.case_id == case_id)).one()
         assert (review.agrees, review.corrected_label, review.urgency) == (False, "NV", "routine")
         assert review.operator_id == seeded.operators["rita"]
@@ -215,7 +215,7 @@ def test_inconsistent_review_is_refused(reviewer, seeded, console_db_url):
         f"/cases/{case_id}/reviews", data={"csrf_token": token, "verdict": "agree", "urgency": "tomorrow-ish"}
     )
     assert response.status_code == 400
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         assert s.scalars(select(Review)).all() == []
 
 
@@ -233,7 +233,7 @@ def test_review_with_words_goes_to_the_outbox_and_the_reply_queue(reviewer, seed
     )
     assert response.status_code == 303
     assert "notice=sent" in response.headers["location"]
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         message = s.scalars(select(OutboxMessage)).one()
         review = s.scalars(select(Review)).one()
         assert message.chat_id == 1002 and message.case_id == case_id and message.kind == "review"
@@ -260,7 +260,7 @@ def test_message_without_review(reviewer, seeded, console_db_url):
     assert reviewer.post(f"/cases/{case_id}/messages", data={"csrf_token": token, "message": "  "}).status_code == 400
     response = reviewer.post(f"/cases/{case_id}/messages", data={"csrf_token": token, "message": "Please call us."})
     assert response.status_code == 303
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         assert [m.text for m in s.scalars(select(OutboxMessage)).all()] == ["Please call us."]
 
 
@@ -274,7 +274,7 @@ def test_csv_export_has_every_filtered_case_and_is_audited(reviewer, seeded, con
     assert {int(r["case_id"]) for r in rows} == {seeded.cases["a_high"], seeded.cases["b_high_old"]}
     assert {r["tier"] for r in rows} == {"HIGH"}
     assert "telegram" not in response.text.lower() and "1001" not in response.text
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         event = s.scalars(select(AuditEvent).where(AuditEvent.action == "cases.exported")).one()
         assert event.detail["rows"] == 2
 
@@ -295,7 +295,7 @@ def test_images_browsers_cannot_show_are_converted_to_jpeg(reviewer, seeded, sto
 
     odd = store.put(lesion_photo(80, 60, seed=5, fmt="PNG"), kind="photo", ext="bin")
     garbage = store.put(b"not an image at all", kind="photo", ext="heic")
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         s.get(Case, seeded.cases["a_low"]).image_key = odd.key
         s.get(Case, seeded.cases["a_medium"]).image_key = garbage.key
     response = reviewer.get(f"/cases/{seeded.cases['a_low']}/images/{odd.key}")
@@ -339,7 +339,7 @@ def test_melanoma_bar_shades_where_the_policy_answers_uncertain(
     settings = get_settings()
     app = create_app(settings=settings, database_url=console_db_url, store=store)
     policy = PolicyConfig.from_settings(settings)
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         threshold = s.get(Case, seeded.cases["a_high"]).mel_threshold
     with TestClient(app, follow_redirects=False) as c:
         assert login(c, *REVIEWER).status_code == 303
@@ -388,7 +388,7 @@ def test_save_and_next_walks_the_review_queue_in_its_order(reviewer, seeded, con
     # A case outside the queue (already reviewed) goes to the queue's head.
     response = _save_and_next(reviewer, queue[0])
     assert response.headers["location"].startswith(f"/cases/{queue[1]}?")
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         assert len(s.scalars(select(Review)).all()) == 3
     # Once the queue is empty the operator stays on the last case and is told so.
     left = case_ids(reviewer.get("/cases?view=review").text)
@@ -413,7 +413,7 @@ def test_save_and_next_with_errors_stays_on_the_case(reviewer, seeded, console_d
     queue = case_ids(reviewer.get("/cases?view=review").text)
     response = _save_and_next(reviewer, queue[0], verdict="disagree")  # no corrected label
     assert response.status_code == 400 and "give the label you think is right" in response.text
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         assert s.scalars(select(Review)).all() == []
 
 
@@ -434,7 +434,7 @@ def test_photos_are_served_without_exif_or_gps_even_if_stored_with_them(reviewer
     from tests.factories import assert_no_metadata, photo_with_gps
 
     old = store.put(photo_with_gps(400, 300, seed=7), kind="photo", ext=ext)
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         s.get(Case, seeded.cases["a_low"]).image_key = old.key
     response = reviewer.get(f"/cases/{seeded.cases['a_low']}/images/{old.key}")
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
@@ -453,7 +453,7 @@ def test_cannot_assess_is_a_verdict_stored_shown_and_exported(reviewer, seeded, 
         f"/cases/{case_id}/reviews", data={"csrf_token": token, "verdict": "cannot_assess", "note": "Out of focus."}
     )
     assert response.status_code == 303
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         review = s.scalars(select(Review).where(Review.case_id == case_id)).one()
         assert (review.verdict, review.agrees, review.corrected_label) == ("cannot_assess", False, None)
         event = s.scalars(select(AuditEvent).where(AuditEvent.action == "case.reviewed")).one()
@@ -496,7 +496,7 @@ def test_failed_and_retake_cases_have_their_own_lane(reviewer, seeded):
 def _claim_of(url: str, case_id: int):  # noqa: ANN202
     from skintriage.models import Case
 
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         case = s.get(Case, case_id)
         return case.claimed_by_id, case.claimed_until
 
@@ -534,7 +534,7 @@ def test_a_claim_lapses_and_saving_a_review_releases_it(reviewer, admin_client, 
 
     c, ops = seeded.cases, seeded.operators
     reviewer.get(f"/cases/{c['a_high']}")
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         s.get(Case, c["a_high"]).claimed_until = utcnow() - timedelta(seconds=1)
     page = admin_client.get(f"/cases/{c['a_high']}").text
     assert "Being reviewed by" not in page and 'id="claimed-by-you"' in page
@@ -575,14 +575,14 @@ def test_the_case_page_shows_the_booking_answer_and_each_message_as_the_patient_
 
     case_id = seeded.cases["a_high"]
     assert 'id="booking"' not in reviewer.get(f"/cases/{case_id}").text  # not asked yet
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         case = s.get(Case, case_id)
         case.booking_asked_at = utcnow()
         s.add(OutboxMessage(user_id=case.user_id, case_id=case_id, chat_id=1001, kind="booking", text=""))
     page = reviewer.get(f"/cases/{case_id}").text
     assert "whether they booked a dermatologist:\n    no answer yet." in page
     assert "Booking question" in page and "Composed in English when sent" in page
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         case = s.get(Case, case_id)
         case.booking_answer, case.booking_answered_at = "declined", utcnow()
         message = s.scalars(select(OutboxMessage)).one()
@@ -602,7 +602,7 @@ def test_a_korean_patients_answer_is_shown_as_sent_and_in_english_beside_it(revi
 
     texts = load_texts()
     case_id = seeded.cases["b_high_old"]
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         case = s.get(Case, case_id)
         case.language = case.user.language = "ko"
         sent = compose(case, texts=texts).full_text  # what the worker stores as reply_text

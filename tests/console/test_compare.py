@@ -6,7 +6,7 @@ import re
 
 from sqlalchemy import select
 
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import AuditEvent, Case
 from tests.console.test_safety import add_reviews
 
@@ -24,12 +24,12 @@ def compare_box(html: str) -> str:
 
 
 def case_views(url: str) -> list[dict]:
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         return [e.detail for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "case.viewed"))]
 
 
 def image_key(url: str, case_id: int) -> str:
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         return s.get(Case, case_id).image_key
 
 
@@ -104,7 +104,7 @@ def test_a_blinded_read_keeps_its_blind_while_comparing(admin_client, seeded, co
 def test_a_case_sent_as_a_reply_to_an_earlier_one_says_same_spot_and_links_to_it(reviewer, seeded, console_db_url):
     c = seeded.cases
     assert 'id="same-spot"' not in reviewer.get(f"/cases/{c['a_high']}").text  # not linked: nothing said
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         s.get(Case, c["a_high"]).previous_case_id = c["a_medium"]
     html = reviewer.get(f"/cases/{c['a_high']}").text
     line = html[html.index('id="same-spot"') : html.index("</p>", html.index('id="same-spot"'))]

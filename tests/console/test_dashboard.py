@@ -8,17 +8,17 @@ import pytest
 from PIL import Image
 
 from console.stats import compute_stats
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import Case, Review, utcnow
 
 
 def add_review(url: str, case_id: int, *, agrees: bool, label: str | None = None) -> None:
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         s.add(Review(case_id=case_id, operator_id=None, agrees=agrees, corrected_label=label))
 
 
 def test_stats_count_cases_per_day_by_tier(console_db_url, seeded):
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         stats = compute_stats(session=s, days=30)
     assert stats.total == 8
     today = utcnow().date()
@@ -26,7 +26,7 @@ def test_stats_count_cases_per_day_by_tier(console_db_url, seeded):
     per_day = {tier: sum(counts) for tier, counts in stats.per_day.items()}
     assert per_day == {"HIGH": 2, "MEDIUM": 1, "LOW": 1, "UNCERTAIN": 1, "RETAKE": 1, "none": 2}
     expected = [0] * 30
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         for name in ("a_high", "b_high_old"):
             expected[stats.days.index(s.get(Case, seeded.cases[name]).received_at.date())] += 1
     assert stats.per_day["HIGH"] == expected
@@ -38,7 +38,7 @@ def test_stats_share_reviewed_and_agreement_use_the_latest_review(console_db_url
     add_review(console_db_url, c["b_uncertain"], agrees=True, label="MEL")
     add_review(console_db_url, c["b_uncertain"], agrees=False, label="NV")  # revised: the latest counts
     add_review(console_db_url, c["a_low"], agrees=False, label="OTHER")
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         stats = compute_stats(session=s, days=30)
     assert stats.reviewable == 5  # done cases with HIGH/UNCERTAIN/MEDIUM/LOW
     assert stats.reviewed == 3
@@ -51,7 +51,7 @@ def test_stats_share_reviewed_and_agreement_use_the_latest_review(console_db_url
 
 
 def test_stats_median_time_to_reply(console_db_url, seeded):
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         stats = compute_stats(session=s, days=30)
     # The seed delivers finished case i after 9 + i seconds: cases 0..6 are finished.
     assert sorted(stats.reply_seconds) == [9.0 + i for i in range(7)]
@@ -61,7 +61,7 @@ def test_stats_median_time_to_reply(console_db_url, seeded):
 def test_stats_refuse_a_silly_period(console_db_url):
     import pytest
 
-    with session_scope(console_db_url) as s, pytest.raises(ValueError, match="between 1 and"):
+    with session_factory(console_db_url).begin() as s, pytest.raises(ValueError, match="between 1 and"):
         compute_stats(session=s, days=0)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from starlette.requests import Request
 
 from console.throttle import LoginLimiter, client_address, limiter_storage_url
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import AuditEvent
 from skintriage.settings import parse_networks
 from tests.console.seed import ADMIN, REVIEWER
@@ -32,7 +32,7 @@ def client_from(app, address: tuple[str, int]) -> TestClient:  # noqa: ANN001
 
 def login_events(url: str) -> list[AuditEvent]:
     """Failed and blocked login events, oldest first."""
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         rows = s.scalars(
             select(AuditEvent)
             .where(AuditEvent.action.in_(["operator.login_failed", "operator.login_blocked"]))
@@ -252,7 +252,7 @@ def test_admin_sees_and_lifts_a_block(app, admin_client, seeded, console_db_url)
         assert response.status_code == 303
         assert STRANGER[0] not in admin_client.get("/admin/operators").text
         assert login(c, *REVIEWER).status_code == 303
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         event = s.scalars(select(AuditEvent).where(AuditEvent.action == "operator.unlocked")).one()
         assert event.detail == {"operator": seeded.operators["rita"], "addresses": [STRANGER[0]]}
 
@@ -320,7 +320,7 @@ def test_a_review_sent_after_the_session_ended_is_saved_after_logging_in_again(
         response = _review_after_the_session_ended(monkeypatch, c, case_id)
         assert response.status_code == 303
         assert response.headers["location"] == f"/login?next=%2Fcases%2F{case_id}&kept={case_id}"
-        with session_scope(console_db_url) as s:
+        with session_factory(console_db_url).begin() as s:
             assert s.scalars(select(Review)).all() == []
             kept = s.scalars(select(PendingReview)).one()
             assert (kept.operator_id, kept.case_id, kept.form["note"]) == (
@@ -334,7 +334,7 @@ def test_a_review_sent_after_the_session_ended_is_saved_after_logging_in_again(
         response = login(c, *REVIEWER)
         assert response.status_code == 303
         assert f"saved={case_id}" in response.headers["location"]
-        with session_scope(console_db_url) as s:
+        with session_factory(console_db_url).begin() as s:
             review = s.scalars(select(Review)).one()
             assert (review.case_id, review.operator_id, review.verdict, review.corrected_label, review.note) == (
                 case_id,
@@ -346,7 +346,7 @@ def test_a_review_sent_after_the_session_ended_is_saved_after_logging_in_again(
             assert s.scalars(select(PendingReview)).all() == []
         # Used once: logging in again saves nothing more.
         assert login(c, *REVIEWER).headers["location"] == "/cases"
-        with session_scope(console_db_url) as s:
+        with session_factory(console_db_url).begin() as s:
             assert len(s.scalars(select(Review)).all()) == 1
 
 
@@ -356,7 +356,7 @@ def test_a_kept_review_is_saved_only_for_the_operator_who_wrote_it(monkeypatch, 
     with TestClient(app, follow_redirects=False) as c:
         assert _review_after_the_session_ended(monkeypatch, c, seeded.cases["a_high"]).status_code == 303
         assert login(c, *ADMIN).headers["location"] == "/cases"
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         assert s.scalars(select(Review)).all() == []
         assert s.scalars(select(PendingReview)).all() == []  # discarded, not left for anyone
     # Without a session naming an operator nothing is kept: the post is refused as before.

@@ -7,12 +7,12 @@ from sqlalchemy import select
 
 from console.auth import verify_password
 from skintriage.cli import main as cli
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import AuditEvent, Operator
 
 
 def operator(url: str, name: str) -> Operator | None:
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         return s.scalars(select(Operator).where(Operator.username == name)).one_or_none()
 
 
@@ -25,7 +25,7 @@ def test_add_with_a_password_file(sqlite_url, tmp_path, capsys):
     assert "operator 'dora' created with role admin" in out and "file-password-123" not in out
     dora = operator(sqlite_url, "dora")
     assert dora.role == "admin" and verify_password(dora.password_hash, "file-password-123")
-    with session_scope(sqlite_url) as s:
+    with session_factory(sqlite_url).begin() as s:
         assert s.scalars(select(AuditEvent.action)).all() == ["operator.created"]
 
 
@@ -72,7 +72,7 @@ def test_add_twice_fails_and_reset_sets_a_new_password_and_unlocks(sqlite_url, m
     assert cli(["operator", "add", "hana", "--url", sqlite_url]) == 0
     assert cli(["operator", "add", "hana", "--url", sqlite_url]) == 1
     assert "already exists" in capsys.readouterr().err
-    with session_scope(sqlite_url) as s:
+    with session_factory(sqlite_url).begin() as s:
         hana = s.scalars(select(Operator).where(Operator.username == "hana")).one()
         hana.failed_logins, hana.locked_until = 9, utcnow() + timedelta(hours=2)
     monkeypatch.setenv("SKINTRIAGE_OPERATOR_PASSWORD", "second-password-2")

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import AuditEvent, Review, utcnow
 from tests.console.session_helpers import csrf_of
 from tests.console.test_safety import add_reviews
@@ -21,7 +21,7 @@ def listed(html: str) -> list[int]:
 
 
 def audit_rows(url: str, action: str) -> list[AuditEvent]:
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         rows = s.scalars(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)).all()
         s.expunge_all()
     return list(rows)
@@ -50,7 +50,7 @@ def test_the_page_lists_exactly_that_patients_cases_newest_first_and_is_audited(
 def test_the_page_shows_tier_status_and_each_review(reviewer, seeded, console_db_url):
     c = seeded.cases
     add_reviews(console_db_url, seeded)
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         s.add(
             Review(
                 case_id=c["a_high"],
@@ -74,7 +74,7 @@ def test_the_page_shows_tier_status_and_each_review(reviewer, seeded, console_db
 def test_a_patient_without_cases_left_shows_none(reviewer, seeded, console_db_url):
     from skintriage.models import User
 
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         user = User(telegram_user_id=1003, chat_id=1003, language="de")
         s.add(user)
         s.flush()
@@ -123,5 +123,5 @@ def test_seeing_the_patient_page_ends_a_blinded_read_of_its_reviewed_cases(admin
         f"/cases/{c['a_medium']}/reviews", data={"csrf_token": csrf_of(page.text), "verdict": "agree", "read": "second"}
     )
     assert posted.status_code == 400
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         assert not s.scalars(select(Review).where(Review.blinded.is_(True))).all()

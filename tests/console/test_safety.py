@@ -16,7 +16,7 @@ from starlette.datastructures import QueryParams
 from console.filters import CaseFilter, FilterError, list_cases
 from console.safety import Proportion, cohen_kappa, compute_safety, wilson_interval
 from console.stats import compute_stats
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import Case, Operator, Review, utcnow
 from tests.console.seed import CURRENT, OLD, Seeded, seed
 
@@ -47,7 +47,7 @@ def add_reviews(url: str, seeded: Seeded) -> dict[str, int]:
     """
     c, ops = seeded.cases, dict(seeded.operators)
     t0 = utcnow() - timedelta(hours=5)
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         bea = Operator(username="bea", password_hash="not-a-hash")
         s.add(bea)
         s.flush()
@@ -97,7 +97,7 @@ def add_second_reads(url: str, seeded: Seeded, ops: dict[str, int]) -> None:
         ("a_medium", "adam", "agree", "OTHER"),
         ("a_low", "bea", "cannot_assess", None),
     ]
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         for minutes, (name, op, verdict, label) in enumerate(reads):
             s.add(
                 Review(
@@ -113,7 +113,7 @@ def add_second_reads(url: str, seeded: Seeded, ops: dict[str, int]) -> None:
 
 
 def filtered(url: str, query: str) -> set[int]:
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         return {c.id for c in list_cases(session=s, filters=CaseFilter.from_query(QueryParams(query))).cases}
 
 
@@ -143,12 +143,12 @@ def test_cohen_kappa_known_values_and_undefined_cases():
 def test_sensitivity_specificity_missed_and_breakdowns(seeded_db):
     url, seeded = seeded_db
     c = seeded.cases
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         empty = compute_safety(session=s, days=30)
     assert empty.judged == [] and empty.unreviewed == 5 and empty.overall[HIGH].sensitivity.interval is None
 
     add_reviews(url, seeded)
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         report = compute_safety(session=s, days=30)
     assert len(report.judged) == 5 and report.melanomas == 4
     assert (report.cannot_assess, report.unreviewed) == (0, 0)
@@ -188,7 +188,7 @@ def test_sensitivity_specificity_missed_and_breakdowns(seeded_db):
     assert filtered(url, "disagreement=any") == {c["b_high_old"], c["a_medium"], c["a_low"]}
     assert filtered(url, "disagreement=any&tier=HIGH") == {c["b_high_old"]}
     # A case whose reviewer cannot assess it gives no label and leaves the figures.
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         s.add(
             Review(
                 case_id=c["a_high"],
@@ -198,11 +198,11 @@ def test_sensitivity_specificity_missed_and_breakdowns(seeded_db):
                 created_at=utcnow(),
             )
         )
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         later = compute_safety(session=s, days=30)
     assert later.cannot_assess == 1 and len(later.judged) == 4 and later.overall[HIGH].tp == 0
     # Outside the period: a_low (10 days old) drops out of a 7-day report.
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         week = compute_safety(session=s, days=7)
     assert c["a_low"] not in {j.case_id for j in week.judged}
 
@@ -211,14 +211,14 @@ def test_second_reads_give_kappa_and_never_change_the_reference(seeded_db):
     url, seeded = seeded_db
     c = seeded.cases
     ops = add_reviews(url, seeded)
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         before = compute_safety(session=s, days=30)
         dashboard_before = compute_stats(session=s, days=30)
     assert before.second_reads.waiting == 5 and before.second_reads.kappa is None
     assert filtered(url, "view=second") == {c[n] for n in ("a_high", "b_high_old", "b_uncertain", "a_medium", "a_low")}
 
     add_second_reads(url, seeded, ops)
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         report = compute_safety(session=s, days=30)
         dashboard = compute_stats(session=s, days=30)
     reads = report.second_reads
@@ -257,11 +257,11 @@ def test_missed_melanomas_are_not_confused_by_a_missing_label(seeded_db):
     """Rows written with `agrees` alone (no corrected label) take the model's label, in Python and in SQL."""
     url, seeded = seeded_db
     c = seeded.cases
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         s.add(Review(case_id=c["a_medium"], agrees=True))  # agrees with OTHER: not a melanoma
         s.add(Review(case_id=c["a_low"], agrees=False, corrected_label="MEL"))
         assert s.scalar(select(Review.verdict).where(Review.case_id == c["a_medium"])) == "agree"
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         report = compute_safety(session=s, days=30)
     assert [m.case_id for m in report.missed] == [c["a_low"]]
     assert filtered(url, "disagreement=missed_mel") == {c["a_low"]}

@@ -10,7 +10,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import AuditEvent, OutboxMessage, Review
 from tests.console.session_helpers import csrf_of
 from tests.console.test_safety import add_reviews, textbook_wilson
@@ -112,7 +112,7 @@ def test_blinded_second_read_hides_the_first_review_and_is_stored_as_blinded(rev
     )
     assert saved.status_code == 303
     assert saved.headers["location"] == f"/cases/{case_id}?notice=reviewed#reviews"
-    with session_scope(admin_client.app.state.database_url) as s:
+    with session_factory(admin_client.app.state.database_url).begin() as s:
         rows = s.scalars(select(Review).where(Review.case_id == case_id).order_by(Review.id)).all()
         assert [(r.blinded, r.verdict, r.corrected_label) for r in rows] == [
             (False, "agree", "MEL"),
@@ -125,7 +125,7 @@ def test_blinded_second_read_hides_the_first_review_and_is_stored_as_blinded(rev
         ).all()
     assert details[0] == {"read": "second"}
     assert details[1]["blinded"] is True and details[1]["verdict"] == "disagree"
-    with session_scope(admin_client.app.state.database_url) as s:
+    with session_factory(admin_client.app.state.database_url).begin() as s:
         # The first review told the patient; the blinded read stays in the console.
         queued = s.scalars(select(OutboxMessage.review_id).where(OutboxMessage.case_id == case_id)).all()
     assert queued == [rows[0].id]
@@ -167,7 +167,7 @@ def test_second_read_is_refused_to_a_reader_who_has_seen_the_reviews(reviewer, a
     assert posted.status_code == 400
     assert "You have seen this case&#39;s reviews" in posted.text
     assert 'name="read" value="second"' not in posted.text  # the form offers an ordinary review now
-    with session_scope(admin_client.app.state.database_url) as s:
+    with session_factory(admin_client.app.state.database_url).begin() as s:
         assert s.scalars(select(Review.blinded).where(Review.case_id == c["b_high_old"])).all() == [False]
     bad = admin_client.post(
         f"/cases/{c['b_high_old']}/reviews",
@@ -181,10 +181,10 @@ def test_a_kept_review_keeps_its_second_read(console_db_url, seeded):
     from console.reviews import ReviewInput
 
     form = ReviewInput(verdict="disagree", corrected_label="NV", read="second")
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         token = keep_review(
             session=s, operator_id=seeded.operators["adam"], case_id=seeded.cases["a_high"], form=form, then=""
         )
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         kept = take_review(session=s, token=token, operator_id=seeded.operators["adam"], max_age_s=600)
     assert kept == (seeded.cases["a_high"], form, "")

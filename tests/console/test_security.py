@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import AuditEvent, Case, Operator, OutboxMessage, Review
 from tests.console.seed import ADMIN, REVIEWER
 from tests.console.session_helpers import csrf_of, login
@@ -61,7 +61,7 @@ def form_for(path: str) -> dict[str, str]:
 
 def state(url: str) -> tuple[int, int, int, int]:
     """Counts that a forbidden request must leave unchanged (reviews, messages, operators, active operators)."""
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         return (
             s.scalar(select(func.count()).select_from(Review)),
             s.scalar(select(func.count()).select_from(OutboxMessage)),
@@ -227,7 +227,7 @@ def test_case_images_are_served_to_operators_and_audited(reviewer, seeded, conso
         assert response.status_code == 200, kind
         assert response.headers["content-type"] == ("image/jpeg" if key.endswith(".jpg") else "image/png")
         assert "no-store" in response.headers["cache-control"]
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         events = s.scalars(select(AuditEvent).where(AuditEvent.action == "case.image_viewed")).all()
         assert {e.detail["kind"] for e in events} == {"photo", "overlay", "mask", "heatmap"}
         assert {e.case_id for e in events} == {seeded.cases["a_high"]}
@@ -271,7 +271,7 @@ AUDIT_FILTERS = ["action", "case_id", "operator_id", "date_from", "date_to", "pa
 
 
 def _intact(url: str) -> None:
-    with session_scope(url) as s:
+    with session_factory(url).begin() as s:
         assert s.scalar(select(func.count()).select_from(Case)) == 8
         assert s.scalar(select(func.count()).select_from(Operator)) == 2
 
@@ -357,7 +357,7 @@ def test_pages_carry_security_headers(reviewer, client):
 def test_passwords_are_stored_as_salted_argon2id_hashes(console_db_url):
     from console.auth import hash_password, verify_password
 
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         rita = s.scalars(select(Operator).where(Operator.username == REVIEWER[0])).one()
         assert rita.password_hash.startswith("$argon2id$")
         assert REVIEWER[1] not in rita.password_hash
@@ -384,7 +384,7 @@ def test_repeated_failed_logins_block_that_name_from_that_address_only(client, c
     # The right password does not get in from this address while it is blocked for this name.
     response = login(client, *REVIEWER)
     assert response.status_code == 429 and "Too many failed logins" in response.text
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         rita = s.get(Operator, seeded.operators["rita"])
         assert rita.locked_until is None  # the account itself is never locked
         actions = s.scalars(select(AuditEvent.action).where(AuditEvent.operator_id == rita.id)).all()
@@ -394,7 +394,7 @@ def test_repeated_failed_logins_block_that_name_from_that_address_only(client, c
 
 
 def test_deactivated_operator_cannot_log_in(client, console_db_url, seeded):
-    with session_scope(console_db_url) as s:
+    with session_factory(console_db_url).begin() as s:
         s.get(Operator, seeded.operators["rita"]).active = False
     response = login(client, *REVIEWER)
     assert response.status_code == 401 and "Wrong username or password." in response.text
@@ -421,7 +421,7 @@ def test_ids_at_the_edge_of_the_row_range_on_sqlite_and_postgres(db_url, console
     from console.app import create_app
     from console.operators import create_operator
 
-    with session_scope(db_url) as s:
+    with session_factory(db_url).begin() as s:
         create_operator(session=s, username=REVIEWER[0], password=REVIEWER[1])
     app = create_app(settings=console_settings, database_url=db_url, store=store)
     with TestClient(app, follow_redirects=False) as c:

@@ -81,8 +81,10 @@ def test_claim_is_exclusive_and_counts_attempts(db_url, store):
     with factory() as session:
         case_id = _case(session, store, _patient(session)).id
         session.commit()
-    with factory() as s1, factory() as s2:
+    # Each claim is a unit of work of its own (the service leaves the commit to its caller).
+    with factory.begin() as s1:
         first = cases.claim_for_processing(session=s1, case_id=case_id, max_attempts=3, stale_after_s=300, owner="h:1")
+    with factory.begin() as s2:
         second = cases.claim_for_processing(
             session=s2, case_id=case_id, max_attempts=3, stale_after_s=300, owner="other-host:2"
         )
@@ -98,17 +100,16 @@ def test_result_saved_once_and_delivery_claimed_once(db_url, store):
         case_id = _case(session, store, _patient(session)).id
         session.commit()
         cases.claim_for_processing(session=session, case_id=case_id, max_attempts=3, stale_after_s=300, owner="w:1")
-        fields = {"tier": "LOW", "label": "NV", "prob_mel": 0.1, "prob_nv": 0.8, "prob_other": 0.1}
-        assert cases.save_result(session=session, case_id=case_id, status=CaseStatus.DONE, fields=fields, owner="w:1")
+        result = cases.CaseResult(tier="LOW", label="NV", prob_mel=0.1, prob_nv=0.8, prob_other=0.1)
+        assert cases.save_result(session=session, case_id=case_id, result=result, owner="w:1")
         session.commit()
-        assert not cases.save_result(
-            session=session, case_id=case_id, status=CaseStatus.DONE, fields=fields, owner="w:1"
-        )
-    with factory() as s1, factory() as s2:
+        assert not cases.save_result(session=session, case_id=case_id, result=result, owner="w:1")
+    with factory.begin() as s1:
         assert cases.claim_delivery(session=s1, case_id=case_id) is not None
+    with factory.begin() as s2:
         assert cases.claim_delivery(session=s2, case_id=case_id) is None
+    with factory.begin() as s1:
         cases.mark_delivered(session=s1, case_id=case_id, message_id=5, text="answer")
-        s1.commit()
     with factory() as session:
         assert cases.claim_delivery(session=session, case_id=case_id) is None
         case = session.get(Case, case_id)

@@ -38,9 +38,7 @@ def test_mark_undeliverable_stops_the_sweeper_and_keeps_an_earlier_error(db_url,
 def test_mark_undeliverable_records_the_reason_on_a_done_case(db_url, store):
     with session_factory(db_url)() as session:
         case_id = claimed_case(session, store)
-        assert cases.save_result(
-            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:1"
-        )
+        assert cases.save_result(session=session, case_id=case_id, result=cases.CaseResult(tier="LOW"), owner="host:1")
         session.commit()
         cases.mark_undeliverable(session=session, case_id=case_id, reason="forbidden")
         session.commit()
@@ -53,9 +51,7 @@ def test_mark_undeliverable_records_the_reason_on_a_done_case(db_url, store):
 def test_flood_control_wait_holds_the_answer_from_the_retry_and_the_sweeper(db_url, store):
     with session_factory(db_url)() as session:
         case_id = claimed_case(session, store)
-        assert cases.save_result(
-            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:1"
-        )
+        assert cases.save_result(session=session, case_id=case_id, result=cases.CaseResult(tier="LOW"), owner="host:1")
         session.execute(update(Case).where(Case.id == case_id).values(finished_at=utcnow() - timedelta(minutes=10)))
         session.commit()
         assert cases.claim_delivery(session=session, case_id=case_id) is not None

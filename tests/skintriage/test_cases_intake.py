@@ -7,13 +7,13 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from skintriage import cases
-from skintriage.db import session_scope
+from skintriage.db import session_factory
 from skintriage.models import ProcessedUpdate, utcnow
 from skintriage.storage import StoredImage
 
 
 def test_update_seen_after_mark_update_processed(db_url: str) -> None:
-    with session_scope(db_url) as session:
+    with session_factory(db_url).begin() as session:
         assert not cases.update_seen(session=session, chat_id=5001, message_id=77)
         assert cases.mark_update_processed(session=session, chat_id=5001, message_id=77, update_id=900)
         assert cases.update_seen(session=session, chat_id=5001, message_id=77)
@@ -23,7 +23,7 @@ def test_update_seen_after_mark_update_processed(db_url: str) -> None:
 
 def test_restarted_update_ids_do_not_hide_a_new_message(db_url: str) -> None:
     """Telegram may start update ids again: a new message under an old update id is still new."""
-    with session_scope(db_url) as session:
+    with session_factory(db_url).begin() as session:
         assert cases.mark_update_processed(session=session, chat_id=5001, message_id=10, update_id=900)
         assert not cases.update_seen(session=session, chat_id=5001, message_id=11)
         assert cases.mark_update_processed(session=session, chat_id=5001, message_id=11, update_id=900)
@@ -31,7 +31,7 @@ def test_restarted_update_ids_do_not_hide_a_new_message(db_url: str) -> None:
 
 
 def test_handled_messages_older_than_a_week_are_pruned(db_url: str) -> None:
-    with session_scope(db_url) as session:
+    with session_factory(db_url).begin() as session:
         assert cases.mark_update_processed(session=session, chat_id=5001, message_id=1)
         assert cases.mark_update_processed(session=session, chat_id=5001, message_id=2)
         session.execute(
@@ -44,7 +44,7 @@ def test_handled_messages_older_than_a_week_are_pruned(db_url: str) -> None:
 
 def test_find_recent_same_file_is_per_patient_and_within_the_window(db_url: str) -> None:
     image = StoredImage(key="photo/ab/" + "ab" * 32 + ".jpg", sha256="ab" * 32, size=10)
-    with session_scope(db_url) as session:
+    with session_factory(db_url).begin() as session:
         alice = cases.get_or_create_user(session=session, telegram_user_id=1, chat_id=1, language="en")
         bob = cases.get_or_create_user(session=session, telegram_user_id=2, chat_id=2, language="en")
         case = cases.create_case(session=session, user=alice, image=image, file_unique_id="AQADxyz")

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from skintriage import cases
 from skintriage.db import session_factory
 from skintriage.models import AuditEvent, Case, CaseStatus, utcnow
-from tests.factories import claimed_case
+from tests.factories import claimed_case, lesion_photo
 
 
 def test_release_for_retry_keeps_the_attempt_by_default(db_url, store):
@@ -67,9 +67,7 @@ def _failed_audits(session, case_id: int) -> list[str]:
 def test_slow_worker_cannot_fail_a_case_the_new_owner_finished(db_url, store):
     with session_factory(db_url)() as session:
         case_id = _taken_over(session, store)
-        assert cases.save_result(
-            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:2"
-        )
+        assert cases.save_result(session=session, case_id=case_id, result=cases.CaseResult(tier="LOW"), owner="host:2")
         session.commit()
         assert not cases.mark_failed(session=session, case_id=case_id, error_code="pipeline_error", owner="host:1")
         session.commit()
@@ -87,9 +85,7 @@ def test_slow_worker_cannot_fail_a_case_the_new_owner_is_working_on(db_url, stor
         case = session.get(Case, case_id)
         session.refresh(case)
         assert (case.status, case.processing_owner) == (CaseStatus.PROCESSING, "host:2")
-        assert cases.save_result(
-            session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"}, owner="host:2"
-        )
+        assert cases.save_result(session=session, case_id=case_id, result=cases.CaseResult(tier="LOW"), owner="host:2")
         session.commit()
         assert _failed_audits(session, case_id) == []
 
@@ -119,17 +115,14 @@ def test_save_result_stores_the_lesion_measurements_as_json(db_url, store):
     measured = measure_lesion(mask, rgb).to_dict()
     with session_factory(db_url)() as session:
         case_id = claimed_case(session, store)
-        fields = {"tier": "LOW", "label": "NV", "lesion_area_px": measured["area_px"], "measurements": measured}
-        assert cases.save_result(
-            session=session, case_id=case_id, status=CaseStatus.DONE, fields=fields, owner="host:1"
-        )
+        result = cases.CaseResult(tier="LOW", label="NV", lesion_area_px=measured["area_px"], measurements=measured)
+        assert cases.save_result(session=session, case_id=case_id, result=result, owner="host:1")
         session.commit()
         rejected_id = claimed_case(session, store, owner="host:2")
         assert cases.save_result(
             session=session,
             case_id=rejected_id,
-            status=CaseStatus.REJECTED,
-            fields={"tier": "RETAKE", "retake_reason": "blurry"},
+            result=cases.CaseResult(tier="RETAKE", retake_reason="blurry"),
             owner="host:2",
         )
         session.commit()
@@ -138,3 +131,20 @@ def test_save_result_stores_the_lesion_measurements_as_json(db_url, store):
         assert case.measurements == measured
         assert case.measurements["colours"] == ["light_brown"] and case.measurements["touches_border"] is False
         assert session.get(Case, rejected_id).measurements is None
+
+
+def test_a_result_finishes_its_case_by_tier_and_keeps_what_it_does_not_know(db_url, store):
+    with session_factory(db_url)() as session:
+        user = cases.get_or_create_user(session=session, telegram_user_id=2002, chat_id=2002, language="en")
+        case = cases.create_case(session=session, user=user, image=store.put(lesion_photo(64, 48)), width=64, height=48)
+        session.commit()
+        cases.claim_for_processing(session=session, case_id=case.id, max_attempts=3, stale_after_s=300, owner="w:1")
+        session.commit()
+        result = cases.CaseResult(tier="RETAKE", retake_reason="blurry")
+        assert result.status == CaseStatus.REJECTED and cases.CaseResult(tier="HIGH").status == CaseStatus.DONE
+        assert cases.save_result(session=session, case_id=case.id, result=result, owner="w:1")
+        session.commit()
+        session.refresh(case)
+        # The photo's size measured at intake stays; no image keys or measurements are invented.
+        assert (case.status, case.image_width, case.image_height) == (CaseStatus.REJECTED, 64, 48)
+        assert (case.mask_key, case.overlay_key, case.retake_reason) == (None, None, "blurry")

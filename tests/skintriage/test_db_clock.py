@@ -15,7 +15,7 @@ import pytest
 from skintriage import cases, leases
 from skintriage.db import session_factory
 from skintriage.exceptions import AlreadyRunning
-from skintriage.models import Case, CaseStatus, utcnow
+from skintriage.models import Case, utcnow
 from skintriage.storage import LocalImageStore
 from tests.factories import lesion_photo
 
@@ -28,7 +28,7 @@ def _new_case(session, tmp_path, *, seed: int = 0) -> Case:
     user = cases.get_or_create_user(session=session, telegram_user_id=3001, chat_id=3001, language="en")
     image = LocalImageStore(tmp_path / "images").put(lesion_photo(64, 48, seed=seed))
     case = cases.create_case(session=session, user=user, image=image)
-    session.commit()
+    session.flush()
     return case
 
 
@@ -54,12 +54,12 @@ def test_database_now_is_the_servers_clock_even_when_ours_is_off(pg_url: str, sk
 
 def test_a_bot_whose_clock_runs_ahead_does_not_take_a_live_lease(pg_url: str, skew_clock) -> None:
     sessions = session_factory(pg_url)
-    with sessions() as session:
+    with sessions.begin() as session:
         leases.acquire(session=session, name="bot", holder="host-a:100", ttl_s=30)
     skew_clock()
-    with sessions() as session, pytest.raises(AlreadyRunning):
+    with sessions.begin() as session, pytest.raises(AlreadyRunning):
         leases.acquire(session=session, name="bot", holder="host-b:200", ttl_s=30)
-    with sessions() as session:
+    with sessions.begin() as session:
         # host-a renews from its machine; the lease's end is the database's now + TTL, not an hour away.
         assert leases.renew(session=session, name="bot", holder="host-a:100", ttl_s=30)
         row = session.get(leases.ServiceLease, "bot")
@@ -68,14 +68,14 @@ def test_a_bot_whose_clock_runs_ahead_does_not_take_a_live_lease(pg_url: str, sk
 
 def test_a_worker_whose_clock_runs_ahead_does_not_take_over_a_live_claim(pg_url: str, skew_clock, tmp_path) -> None:
     sessions = session_factory(pg_url)
-    with sessions() as session:
+    with sessions.begin() as session:
         case_id = _new_case(session, tmp_path).id
         first = cases.claim_for_processing(
             session=session, case_id=case_id, max_attempts=3, stale_after_s=300, owner="host-a:1"
         )
         assert first.outcome == cases.Claim.CLAIMED
     skew_clock()
-    with sessions() as session:
+    with sessions.begin() as session:
         second = cases.claim_for_processing(
             session=session, case_id=case_id, max_attempts=3, stale_after_s=300, owner="host-b:2"
         )
@@ -85,17 +85,17 @@ def test_a_worker_whose_clock_runs_ahead_does_not_take_over_a_live_claim(pg_url:
 
 def test_a_sweeper_whose_clock_runs_ahead_leaves_fresh_work_alone(pg_url: str, skew_clock, tmp_path) -> None:
     sessions = session_factory(pg_url)
-    with sessions() as session:
+    with sessions.begin() as session:
         queued = _new_case(session, tmp_path, seed=1)
         finished = _new_case(session, tmp_path, seed=2)
         cases.mark_queued(session=session, case_id=queued.id)
         claim = cases.claim_for_processing(session=session, case_id=finished.id, max_attempts=3, stale_after_s=300)
         assert claim.outcome == cases.Claim.CLAIMED
-        assert cases.save_result(session=session, case_id=finished.id, status=CaseStatus.DONE, fields={"tier": "LOW"})
-        session.commit()
+        assert cases.save_result(session=session, case_id=finished.id, result=cases.CaseResult(tier="LOW"))
+    with sessions.begin() as session:
         assert cases.claim_delivery(session=session, case_id=finished.id) is not None
     skew_clock()
-    with sessions() as session:
+    with sessions.begin() as session:
         plan = cases.find_stuck(session=session, stuck_after_s=300)
         assert queued.id not in plan.to_process and finished.id not in plan.to_deliver
         # Nor does a reply job on that machine take the answer another job is sending.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from skintriage import cases
-from skintriage.models import CaseStatus
+from skintriage.db import session_factory
 from tests.stack import PATIENT_ID
 
 pytestmark = pytest.mark.slow
@@ -20,11 +20,13 @@ def test_a_job_carrying_a_sent_answer_records_it_and_sends_nothing(stack) -> Non
     from worker.tasks import deliver_case
 
     case_id = stack.new_case()
-    with stack.session() as session:
+    sessions = session_factory(stack.settings.resolved_database_url)
+    with sessions.begin() as session:
         claim = cases.claim_for_processing(session=session, case_id=case_id, max_attempts=3, stale_after_s=300)
         assert claim.outcome == cases.Claim.CLAIMED
-        assert cases.save_result(session=session, case_id=case_id, status=CaseStatus.DONE, fields={"tier": "LOW"})
-        session.commit()
+    with sessions.begin() as session:
+        assert cases.save_result(session=session, case_id=case_id, result=cases.CaseResult(tier="LOW"))
+    with sessions.begin() as session:
         assert cases.claim_delivery(session=session, case_id=case_id) is not None  # the first run's claim
     seen = stack.client.last_seq()
 

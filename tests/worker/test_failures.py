@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from ml.errors import InvalidImageError, ModelUnavailableError
-from skintriage.exceptions import ImageNotFound, InfrastructureError, InvalidKey, StorageError
+from skintriage.exceptions import AnswerWithdrawn, ImageNotFound, InfrastructureError, InvalidKey, StorageError
 from skintriage.vocabulary import RetakeReason
 from worker.failures import Failure, classify
 
@@ -73,3 +73,30 @@ def test_a_bad_photo_or_a_bug_it_triggers_is_never_retried(tmp_path) -> None:
         duplicate,
     ):
         assert classify(exc) is Failure.BAD_INPUT, exc
+
+
+def test_send_failures_mean_the_same_for_an_answer_and_an_outbox_message() -> None:
+    from datetime import timedelta
+
+    from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError, TimedOut
+
+    from worker.failures import Send, send_failure
+
+    expected = {
+        AnswerWithdrawn("case 3 was deleted while its answer was on its way"): (Send.WITHDRAWN, "withdrawn", None),
+        Forbidden("bot was blocked by the user"): (Send.REFUSED, "forbidden", None),
+        BadRequest("chat not found"): (Send.REFUSED, "bad_request", None),
+        RetryAfter(timedelta(seconds=7)): (Send.WAIT, "retry_after", 7.0),
+        InvalidToken(): (Send.RETRY, "invalid_token", None),
+        TimedOut(): (Send.RETRY, "timed_out", None),
+        NetworkError("Bad Gateway"): (Send.RETRY, "network", None),
+        TelegramError("something else"): (Send.RETRY, "telegram", None),
+        StorageError("S3 timed out"): (Send.RETRY, "storage", None),
+        OperationalError("SELECT 1", {}, Exception("server closed the connection")): (Send.RETRY, "database", None),
+    }
+    for exc, (action, reason, wait_s) in expected.items():
+        failure = send_failure(exc)
+        assert failure is not None and (failure.action, failure.reason, failure.wait_s) == (action, reason, wait_s)
+    # A bug is no send failure: it goes up.
+    assert send_failure(KeyError("chat_id")) is None
+    assert send_failure(ImageNotFound("gone")) is not None  # the image store's errors are retried, as before
