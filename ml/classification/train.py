@@ -458,21 +458,10 @@ def _jsonable(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, select by validation, calibrate, pick the melanoma threshold, export weights and card."""
-    from tqdm import tqdm
-
-    settings = resolve_settings(args)
-    size = parse_size(args.size)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    run_dir = Path(args.run_dir or f"runs/cls-{args.input}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
+def load_data(
+    args: argparse.Namespace, *, settings: dict[str, Any], size: tuple[int, int], run_dir: Path
+) -> tuple[dict[str, Arrays], str]:
+    """The cached train/val/test arrays (train larger for strong augmentation), clinical photos added; split hash."""
     split, digest = load_or_make_split(args.data, args.split_csv, seed=args.seed)
     margin = args.crop_margin
     tag = f"{args.input}-m{margin:g}" if args.input == "crop" else args.input
@@ -512,7 +501,53 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         *size,
     )
 
-    resolve_init(args)
+    return data, digest
+
+
+def _resume(last_path: Path, *, digest: str, model: nn.Module, optimizer, ema, device: torch.device) -> dict[str, Any]:
+    """Load RUN_DIR/last.pt into the model, optimizer and EMA; the saved training state."""
+    ckpt = torch.load(last_path, map_location=device, weights_only=True)
+    if ckpt["labels"] != list(LABELS) or ckpt["split_hash"] != digest:
+        raise ValueError(f"{last_path} was trained with another label order or split; use a new --run-dir")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
+    log.info("resumed from %s at epoch %d", last_path, ckpt["state"]["epoch"])
+    return ckpt["state"]
+
+
+def epoch_order(labels: np.ndarray, *, balance: str, seed: int) -> np.ndarray:
+    """The training photos' order for one epoch: a permutation, or a class-balanced draw with replacement."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    if balance == "sampler":
+        p = 1.0 / np.bincount(labels)[labels]
+        return rng.choice(n, size=n, replace=True, p=p / p.sum())
+    return rng.permutation(n)
+
+
+def _checkpoint(
+    args: argparse.Namespace, *, model, ema, optimizer, state, settings, size, digest: str
+) -> dict[str, Any]:
+    """What RUN_DIR/last.pt holds: enough to resume, and to know what was trained on what."""
+    return {
+        "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "state": state,
+        "args": _jsonable(args),
+        "settings": settings,
+        "labels": list(LABELS),
+        "input_size": list(size),
+        "input_variant": args.input,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "split_hash": digest,
+    }
+
+
+def build_training(args: argparse.Namespace, settings: dict[str, Any], train_labels: np.ndarray, device):
+    """The network (from --weights or --init-from), its weight average, optimizer, loss scaler and loss."""
     model = init_model(args.weights, allow_download=not args.no_download, arch=args.arch).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -523,10 +558,67 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(settings["ema"]), use_buffers=True)
     optimizer = make_optimizer(model, settings)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    weights = torch.tensor(class_weights(data["train"].labels), dtype=torch.float32, device=device)
+    weights = torch.tensor(class_weights(train_labels), dtype=torch.float32, device=device)
     criterion = nn.CrossEntropyLoss(
         weight=weights if settings["balance"] == "loss" else None, label_smoothing=settings["label_smoothing"]
     )
+    return model, ema, optimizer, scaler, criterion
+
+
+def train_step(model, ema, optimizer, scaler, criterion, x, y, *, device: torch.device, cpu_bf16: bool) -> float:
+    """One optimisation step on a batch (the learning rate already set); the batch's loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(device, cpu_bf16):
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    if not torch.isfinite(loss):
+        return float(loss.item())
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    if ema is not None:
+        ema.update_parameters(model)
+    return float(loss.item())
+
+
+def _log_epoch(report: dict[str, float], *, target_sensitivity: float, improved: bool) -> None:
+    log.info(
+        "epoch %d  train_loss %.4f  val_loss %.4f  bacc %.3f  acc %.3f  mel_auc %.3f  spec@%.2f %.3f  "
+        "lr %.2e  %.1f min%s%s",
+        report["epoch"],
+        report["train_loss"],
+        report["val_loss"],
+        report["balanced_accuracy"],
+        report["accuracy"],
+        report["mel_auc"],
+        target_sensitivity,
+        report["mel_spec_at_target"],
+        report["lr"],
+        report["minutes"],
+        f"  pad_val_mel_auc {report['pad_val_mel_auc']:.3f}" if "pad_val_mel_auc" in report else "",
+        "  *best" if improved else "",
+    )
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, select by validation, calibrate, pick the melanoma threshold, export weights and card."""
+    from tqdm import tqdm
+
+    settings = resolve_settings(args)
+    size = parse_size(args.size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    run_dir = Path(args.run_dir or f"runs/cls-{args.input}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    data, digest = load_data(args, settings=settings, size=size, run_dir=run_dir)
+
+    resolve_init(args)
+    model, ema, optimizer, scaler, criterion = build_training(args, settings, data["train"].labels, device)
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
     augment = TrainAugment(size, strength=settings["augment"], seed=args.seed)
 
@@ -548,15 +640,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     }
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if args.resume and last_path.is_file():
-        ckpt = torch.load(last_path, map_location=device, weights_only=True)
-        if ckpt["labels"] != list(LABELS) or ckpt["split_hash"] != digest:
-            raise ValueError(f"{last_path} was trained with another label order or split; use a new --run-dir")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        state.update(ckpt["state"])
-        log.info("resumed from %s at epoch %d", last_path, state["epoch"])
+        state.update(_resume(last_path, digest=digest, model=model, optimizer=optimizer, ema=ema, device=device))
 
     started = time.monotonic() - state["elapsed_s"]
 
@@ -574,12 +658,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     while state["epoch"] < settings["epochs"]:
         epoch = state["epoch"]
         model.train()
-        rng = np.random.default_rng(args.seed + epoch)
-        if settings["balance"] == "sampler":
-            p = 1.0 / np.bincount(data["train"].labels)[data["train"].labels]
-            order = rng.choice(n_train, size=n_train, replace=True, p=p / p.sum())
-        else:
-            order = rng.permutation(n_train)
+        order = epoch_order(data["train"].labels, balance=settings["balance"], seed=args.seed + epoch)
         running, seen = 0.0, 0
         out_of_time = False
         bar = tqdm(
@@ -599,19 +678,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             factor = lr_factor(progress(state["step"]), schedule=settings["schedule"], warmup=settings["warmup"])
             for group in optimizer.param_groups:
                 group["lr"] = settings["lr"] * factor
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_context(device, args.cpu_bf16):
-                logits = model(x)
-            loss = criterion(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {state['step']}; lower --lr")
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update_parameters(model)
+            loss = train_step(model, ema, optimizer, scaler, criterion, x, y, device=device, cpu_bf16=args.cpu_bf16)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {state['step']}; lower --lr")
             state["step"] += 1
-            running += loss.item() * len(idx)
+            running += loss * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{settings['lr'] * factor:.2e}", refresh=False)
             if budget_s and elapsed() >= budget_s:
@@ -636,37 +707,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         state["epoch"] = epoch + 1
         state["elapsed_s"] = elapsed()
         _save_atomic(
-            {
-                "model": model.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "state": state,
-                "args": _jsonable(args),
-                "settings": settings,
-                "labels": list(LABELS),
-                "input_size": list(size),
-                "input_variant": args.input,
-                "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-                "split_hash": digest,
-            },
+            _checkpoint(args, model=model, ema=ema, optimizer=optimizer, state=state, settings=settings, size=size,
+                        digest=digest),
             last_path,
-        )
-        log.info(
-            "epoch %d  train_loss %.4f  val_loss %.4f  bacc %.3f  acc %.3f  mel_auc %.3f  spec@%.2f %.3f  "
-            "lr %.2e  %.1f min%s%s",
-            epoch + 1,
-            report["train_loss"],
-            report["val_loss"],
-            report["balanced_accuracy"],
-            report["accuracy"],
-            report["mel_auc"],
-            args.target_sensitivity,
-            report["mel_spec_at_target"],
-            report["lr"],
-            report["minutes"],
-            f"  pad_val_mel_auc {report['pad_val_mel_auc']:.3f}" if "pad_val_mel_auc" in report else "",
-            "  *best" if improved else "",
-        )
+        )  # fmt: skip
+        _log_epoch(report, target_sensitivity=args.target_sensitivity, improved=improved)
         if out_of_time:
             stop_reason = f"time budget {args.max_minutes:g} min"
             break
