@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from skintriage.models import AuditEvent, Operator, OperatorRole, utcnow
 log = logging.getLogger(__name__)
 
 PASSWORD_MIN_LENGTH = 10
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 SESSION_COOKIE = "skintriage_console"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
@@ -77,13 +75,6 @@ def check_new_password(password: str, *, username: str) -> None:
         raise ValueError(f"password too short: use at least {PASSWORD_MIN_LENGTH} characters")
     if password.strip().lower() == username.strip().lower():
         raise ValueError("password equals the username; choose another one")
-
-
-def check_username(username: str) -> str:
-    """Return the username or raise ValueError when it has characters the console does not accept."""
-    if not USERNAME_RE.fullmatch(username):
-        raise ValueError("username must be 2-64 characters of letters, digits and . _ @ -")
-    return username
 
 
 def password_fingerprint(password_hash: str) -> str:

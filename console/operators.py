@@ -13,12 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from console.auth import check_new_password, check_username, hash_password
-from skintriage.cases import audit
+from console.auth import check_new_password, hash_password
+from skintriage import operators
 from skintriage.db import session_factory
 from skintriage.models import Operator, OperatorRole
 from skintriage.settings import get_settings
@@ -28,53 +27,25 @@ log = logging.getLogger(__name__)
 PASSWORD_ENV = "SKINTRIAGE_OPERATOR_PASSWORD"
 
 
-class OperatorExists(ValueError):
-    """An operator with that username already exists."""
-
-
 def create_operator(
     *, session: Session, username: str, password: str, role: str = OperatorRole.REVIEWER, created_by: int | None = None
 ) -> Operator:
     """Create an operator with a hashed password; ValueError for a bad name, role or weak password."""
-    check_username(username)
-    if role not in set(OperatorRole):
-        raise ValueError(f"role must be one of {[r.value for r in OperatorRole]}, got {role!r}")
+    operators.check_username(username)
+    operators.check_role(role)
     check_new_password(password, username=username)
-    if session.scalar(select(Operator.id).where(Operator.username == username)) is not None:
-        raise OperatorExists(f"operator {username!r} already exists; use --reset to set a new password")
-    operator = Operator(username=username, password_hash=hash_password(password), role=role, active=True)
-    session.add(operator)
-    session.flush()
-    audit(
-        session=session,
-        actor="operator" if created_by else "system",
-        action="operator.created",
-        operator_id=created_by,
-        detail={"operator": operator.id, "role": role},
+    return operators.create_operator(
+        session=session, username=username, password_hash=hash_password(password), role=role, created_by=created_by
     )
-    return operator
 
 
 def reset_operator(*, session: Session, username: str, password: str, role: str | None = None) -> Operator:
-    """Set a new password (and optionally role) for an existing operator and reactivate them.
-
-    The failed-login counter and lock-out columns are cleared too; login no longer sets them (failed logins
-    are throttled per address and username, console.throttle), but rows from before may still hold them.
-    """
-    operator = session.scalar(select(Operator).where(Operator.username == username))
-    if operator is None:
-        raise ValueError(f"no operator {username!r}; drop --reset to create one")
+    """Set a new password (and optionally role) for an existing operator and reactivate them (skintriage.operators)."""
+    operator = operators.find_operator(session=session, username=username)
     check_new_password(password, username=username)
-    if role is not None:
-        if role not in set(OperatorRole):
-            raise ValueError(f"role must be one of {[r.value for r in OperatorRole]}, got {role!r}")
-        operator.role = role
-    operator.password_hash = hash_password(password)
-    operator.failed_logins = 0
-    operator.locked_until = None
-    operator.active = True
-    audit(session=session, actor="system", action="operator.reset", detail={"operator": operator.id})
-    return operator
+    return operators.reset_operator(
+        session=session, operator=operator, password_hash=hash_password(password), role=role
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,18 +1,18 @@
-"""Operators' verdicts on cases and their follow-up messages to patients (both audited)."""
+"""The review form and the follow-up message as the console shows and checks them.
+
+The domain stores them: skintriage.reviews (the review and its audit event), skintriage.outbox (the messages to
+the patient).
+"""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from skintriage.cases import audit
-from skintriage.models import AuditEvent, Case, Operator, OutboxMessage, Review
+from skintriage.models import AuditEvent, Case, Operator, Review
 from skintriage.vocabulary import LABELS, REVIEW_VERDICTS, BookingAnswer, OutboxKind, ReviewVerdict
-
-log = logging.getLogger(__name__)
 
 # How each verdict reads on the case page, the dashboard and the audit log.
 VERDICT_WORDS: dict[str, str] = {
@@ -126,94 +126,3 @@ def validate_message(text: str, *, required: bool = True) -> list[str]:
     if len(text) > MESSAGE_MAX:
         return [f"The message is longer than {MESSAGE_MAX} characters."]
     return []
-
-
-def record_review(*, session: Session, case: Case, operator: Operator, form: ReviewInput) -> Review:
-    """Store a validated review and audit it (the caller commits)."""
-    review = Review(
-        case_id=case.id,
-        operator_id=operator.id,
-        agrees=form.verdict == ReviewVerdict.AGREE,
-        verdict=form.verdict,
-        corrected_label=form.corrected_label or (case.label if form.verdict == ReviewVerdict.AGREE else None),
-        urgency=form.urgency or None,
-        note=form.note.strip() or None,
-        blinded=form.read == SECOND_READ,
-    )
-    session.add(review)
-    session.flush()
-    audit(
-        session=session,
-        actor="operator",
-        action="case.reviewed",
-        case_id=case.id,
-        operator_id=operator.id,
-        detail={
-            "review_id": review.id,
-            "verdict": review.verdict,
-            "agrees": review.agrees,
-            "model_label": case.label,
-            "corrected_label": review.corrected_label,
-            "urgency": review.urgency,
-            "blinded": review.blinded,
-        },
-    )
-    return review
-
-
-def create_review_message(
-    *, session: Session, case: Case, operator: Operator, review: Review, words: str = ""
-) -> OutboxMessage:
-    """Queue the review's message to the patient (with the reviewer's optional words), audited; the caller commits,
-    then enqueues it.
-
-    Every verdict reaches the patient: an agreement confirms the advice, a disagreement gives the new advice, a
-    "cannot assess" says so and what to do. The text is composed in the patient's language when it is sent
-    (bot.followups), from the review as it is then.
-    """
-    return _queue(session=session, case=case, operator=operator, kind=OutboxKind.REVIEW, text=words, review=review)
-
-
-def create_followup(*, session: Session, case: Case, operator: Operator, text: str) -> OutboxMessage:
-    """Queue a clinician's own words for the case's patient, audited; the caller commits, then enqueues it.
-
-    The patient reads them with the case number, "a clinician of the service" and the disclaimer (bot.followups).
-    """
-    return _queue(session=session, case=case, operator=operator, kind=OutboxKind.FOLLOWUP, text=text)
-
-
-def _queue(
-    *, session: Session, case: Case, operator: Operator, kind: str, text: str, review: Review | None = None
-) -> OutboxMessage:
-    user = case.user
-    message = OutboxMessage(
-        user_id=user.id,
-        case_id=case.id,
-        operator_id=operator.id,
-        review_id=review.id if review is not None else None,
-        chat_id=user.chat_id,
-        kind=kind,
-        text=text.strip(),
-    )
-    session.add(message)
-    session.flush()
-    # Ids and the language only: the text itself stays out of the audit log.
-    audit(
-        session=session,
-        actor="operator",
-        action="message.queued",
-        case_id=case.id,
-        operator_id=operator.id,
-        detail={"message_id": message.id, "kind": kind, "language": user.language, "chars": len(message.text)},
-    )
-    return message
-
-
-def enqueue_followup(message_id: int) -> bool:
-    """Hand a committed message to the bot's reply queue; False leaves it to the sweeper."""
-    from skintriage.queueing import enqueue_outbox
-
-    queued = enqueue_outbox(message_id)
-    if not queued:
-        log.warning("reply queue unreachable; outbox message %s waits for the sweeper", message_id)
-    return queued

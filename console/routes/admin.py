@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from console.deps import MAX_ROW_ID, DbId, get_db, render, require_admin, require_csrf
 from console.operators import create_operator
-from skintriage.cases import audit
+from skintriage import operators as accounts
 from skintriage.models import AuditEvent, Operator, OperatorRole
 
 router = APIRouter()
@@ -177,15 +177,7 @@ def unlock_operator(
         addresses = _blocked_addresses(request, db, {target.username}).get(target.username, [])
         for address in addresses:
             request.app.state.login_limiter.clear(address, target.username)
-        target.failed_logins = 0
-        target.locked_until = None
-        audit(
-            session=db,
-            actor="operator",
-            action="operator.unlocked",
-            operator_id=operator.id,
-            detail={"operator": target.id, "addresses": addresses},
-        )
+        accounts.unlock_operator(session=db, target=target, by=operator, addresses=addresses)
         db.commit()
     return RedirectResponse("/admin/operators", status_code=303)
 
@@ -204,13 +196,6 @@ def set_active(
         return RedirectResponse("/admin/operators", status_code=303)
     if target.id == operator.id:
         return _operators_page(request, db, error="You cannot deactivate yourself.", status_code=400)
-    target.active = active == "1"
-    audit(
-        session=db,
-        actor="operator",
-        action="operator.activated" if target.active else "operator.deactivated",
-        operator_id=operator.id,
-        detail={"operator": target.id},
-    )
+    accounts.set_active(session=db, target=target, by=operator, active=active == "1")
     db.commit()
     return RedirectResponse("/admin/operators", status_code=303)

@@ -37,10 +37,6 @@ from console.reviews import (
     URGENCIES,
     VERDICT_WORDS,
     ReviewInput,
-    create_followup,
-    create_review_message,
-    enqueue_followup,
-    record_review,
     second_read_problem,
     validate_message,
     validate_review,
@@ -49,6 +45,8 @@ from ml.triage.policy import PolicyConfig
 from ml.triage.red_flags import QUESTIONS, UNMAPPED, AnsweredTier, answered_tier
 from skintriage.cases import audit
 from skintriage.models import Case, CaseStatus, Operator, OutboxMessage, Review, utcnow
+from skintriage.outbox import create_followup, create_review_message, enqueue_followup
+from skintriage.reviews import record_review
 from skintriage.settings import Settings
 from skintriage.vocabulary import LABELS, Tier
 
@@ -409,7 +407,16 @@ def save_review(
     following = None
     if then == "next":
         following = next_in_queue(session=db, after=case.id, lane=lane_of(case), operator_id=operator.id)
-    review = record_review(session=db, case=case, operator=operator, form=form)
+    review = record_review(
+        session=db,
+        case=case,
+        operator=operator,
+        verdict=form.verdict,
+        corrected_label=form.corrected_label,
+        urgency=form.urgency,
+        note=form.note,
+        blinded=form.read == SECOND_READ,
+    )
     release_claim(session=db, case=case, operator=operator)
     # The patient hears of every first review, with the reviewer's words when there are any (bot.followups).
     # A blinded second read measures agreement between reviewers; it stays in the console.

@@ -15,10 +15,12 @@ from bot.answers import compose, visible
 from bot.followups import compose as compose_outbox
 from bot.i18n import Texts
 from console.operators import create_operator
-from console.reviews import ReviewInput, create_followup, create_review_message, record_review
+from console.reviews import SECOND_READ, ReviewInput
 from devtools.local_api import buttons
 from skintriage import booking, cases
 from skintriage.models import Case, CaseStatus, OutboxMessage, Review, User, utcnow
+from skintriage.outbox import create_followup, create_review_message
+from skintriage.reviews import record_review
 from tests.bot.test_conversation import send_photo_and_wait_ack
 from tests.bot.test_one_voice import deliver, finish
 from tests.factories import lesion_photo
@@ -53,7 +55,16 @@ def review(h, case_id: int, form: ReviewInput, username: str = "rita") -> int:
     with h.session() as session:
         operator = create_operator(session=session, username=username, password="reviewer-password-1")
         case = session.get(Case, case_id)
-        saved = record_review(session=session, case=case, operator=operator, form=form)
+        saved = record_review(
+            session=session,
+            case=case,
+            operator=operator,
+            verdict=form.verdict,
+            corrected_label=form.corrected_label,
+            urgency=form.urgency,
+            note=form.note,
+            blinded=form.read == SECOND_READ,
+        )
         message = create_review_message(session=session, case=case, operator=operator, review=saved, words=form.message)
         session.commit()
         return message.id
