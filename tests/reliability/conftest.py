@@ -361,12 +361,21 @@ class Service:
         assert len(answer_ids) == 1
         first = next(e for e in self.messages(chat_id, since=since) if e["message_id"] == case.reply_message_id)
         shown = first.get("caption") or first.get("text") or ""
-        body = [e for e in self.messages(chat_id, since=since) if e["seq"] >= first["seq"]]
+        # A LOW or MEDIUM answer is followed by the re-check reminder offer (a follow-up of its own, offered once).
+        offers = [e for e in seen if f"reminder:yes:{case_id}" in _callbacks(e)]
+        assert len(offers) <= 1, f"case {case_id}: the re-check reminder was offered {len(offers)} times"
+        body = [e for e in self.messages(chat_id, since=since) if e["seq"] >= first["seq"] and e not in offers]
         expected = 1 if shown == case.reply_text else 2
         copies = [e for e in self.messages(chat_id, since=since) if (e.get("caption") or e.get("text")) == shown]
         assert len(copies) == 1, f"case {case_id}: the answer was sent {len(copies)} times"
         assert len(body) == expected, f"case {case_id}: expected {expected} answer message(s), got {body}"
         return body
+
+
+def _callbacks(event: dict[str, Any]) -> list[str]:
+    """The callback data of a sent message's inline buttons."""
+    keyboard = (event.get("reply_markup") or {}).get("inline_keyboard") or []
+    return [button.get("callback_data", "") for row in keyboard for button in row]
 
 
 @pytest.fixture(scope="session")
