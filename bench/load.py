@@ -127,6 +127,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the bot takes updates by webhook (python-telegram-bot's server; the Bot API stand-in POSTs them) "
         "instead of long polling",
     )
+    parser.add_argument(
+        "--bot-cpu",
+        type=int,
+        default=None,
+        help="pin the bot to this CPU and this script (Bot API stand-in and patients) to the others, as when "
+        "Telegram is not on the bot's machine (PostgreSQL and Redis are not moved)",
+    )
     parser.add_argument("--json-out", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--intake-timeout", type=float, default=120.0, help="seconds to wait for each acknowledgement")
     parser.add_argument("--answer-timeout", type=float, default=1800.0, help="seconds to wait for the last answer")
@@ -576,6 +583,7 @@ def build_report(
             "workers_held_during_intake": args.hold_workers,
             "backend": "services" if args.services else "embedded",
             "cpu_count": os.cpu_count(),
+            "bot_cpu": getattr(args, "bot_cpu", None),
         },
         "photos_sent": len(photos),
         "photos_accepted": accepted,
@@ -615,7 +623,8 @@ def print_table(report: dict[str, Any]) -> None:
         ("setup", f"{config['patients']} patients x {config['photos_per_patient']} photos, "
                   f"{config['workers']} worker(s), {config['bot_updates']}"
                   f"{' held until every photo was acknowledged' if config['workers_held_during_intake'] else ''}, "
-                  f"{config['backend']}, {config['cpu_count']} CPUs"),
+                  f"{config['backend']}, {config['cpu_count']} CPUs"
+                  f"{'' if config.get('bot_cpu') is None else ', the bot alone on CPU ' + str(config['bot_cpu'])}"),
         ("photos sent", str(report["photos_sent"])),
         ("photos accepted", str(report["photos_accepted"])),
         ("photos refused at intake", str(report["photos_refused"])),
@@ -645,6 +654,17 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 # --- main -------------------------------------------------------------------------------------
+
+
+def pin_bot(bot_pid: int, cpu: int) -> None:
+    """The bot on `cpu` alone (threads included), this process and its threads on every other CPU."""
+    others = os.sched_getaffinity(0) - {cpu}
+    if cpu not in os.sched_getaffinity(0) or not others:
+        raise SystemExit(f"--bot-cpu {cpu}: needs that CPU and at least one other ({sorted(os.sched_getaffinity(0))})")
+    for tid in os.listdir(f"/proc/{bot_pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        os.sched_setaffinity(int(tid), others)
 
 
 def signal_group(children: list[Child], signum: int) -> None:
@@ -698,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.patients} patients sending {args.photos} photos each ...", flush=True)
         load_before = load_average()
         bot_pid = next(child.process.pid for child in children if child.name == "bot")
+        if args.bot_cpu is not None:
+            pin_bot(bot_pid, args.bot_cpu)
         cpu_before = cpu_seconds(bot_pid), cpu_seconds(os.getpid())
         started = time.monotonic()
         for thread in threads:
