@@ -45,6 +45,8 @@ class ModelCard:
     labels: class order of the outputs (classifier only; must equal skintriage.vocabulary.LABELS).
     threshold: mask threshold (segmentation).
     temperature: calibration temperature (classifier).
+    calibration: another calibrator that replaces the temperature when present (classifier), e.g.
+        {"method": "matrix_scaling", "weight": [[...]], "bias": [...], ...} (ml.classification.calibration).
     operating_point: e.g. {"mel_threshold": 0.21, "target_sensitivity": 0.9, ...} (classifier), and the
         out-of-distribution check's ood_energy_threshold, ood_percentile, ood_val_images, ...
         (ml.classification.calibration).
@@ -61,6 +63,7 @@ class ModelCard:
     labels: list[str] = field(default_factory=list)
     threshold: float | None = None
     temperature: float | None = None
+    calibration: dict[str, Any] | None = None
     operating_point: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml.classification.calibration import softmax
+from ml.classification.calibration import MatrixScaling, softmax
 from ml.classification.crop import DEFAULT_MARGIN, crop_to_lesion
 from ml.classification.preprocess import (
     IMAGENET_MEAN,
@@ -230,6 +230,10 @@ class Classifier:
         self.input_variant = str(pre.get("input_variant", "whole"))
         self.crop_margin = float(pre.get("crop_margin") or DEFAULT_MARGIN)
         self.temperature = float(card.temperature or 1.0)
+        try:
+            self.calibration = MatrixScaling.from_card(card.calibration) if card.calibration else None
+        except ValueError as exc:
+            raise ModelUnavailableError(f"classifier card {card.name}: {exc}") from exc
         self.mel_threshold = float(card.operating_point.get("mel_threshold", 0.5))
 
     @property
@@ -281,9 +285,15 @@ class Classifier:
             tta=tta,
         )
 
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of raw logits: the card's matrix scaling, else softmax(logits / temperature)."""
+        if self.calibration is not None:
+            return self.calibration.probabilities(logits)
+        return softmax(logits, self.temperature)
+
     def predict_proba(self, images_rgb_uint8: list[np.ndarray], *, tta: bool = False) -> np.ndarray:
-        """Calibrated probabilities (N, 3) in LABELS order (softmax of logits / temperature)."""
-        return softmax(self.logits(images_rgb_uint8, tta=tta), self.temperature).astype(np.float32)
+        """Calibrated probabilities (N, 3) in LABELS order (see `probabilities`)."""
+        return self.probabilities(self.logits(images_rgb_uint8, tta=tta)).astype(np.float32)
 
     def is_melanoma_alert(self, probs: np.ndarray) -> np.ndarray:
         """True where the calibrated melanoma probability reaches the card's operating threshold."""

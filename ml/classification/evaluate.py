@@ -87,6 +87,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(masks as --masks) so that this lower confidence bound of sensitivity (bootstrap over "
         "lesions, default 0.95) reaches the card's target sensitivity, and rewrite the card",
     )
+    parser.add_argument(
+        "--calibrate-probabilities",
+        type=float,
+        nargs="?",
+        const=0.95,
+        default=None,
+        metavar="CONFIDENCE",
+        help="instead of a report, fit matrix scaling (a multinomial logistic regression on the logits, its "
+        "strength by lesion-grouped cross-validation) on the validation photos in place of the temperature, "
+        "choose the melanoma threshold again with it as --calibrate-threshold does, and rewrite the card",
+    )
 
 
 def _masks_for(chunk: list[Sample], images: list[np.ndarray], source: str, segmenter: Any) -> list[np.ndarray]:
@@ -132,7 +143,7 @@ def evaluate(
     y = np.array([LABELS.index(s.label) for s in samples], dtype=np.int64)
     logits, counts = predict_logits(classifier, samples, masks=masks, segmenter=segmenter, tta=tta)
     raw = softmax(logits)
-    calibrated = softmax(logits, classifier.temperature)
+    calibrated = classifier.probabilities(logits)
     metrics = summarize(calibrated, y, mel_threshold=classifier.mel_threshold)
     energies = energy_scores(logits)
     ood_threshold = classifier.card.operating_point.get("ood_energy_threshold")
@@ -183,15 +194,20 @@ def calibrate_threshold(
     confidence: float,
     masks: str = "gt",
     segmenter: Any = None,
+    logits: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The card's melanoma operating point chosen on these (validation) photos with a sensitivity bound."""
+    """The card's melanoma operating point chosen on these (validation) photos with a sensitivity bound.
+
+    Scored with the classifier's calibration as it stands (`logits`, when given, are these photos' raw logits).
+    """
     from ml.classification.metrics import sensitivity_specificity
     from ml.classification.train import operating_threshold
     from skintriage.vocabulary import MEL_INDEX
 
     target = float(classifier.card.operating_point.get("target_sensitivity", 0.9))
-    logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
-    p_mel = softmax(logits, classifier.temperature)[:, MEL_INDEX]
+    if logits is None:
+        logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
+    p_mel = classifier.probabilities(logits)[:, MEL_INDEX]
     is_mel = np.array([s.label == Label.MEL for s in samples])
     rule = operating_threshold(
         is_mel, p_mel, np.array([s.lesion_id for s in samples]), target=target, confidence=confidence
@@ -207,6 +223,48 @@ def calibrate_threshold(
     }
 
 
+def calibrate_probabilities(
+    classifier: Classifier,
+    samples: list[Sample],
+    *,
+    confidence: float,
+    masks: str = "gt",
+    segmenter: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Matrix scaling fitted on these (validation) photos, then the melanoma threshold chosen again with it.
+
+    Returns the card's `calibration` entry (with out-of-fold figures beside the temperature's on the same
+    photos) and the new operating point. The classifier is left using the new calibration.
+    """
+    from ml.classification.calibration import fit_matrix_scaling
+
+    y = np.array([LABELS.index(s.label) for s in samples], dtype=np.int64)
+    groups = np.array([s.lesion_id for s in samples])
+    logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
+    scaling, fit = fit_matrix_scaling(logits, y, groups)
+    before = summarize(softmax(logits, classifier.temperature), y)
+    out_of_fold = summarize(fit["oof_probabilities"], y)
+    in_sample = summarize(scaling.probabilities(logits), y)
+    entry = scaling.to_card(
+        fitted_on=f"val ({len(y)} photos, {len(np.unique(groups))} lesions; masks {masks})",
+        C=fit["C"],
+        folds=fit["folds"],
+        val={
+            "temperature": {"ece": before["ece"], "nll": before["nll"], "mel_auc": before["mel_auc"]},
+            "matrix_scaling_out_of_fold": {
+                "ece": out_of_fold["ece"], "nll": out_of_fold["nll"], "mel_auc": out_of_fold["mel_auc"],
+            },
+            "matrix_scaling_in_sample": {
+                "ece": in_sample["ece"], "nll": in_sample["nll"], "mel_auc": in_sample["mel_auc"],
+            },
+        },
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+    classifier.calibration = scaling
+    op = calibrate_threshold(classifier, samples, confidence=confidence, masks=masks, logits=logits)
+    return entry, op
+
+
 def write_operating_point_to_card(card_path: Path, op: dict[str, Any], *, weights_sha256: str) -> ModelCard:
     """Update the card's melanoma operating point in place; refuse when the card meanwhile names other weights."""
     card = ModelCard.load(card_path)
@@ -215,6 +273,22 @@ def write_operating_point_to_card(card_path: Path, op: dict[str, Any], *, weight
     # Test figures measured at the previous threshold no longer describe this operating point.
     for stale in ("test_sensitivity", "test_specificity"):
         card.operating_point.pop(stale, None)
+    card.operating_point.update(op)
+    card.save(card_path)
+    card.verify(card_path)
+    return card
+
+
+def write_calibration_to_card(
+    card_path: Path, entry: dict[str, Any], op: dict[str, Any], *, weights_sha256: str
+) -> ModelCard:
+    """Store a calibration and the operating point chosen with it in one write (never one without the other)."""
+    card = ModelCard.load(card_path)
+    if card.weights_sha256 != weights_sha256:
+        raise ModelCardError(f"{card_path} changed during calibration (other weights); run the calibration again")
+    for stale in ("test_sensitivity", "test_specificity"):
+        card.operating_point.pop(stale, None)
+    card.calibration = entry
     card.operating_point.update(op)
     card.save(card_path)
     card.verify(card_path)
@@ -342,7 +416,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- card: `{report['card']}`; input `{report['input_variant']}` {report['input_size'][0]}x"
         f"{report['input_size'][1]}; masks: {report['masks']}; TTA: {'yes' if report['tta'] else 'no'}",
         f"- split hash {report['split_hash']} (card trained on {report['card_split_hash']}); {m['n']} images",
-        f"- temperature {report['temperature']:.3f}; melanoma threshold {op['mel_threshold']:.4f} "
+        f"- calibration: {report.get('calibration', 'temperature')} (temperature {report['temperature']:.3f}); "
+        f"melanoma threshold {op['mel_threshold']:.4f} "
         f"(chosen on validation for sensitivity {report['target_sensitivity']:.2f})",
         "",
         "| metric | value |",
@@ -362,7 +437,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{at['threshold']:.4f}, sensitivity {at['sensitivity']:.4f}) | {at['specificity']:.4f} |"
         )
     lines += [
-        f"| ECE before / after temperature scaling | {report['ece_uncalibrated']:.4f} / "
+        f"| ECE before / after calibration ({report.get('calibration', 'temperature')}) | "
+        f"{report['ece_uncalibrated']:.4f} / "
         f"{report['ece_calibrated']:.4f} |",
         "",
         "| class | precision | recall | F1 | support |",
@@ -420,12 +496,14 @@ def main(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    calibrating = args.calibrate_ood is not None or args.calibrate_threshold is not None
+    calibrating = any(
+        flag is not None for flag in (args.calibrate_ood, args.calibrate_threshold, args.calibrate_probabilities)
+    )
     split = args.split or ("val" if calibrating else "test")
     if calibrating and (split != "val" or args.tta):
         print(
-            "error: --calibrate-ood and --calibrate-threshold fit on the validation split without TTA, as the "
-            "pipeline scores photos; drop --split and --tta",
+            "error: --calibrate-ood, --calibrate-threshold and --calibrate-probabilities fit on the validation "
+            "split without TTA, as the pipeline scores photos; drop --split and --tta",
             file=sys.stderr,
         )
         return 2
@@ -467,6 +545,20 @@ def main(args: argparse.Namespace) -> int:
         seg_card = args.seg_card or args.model_dir / SEGMENTATION_CARD
         segmenter = Segmenter.from_card(seg_card)
         masks = f"unet ({segmenter.version})"
+    if args.calibrate_probabilities is not None:
+        entry, op = calibrate_probabilities(
+            classifier, samples, confidence=args.calibrate_probabilities, masks=args.masks, segmenter=segmenter
+        )
+        write_calibration_to_card(card_path, entry, op, weights_sha256=classifier.card.weights_sha256)
+        val = entry["val"]
+        print(
+            f"wrote matrix scaling (C {entry['C']:g}) into {card_path}: validation ECE "
+            f"{val['temperature']['ece']:.4f} with the temperature, {val['matrix_scaling_out_of_fold']['ece']:.4f} "
+            f"out of fold ({val['matrix_scaling_in_sample']['ece']:.4f} in sample); mel_threshold "
+            f"{op['mel_threshold']:.4f} (validation sensitivity {op['val_sensitivity']:.3f}, bound "
+            f"{op['val_sensitivity_lower_bound']:.3f}, specificity {op['val_specificity']:.3f}; masks {masks})"
+        )
+        return 0
     if args.calibrate_threshold is not None:
         op = calibrate_threshold(
             classifier, samples, confidence=args.calibrate_threshold, masks=args.masks, segmenter=segmenter
@@ -499,6 +591,7 @@ def main(args: argparse.Namespace) -> int:
         "masks": masks,
         "tta": bool(args.tta),
         "temperature": classifier.temperature,
+        "calibration": "matrix scaling" if classifier.calibration is not None else "temperature",
         "target_sensitivity": classifier.card.operating_point.get("target_sensitivity"),
         "reference_study": REFERENCE_STUDY,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

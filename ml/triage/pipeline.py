@@ -291,12 +291,12 @@ class Pipeline:
     def _classify(self, states: list[_State]) -> None:
         if not states:
             return
-        from ml.classification.calibration import energy_scores, softmax
+        from ml.classification.calibration import energy_scores
 
         t = time.perf_counter()
         views = [self.classifier.prepare(s.rgb, s.mask) for s in states]
         logits = self.classifier.logits(views)
-        probs = softmax(logits, self.classifier.temperature)
+        probs = self.classifier.probabilities(logits)
         # Energy score of the raw logits (Liu et al. 2020): high for inputs unlike the training data.
         # The same function calibrates the card's threshold (train-classifier, evaluate-classifier).
         energies = energy_scores(logits)

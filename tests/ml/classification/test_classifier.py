@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml.classification.calibration import softmax
+from ml.classification.calibration import MatrixScaling, softmax
 from ml.classification.classifier import Classifier, build_resnet50, export_weights, init_model
 from ml.classification.crop import crop_to_lesion, lesion_box
 from ml.classification.gradcam import explain, judge_map
@@ -106,6 +106,23 @@ def test_predict_proba_is_softmax_of_logits_over_temperature(mel_card: Path):
     assert classifier.temperature == 2.0
     assert classifier.mel_threshold == 0.4
     assert classifier.version.startswith("test-resnet50@")
+
+
+@pytest.mark.slow
+def test_a_card_with_matrix_scaling_uses_it_instead_of_the_temperature(tmp_path: Path):
+    scaling = MatrixScaling(np.diag([0.5, 1.0, 2.0]), np.array([1.0, 0.0, -1.0]))
+    card = _write_card(tmp_path, _rigged_state(winner=0), calibration=scaling.to_card(C=1.0))
+    classifier = Classifier.from_card(card, device="cpu")
+    images = [_photo(seed=4)]
+    logits = classifier.logits(images)
+    np.testing.assert_allclose(classifier.predict_proba(images), scaling.probabilities(logits), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(classifier.predict_proba(images), softmax(logits, 2.0), atol=1e-3)
+
+
+def test_loading_refuses_a_malformed_calibration(tmp_path: Path):
+    card = _write_card(tmp_path, _rigged_state(winner=0), calibration={"method": "isotonic"})
+    with pytest.raises(ModelUnavailableError, match="unknown calibration method"):
+        Classifier.from_card(card, device="cpu")
 
 
 def test_loading_refuses_swapped_label_order(tmp_path: Path):

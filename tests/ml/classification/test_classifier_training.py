@@ -309,6 +309,44 @@ def test_calibrate_ood_rewrites_an_existing_card_in_place(trained, synthetic_ham
 
 
 @pytest.mark.slow
+def test_calibrate_probabilities_stores_matrix_scaling_and_the_threshold_chosen_with_it(
+    trained, synthetic_ham: Path, tmp_path: Path
+):
+    root, _ = trained
+    model_dir = tmp_path / "model"
+    shutil.copytree(root / "model", model_dir)
+    card_path = model_dir / CLASSIFIER_CARD
+    before = ModelCard.load(card_path)
+    argv = ["--model-dir", str(model_dir), "--data", str(synthetic_ham), "--split-csv", str(root / "split.csv"),
+            "--threads", "1"]  # fmt: skip
+
+    assert evaluate_classifier.main(_args(evaluate_classifier, [*argv, "--calibrate-probabilities"])) == 0
+
+    after = ModelCard.load(card_path)
+    after.verify(card_path)
+    entry = after.calibration
+    assert entry["method"] == "matrix_scaling" and entry["C"] > 0
+    assert set(entry["val"]) == {"temperature", "matrix_scaling_out_of_fold", "matrix_scaling_in_sample"}
+    # The threshold in the card is the one the lower-bound rule picks on the new probabilities.
+    classifier = Classifier.from_card(card_path, device="cpu")
+    samples = read_split_csv(root / "split.csv", synthetic_ham)["val"]
+    again = evaluate_classifier.calibrate_threshold(classifier, samples, confidence=0.95)
+    assert after.operating_point["mel_threshold"] == pytest.approx(again["mel_threshold"])
+    assert after.operating_point["val_sensitivity_lower_bound"] == pytest.approx(again["val_sensitivity_lower_bound"])
+    # Only the calibration and the operating point changed; the temperature stays for the record.
+    assert {**vars(after), "calibration": None, "operating_point": None} == {
+        **vars(before),
+        "calibration": None,
+        "operating_point": None,
+    }
+    # The test report says which calibration it scored with.
+    out = tmp_path / "report"
+    assert evaluate_classifier.main(_args(evaluate_classifier, [*argv, "--out", str(out)])) == 0
+    assert json.loads((out / "report.json").read_text())["calibration"] == "matrix scaling"
+    assert "matrix scaling" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_calibrate_ood_refuses_the_test_split_and_a_foreign_split(trained, synthetic_ham: Path, tmp_path: Path):
     root, _ = trained
     card = str(root / "model" / CLASSIFIER_CARD)
