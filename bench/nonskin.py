@@ -30,7 +30,7 @@ from calibrate_quality import non_skin_images
 
 from ml.data.ham10000 import read_split_csv
 from ml.data.pad_ufes import read_pad
-from ml.triage.pipeline import UNLIKE_LESION_PHOTOS_FLAG, Pipeline
+from ml.triage.pipeline import UNFAMILIAR_TO_CLASSIFIER_FLAG, UNLIKE_LESION_PHOTOS_FLAG, Pipeline
 
 
 def extra_non_skin_images() -> dict[str, np.ndarray]:
@@ -69,12 +69,18 @@ def jpeg(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# The stages whose refusal tells the patient the photo does not look like skin.
+NOT_SKIN_STAGES = ("modality: unlike lesion photos", "classifier: unfamiliar logits", "gate/mask: not_skin")
+
+
 def stage(result) -> str:
     """Which check refused the photo ('kept' when none did)."""
     if result.tier != "RETAKE":
         return "kept"
     if UNLIKE_LESION_PHOTOS_FLAG in result.quality_flags:
         return "modality: unlike lesion photos"
+    if UNFAMILIAR_TO_CLASSIFIER_FLAG in result.quality_flags:
+        return "classifier: unfamiliar logits"
     return f"gate/mask: {result.retake_reason}"
 
 
@@ -125,7 +131,7 @@ def main() -> int:
     summary = {}
     for kind, counts in real_stages.items():
         n = sum(counts.values())
-        non_skin = counts.get("modality: unlike lesion photos", 0) + counts.get("gate/mask: not_skin", 0)
+        non_skin = sum(counts.get(s, 0) for s in NOT_SKIN_STAGES)
         summary[kind] = {
             "photos": n,
             "stages": dict(counts),

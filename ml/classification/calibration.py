@@ -142,6 +142,22 @@ def fit_matrix_scaling(
     return scaling, {"C": chosen, "folds": folds, "oof_log_loss": losses, "oof_probabilities": oofs[chosen]}
 
 
+def out_of_fold_temperature(
+    logits: np.ndarray, y_true: np.ndarray, groups: np.ndarray, *, folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """Probabilities of each photo under a temperature fitted without its group, on the folds matrix scaling
+    uses (same `folds` and `seed`): the two calibrations compared on photos neither was fitted on."""
+    from sklearn.model_selection import GroupKFold
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    folds = min(folds, len(np.unique(groups)))
+    oof = np.zeros_like(z)
+    for train, held in GroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(z, y, groups):
+        oof[held] = softmax(z[held], fit_temperature(z[train], y[train]))
+    return oof
+
+
 def _full_proba(model: Any, z: np.ndarray, k: int) -> np.ndarray:
     """predict_proba with a column for every class, also when a fold's training part lacked one."""
     out = np.zeros((len(z), k))

@@ -236,13 +236,14 @@ def calibrate_probabilities(
     Returns the card's `calibration` entry (with out-of-fold figures beside the temperature's on the same
     photos) and the new operating point. The classifier is left using the new calibration.
     """
-    from ml.classification.calibration import fit_matrix_scaling
+    from ml.classification.calibration import fit_matrix_scaling, out_of_fold_temperature
 
     y = np.array([LABELS.index(s.label) for s in samples], dtype=np.int64)
     groups = np.array([s.lesion_id for s in samples])
     logits, _ = predict_logits(classifier, samples, masks=masks, segmenter=segmenter)
     scaling, fit = fit_matrix_scaling(logits, y, groups)
     before = summarize(softmax(logits, classifier.temperature), y)
+    temperature_oof = summarize(out_of_fold_temperature(logits, y, groups, folds=fit["folds"]), y)
     out_of_fold = summarize(fit["oof_probabilities"], y)
     in_sample = summarize(scaling.probabilities(logits), y)
     entry = scaling.to_card(
@@ -251,6 +252,9 @@ def calibrate_probabilities(
         folds=fit["folds"],
         val={
             "temperature": {"ece": before["ece"], "nll": before["nll"], "mel_auc": before["mel_auc"]},
+            "temperature_out_of_fold": {
+                "ece": temperature_oof["ece"], "nll": temperature_oof["nll"], "mel_auc": temperature_oof["mel_auc"],
+            },
             "matrix_scaling_out_of_fold": {
                 "ece": out_of_fold["ece"], "nll": out_of_fold["nll"], "mel_auc": out_of_fold["mel_auc"],
             },
@@ -553,8 +557,10 @@ def main(args: argparse.Namespace) -> int:
         val = entry["val"]
         print(
             f"wrote matrix scaling (C {entry['C']:g}) into {card_path}: validation ECE "
-            f"{val['temperature']['ece']:.4f} with the temperature, {val['matrix_scaling_out_of_fold']['ece']:.4f} "
-            f"out of fold ({val['matrix_scaling_in_sample']['ece']:.4f} in sample); mel_threshold "
+            f"{val['temperature']['ece']:.4f} with the card's temperature "
+            f"({val['temperature_out_of_fold']['ece']:.4f} out of fold), "
+            f"{val['matrix_scaling_out_of_fold']['ece']:.4f} out of fold with matrix scaling "
+            f"({val['matrix_scaling_in_sample']['ece']:.4f} in sample); mel_threshold "
             f"{op['mel_threshold']:.4f} (validation sensitivity {op['val_sensitivity']:.3f}, bound "
             f"{op['val_sensitivity_lower_bound']:.3f}, specificity {op['val_specificity']:.3f}; masks {masks})"
         )

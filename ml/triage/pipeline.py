@@ -38,6 +38,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 STAGES = ("decode", "quality", "segment", "classify", "overlay", "explain", "total")
 # Quality flag when the modality check finds the photo unlike every lesion photo it was fitted on.
 UNLIKE_LESION_PHOTOS_FLAG = "unlike_lesion_photos"
+# The classifier's energy check: logits unlike its validation photos (refused as not skin).
+UNFAMILIAR_TO_CLASSIFIER_FLAG = "unfamiliar_to_classifier"
 # Quality flag when Grad-CAM singles out no region (the console says so instead of showing a blank map).
 HEATMAP_EMPTY_FLAG = "heatmap_shows_nothing"
 HOW_TO_GET_MODELS = (
@@ -305,7 +307,7 @@ class Pipeline:
             s.probabilities = {label: float(row[i]) for i, label in enumerate(LABELS)}
             s.ood = {"energy": energy, "max_probability": float(np.max(row))}
             if self.ood_energy_threshold is not None and energy > self.ood_energy_threshold:
-                s.report = s.report.merged(QualityReport(flags=["unfamiliar_to_classifier"]))
+                s.report = s.report.merged(QualityReport(flags=[UNFAMILIAR_TO_CLASSIFIER_FLAG]))
                 s.report.reason = RetakeReason.NOT_SKIN
             s.timings["classify"] = share
 

@@ -16,6 +16,7 @@ from ml.classification.calibration import (
     fit_temperature,
     nll,
     ood_operating_point,
+    out_of_fold_temperature,
     percentile_flag,
     softmax,
 )
@@ -88,6 +89,8 @@ def test_matrix_scaling_fixes_a_per_class_miscalibration_that_temperature_cannot
     assert with_temperature > 0.08
     assert with_matrix < with_temperature / 2
     # The out-of-fold answers over the fitting photos tell the same story without the held-out half.
+    oof_temperature = out_of_fold_temperature(logits[val], y[val], np.arange(2000))
+    assert expected_calibration_error(oof_temperature, y[val]) > 0.08
     assert expected_calibration_error(fit["oof_probabilities"], y[val]) < with_temperature / 2
     assert fit["C"] in fit["oof_log_loss"] and fit["oof_log_loss"][fit["C"]] == min(fit["oof_log_loss"].values())
     np.testing.assert_allclose(scaling.probabilities(logits[test]).sum(1), 1.0)

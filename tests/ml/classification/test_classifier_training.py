@@ -326,7 +326,12 @@ def test_calibrate_probabilities_stores_matrix_scaling_and_the_threshold_chosen_
     after.verify(card_path)
     entry = after.calibration
     assert entry["method"] == "matrix_scaling" and entry["C"] > 0
-    assert set(entry["val"]) == {"temperature", "matrix_scaling_out_of_fold", "matrix_scaling_in_sample"}
+    assert set(entry["val"]) == {
+        "temperature",
+        "temperature_out_of_fold",
+        "matrix_scaling_out_of_fold",
+        "matrix_scaling_in_sample",
+    }
     # The threshold in the card is the one the lower-bound rule picks on the new probabilities.
     classifier = Classifier.from_card(card_path, device="cpu")
     samples = read_split_csv(root / "split.csv", synthetic_ham)["val"]
