@@ -127,17 +127,19 @@ def main() -> int:
     y = np.array([LABELS.index(s.label) for s in samples])
     groups = np.array([s.lesion_id for s in samples])
     variants: dict[str, np.ndarray] = {}
-    for model in models:
+    names = [m.version if [n.version for n in models].count(m.version) == 1 else f"{m.version} ({card})"
+             for m, card in zip(models, args.cards, strict=True)]  # fmt: skip
+    for model, version in zip(models, names, strict=True):
         for tta in (False, True) if args.tta else (False,):
-            name = model.version + (" +TTA" if tta else "")
+            name = version + (" +TTA" if tta else "")
             print(f"scoring {name} ...", flush=True)
             variants[name] = np.array(
                 evaluate(model, samples, masks="unet", segmenter=segmenter, tta=tta)["probabilities"]
             )
     if len(models) > 1:
-        plain = [variants[m.version] for m in models]
-        variants["ensemble (mean of " + ", ".join(m.version for m in models) + ")"] = np.mean(plain, axis=0)
-    base_name = models[0].version
+        plain = [variants[name] for name in names]
+        variants["ensemble (mean of " + ", ".join(names) + ")"] = np.mean(plain, axis=0)
+    base_name = names[0]
     is_mel = y == MEL_INDEX
     rows = {name: row_for(p, y) for name, p in variants.items()}
     for name, p in variants.items():
