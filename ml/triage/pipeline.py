@@ -284,7 +284,10 @@ class Pipeline:
         share = _ms(t) / len(states)
         for s, prob in zip(states, probs, strict=True):
             t = time.perf_counter()
-            report, lesion = check_mask(prob, threshold=self.segmenter.threshold, config=self.quality)
+            ordinary = s.modality is not None and s.modality.modality == Modality.CLINICAL
+            report, lesion = check_mask(
+                prob, threshold=self.segmenter.threshold, config=self.quality, refuse_hesitant=not ordinary
+            )
             s.report = s.report.merged(report)
             s.mask = lesion
             s.timings["segment"] = share

@@ -237,9 +237,15 @@ def mask_confidence(prob: np.ndarray, lesion: np.ndarray) -> float:
 
 
 def check_mask(
-    prob: np.ndarray, *, threshold: float, config: QualityConfig | None = None
+    prob: np.ndarray, *, threshold: float, config: QualityConfig | None = None, refuse_hesitant: bool = True
 ) -> tuple[QualityReport, np.ndarray]:
-    """Stage 2, on the U-Net's probability map: returns the report and the lesion mask (largest component)."""
+    """Stage 2, on the U-Net's probability map: returns the report and the lesion mask (largest component).
+
+    refuse_hesitant: a map the U-Net cannot commit to (confidence below min_mask_confidence) is refused as not
+    skin; False only flags it "uncertain_mask" (so the tier is UNCERTAIN unless HIGH). The pipeline passes
+    False for ordinary phone photos: the dermoscopy-trained U-Net hesitates on some real ones, and there the
+    refusal's wording ("not skin") would be wrong while a doctor's look is what the answer asks for anyway.
+    """
     config = config or QualityConfig()
     if prob.ndim != 2:
         raise ValueError(f"expected an HxW probability map, got shape {prob.shape}")
@@ -260,7 +266,7 @@ def check_mask(
         report.reason = RetakeReason.NO_LESION
     elif raw_fraction > config.max_lesion_fraction:
         report.reason = RetakeReason.LESION_TOO_LARGE
-    elif confidence < config.min_mask_confidence:
+    elif confidence < config.min_mask_confidence and refuse_hesitant:
         # A mask the U-Net cannot commit to is what skin-coloured non-lesion images produce.
         report.reason = RetakeReason.NOT_SKIN
     elif confidence < config.unsure_mask_confidence:

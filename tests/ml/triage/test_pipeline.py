@@ -13,12 +13,12 @@ from PIL import Image, ImageOps
 
 from ml.errors import ModelUnavailableError
 from ml.modelcard import CLASSIFIER_CARD, SEGMENTATION_CARD, ModelCard
-from ml.triage.modality import MODALITY_CARD
+from ml.triage.modality import MODALITY_CARD, ModalityVerdict
 from ml.triage.pipeline import STAGES, UNLIKE_LESION_PHOTOS_FLAG, Pipeline, load_verified_card
 from ml.triage.policy import decide_tier
 from ml.triage.quality import QualityReport
 from ml.triage.result import TriageResult
-from skintriage.vocabulary import LABELS, RetakeReason, Tier
+from skintriage.vocabulary import LABELS, Modality, RetakeReason, Tier
 from tests.factories import lesion_photo
 from tests.stack import ROOT, demo_model_dir
 
@@ -400,3 +400,48 @@ def test_without_a_modality_card_the_kind_is_unknown(pipeline: Pipeline) -> None
     result = pipeline.run(MEL_PHOTO.read_bytes())
     assert "modality" not in pipeline.versions
     assert result.modality == "unknown" and result.p_clinical is None
+
+
+class _HesitantSegmenter:
+    """The demo U-Net's interface, answering with a map it cannot commit to (confidence 0.2)."""
+
+    def __init__(self, real) -> None:  # the pipeline's Segmenter
+        self.threshold, self.version = real.threshold, real.version
+
+    def predict_proba(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        maps = []
+        for image in images:
+            h, w = image.shape[:2]
+            yy, xx = np.ogrid[:h, :w]
+            disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 <= (min(h, w) / 4) ** 2
+            maps.append(np.where(disc, 0.6, 0.4).astype(np.float32))
+        return maps
+
+
+class _Kind:
+    """A modality check that calls every photo `modality`."""
+
+    def __init__(self, modality: Modality) -> None:
+        self.modality = modality
+
+    def judge(self, rgb: np.ndarray) -> ModalityVerdict:
+        return ModalityVerdict(self.modality, 1.0 if self.modality is Modality.CLINICAL else 0.0, 1.0, True)
+
+
+@pytest.mark.slow
+def test_a_hesitant_mask_refuses_a_dermoscopic_photo_and_leaves_an_ordinary_one_uncertain(
+    demo_model_dir: Path,
+) -> None:
+    pipeline = Pipeline.from_model_dir(demo_model_dir, allow_demo=True, device="cpu", threads=1)
+    pipeline.segmenter = _HesitantSegmenter(pipeline.segmenter)
+    data = MEL_PHOTO.read_bytes()
+
+    pipeline.modality = _Kind(Modality.DERMOSCOPIC)
+    dermoscopic = pipeline.run(data)
+    assert (dermoscopic.tier, dermoscopic.retake_reason) == (Tier.RETAKE, RetakeReason.NOT_SKIN)
+
+    pipeline.modality = _Kind(Modality.CLINICAL)
+    ordinary = pipeline.run(data)
+    assert ordinary.tier in (Tier.UNCERTAIN, Tier.HIGH), ordinary  # the gate was unsure: never LOW or MEDIUM
+    assert "uncertain_mask" in ordinary.quality_flags
+    assert ordinary.modality == "clinical" and ordinary.overlay_jpeg is not None

@@ -310,6 +310,17 @@ def test_hesitant_map_is_not_skin() -> None:
     assert report.metrics["mask_confidence"] == pytest.approx(0.2)
 
 
+def test_hesitant_map_of_an_ordinary_photo_is_flagged_not_refused() -> None:
+    # The pipeline passes refuse_hesitant=False for ordinary phone photos (the dermoscopy U-Net hesitates on some).
+    prob = _disc_map((200, 240), (120, 100), 40, 0.6, 0.4)
+    report, lesion = check_mask(prob, threshold=THRESHOLD, refuse_hesitant=False)
+    assert report.passed and report.flags == ["uncertain_mask"] and report.unsure
+    assert lesion.any()
+    # The other refusals stand: nothing found is still no lesion.
+    report, _ = check_mask(np.full((200, 240), 0.02, np.float32), threshold=THRESHOLD, refuse_hesitant=False)
+    assert report.reason is RetakeReason.NO_LESION
+
+
 def test_moderately_confident_map_passes_with_uncertain_mask() -> None:
     prob = _disc_map((200, 240), (120, 100), 40, 0.75, 0.25)
     report, lesion = check_mask(prob, threshold=THRESHOLD)
