@@ -430,17 +430,16 @@ class _Kind:
 
 @pytest.mark.slow
 def test_a_hesitant_mask_refuses_a_dermoscopic_photo_and_leaves_an_ordinary_one_uncertain(
-    demo_model_dir: Path,
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = Pipeline.from_model_dir(demo_model_dir, allow_demo=True, device="cpu", threads=1)
-    pipeline.segmenter = _HesitantSegmenter(pipeline.segmenter)
+    monkeypatch.setattr(pipeline, "segmenter", _HesitantSegmenter(pipeline.segmenter))
     data = MEL_PHOTO.read_bytes()
 
-    pipeline.modality = _Kind(Modality.DERMOSCOPIC)
+    monkeypatch.setattr(pipeline, "modality", _Kind(Modality.DERMOSCOPIC))
     dermoscopic = pipeline.run(data)
     assert (dermoscopic.tier, dermoscopic.retake_reason) == (Tier.RETAKE, RetakeReason.NOT_SKIN)
 
-    pipeline.modality = _Kind(Modality.CLINICAL)
+    monkeypatch.setattr(pipeline, "modality", _Kind(Modality.CLINICAL))
     ordinary = pipeline.run(data)
     assert ordinary.tier in (Tier.UNCERTAIN, Tier.HIGH), ordinary  # the gate was unsure: never LOW or MEDIUM
     assert "uncertain_mask" in ordinary.quality_flags
