@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 MODALITY_CARD = "modality.json"
 FEATURE_SIDE = 96
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
+# Each version appends to the one before, so an older card reads the first features of the current vector.
+FEATURE_COUNTS = {3: 76, 4: 109}
 TEXTURE_SIDE = 192  # skin lines, pores and hair look different under a dermatoscope's magnification
 _AB_RANGE = (96.0, 192.0)  # OpenCV 8-bit Lab: a and b are 128 when neutral; skin lies within this range
 _RING_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.2, 1.5)  # radius over half the side: the last two are the corners
@@ -53,11 +55,52 @@ _PLANE = np.column_stack([np.ones(_GRID * _GRID), _gx.ravel() / (_GRID - 1), _gy
 _RINGS = [(lo <= _R) & (hi > _R) for lo, hi in zip(_RING_EDGES[:-1], _RING_EDGES[1:], strict=True)]
 
 
+def _uniform_lbp_codes() -> np.ndarray:
+    """Map each 8-neighbour binary pattern to its uniform class: the count of ones, or 9 if not uniform."""
+    codes = np.zeros(256, np.int64)
+    for code in range(256):
+        bits = [(code >> i) & 1 for i in range(8)]
+        transitions = sum(bits[i] != bits[(i + 1) % 8] for i in range(8))
+        codes[code] = sum(bits) if transitions <= 2 else 9
+    return codes
+
+
+_LBP_CLASS = _uniform_lbp_codes()
+
+
+def _lbp_histogram(grey: np.ndarray, radius: int) -> list[float]:
+    """Shares of the 10 uniform local-binary-pattern classes (8 neighbours at `radius`) of a 0-255 grey image."""
+    h, w = grey.shape
+    centre = grey[radius : h - radius, radius : w - radius]
+    code = np.zeros(centre.shape, np.int64)
+    offsets = [(-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)]
+    for bit, (dy, dx) in enumerate(offsets):
+        y0, x0 = radius + dy * radius, radius + dx * radius
+        neighbour = grey[y0 : y0 + centre.shape[0], x0 : x0 + centre.shape[1]]
+        # One grey level of slack: flat, JPEG-smoothed areas should not read as all "brighter" neighbours.
+        code |= (neighbour >= centre + 1.0).astype(np.int64) << bit
+    hist = np.bincount(_LBP_CLASS[code].ravel(), minlength=10).astype(np.float64)
+    return (hist / hist.sum()).tolist()
+
+
+def _glare_spots(square: np.ndarray) -> list[float]:
+    """Specular highlights: small bright, unsaturated spots brighter than their surroundings."""
+    hsv = cv2.cvtColor(square, cv2.COLOR_RGB2HSV).astype(np.float32)
+    val, sat = hsv[..., 2], hsv[..., 1]
+    above = val - cv2.GaussianBlur(val, (0, 0), 6)
+    spot = (above > 25) & (sat < 80) & (val > 150)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(spot.astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    small = int(((areas >= 2) & (areas <= 200)).sum()) if n > 1 else 0
+    return [float(spot.mean()) * 100, float(np.log1p(small)), float(np.percentile(above, 99.5))]
+
+
 def photo_features(rgb: np.ndarray) -> np.ndarray:
     """Colour, vignette and texture statistics of the centre square of an RGB uint8 photo (float32 vector).
 
     The photo is cut to its centre square and shrunk to 96x96 first, so neither its size nor its aspect
-    ratio (HAM10000 is 600x450, many phone photos are square) can become a shortcut.
+    ratio (HAM10000 is 600x450, many phone photos are square) can become a shortcut; fine texture (local
+    binary patterns) and glare spots are read from the same square at 192x192.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 RGB array, got shape {rgb.shape} dtype {rgb.dtype}")
@@ -96,19 +139,23 @@ def photo_features(rgb: np.ndarray) -> np.ndarray:
         mag = np.hypot(gx, gy)
         feats += [float(np.log1p(mag.mean() * 100)), float(np.log1p(np.percentile(mag, 95) * 100))]
     feats.append(float(np.log1p(cv2.Laplacian(grey, cv2.CV_32F).var() * 1e4)))
-    fine = (
-        cv2.cvtColor(
-            cv2.resize(square, (TEXTURE_SIDE, TEXTURE_SIDE), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY
-        ).astype(np.float32)
-        / 255.0
-    )
+    texture = cv2.resize(square, (TEXTURE_SIDE, TEXTURE_SIDE), interpolation=cv2.INTER_AREA)
+    grey_fine = cv2.cvtColor(texture, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    fine = grey_fine / 255.0
     blurred = [fine] + [cv2.GaussianBlur(fine, (0, 0), sigma) for sigma in (1, 2, 4, 8)]
     bands = [float(np.log1p(np.abs(a - b).mean() * 1000)) for a, b in zip(blurred[:-1], blurred[1:], strict=True)]
     feats += bands + [bands[0] - bands[2], bands[1] - bands[3]]
+    # Version 4: glare spots (gel and polarised light remove them under a dermatoscope) and the fine texture's
+    # local binary patterns (skin lines and pores at a dermatoscope's magnification against a phone's).
+    feats += _glare_spots(texture)
+    grey_small = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    feats += _lbp_histogram(grey_fine, 1) + _lbp_histogram(grey_fine, 2) + _lbp_histogram(grey_small, 1)
     return np.asarray(feats, dtype=np.float32)
 
 
-N_FEATURES = len(photo_features(np.zeros((8, 8, 3), np.uint8)))
+N_FEATURES = FEATURE_COUNTS[FEATURE_VERSION]
+if len(photo_features(np.zeros((8, 8, 3), np.uint8))) != N_FEATURES:
+    raise RuntimeError(f"photo_features no longer gives {N_FEATURES} features; update FEATURE_COUNTS")
 
 
 @dataclass(frozen=True)
@@ -131,6 +178,7 @@ class ModalityParams:
     intercept: float
     centre: np.ndarray
     precision: np.ndarray
+    feature_version: int = FEATURE_VERSION  # an older version reads the first FEATURE_COUNTS[v] features
 
     def save(self, path: Path) -> None:
         """Write the arrays to an .npz (no pickle)."""
@@ -143,18 +191,18 @@ class ModalityParams:
                 intercept=np.float64(self.intercept),
                 centre=self.centre,
                 precision=self.precision,
-                feature_version=np.int64(FEATURE_VERSION),
+                feature_version=np.int64(self.feature_version),
             )
 
     @classmethod
     def load(cls, path: Path) -> ModalityParams:
-        """Read arrays written by `save`; raise ValueError when they do not fit this feature version."""
+        """Read arrays written by `save`; raise ValueError when this code cannot compute their feature version."""
         with np.load(path, allow_pickle=False) as data:
             version = int(data["feature_version"])
-            if version != FEATURE_VERSION:
+            if version not in FEATURE_COUNTS:
                 raise ValueError(
-                    f"{path} holds feature version {version}, this code computes {FEATURE_VERSION}; "
-                    "retrain it with `skintriage train-modality`"
+                    f"{path} holds feature version {version}, this code computes versions "
+                    f"{sorted(FEATURE_COUNTS)}; retrain it with `skintriage train-modality`"
                 )
             params = cls(
                 mean=data["mean"],
@@ -163,14 +211,20 @@ class ModalityParams:
                 intercept=float(data["intercept"]),
                 centre=data["centre"],
                 precision=data["precision"],
+                feature_version=version,
             )
-        if params.mean.shape != (N_FEATURES,) or params.precision.shape != (N_FEATURES, N_FEATURES):
-            raise ValueError(f"{path} was fitted on {params.mean.shape[0]} features, expected {N_FEATURES}")
+        n = FEATURE_COUNTS[version]
+        if params.mean.shape != (n,) or params.precision.shape != (n, n):
+            raise ValueError(f"{path} was fitted on {params.mean.shape[0]} features, feature version {version} has {n}")
         return params
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
-        """Features scaled as in training (N, F)."""
-        return (np.atleast_2d(features) - self.mean) / self.scale
+        """Features scaled as in training (N, F); rows of the current version are cut to this version's."""
+        features = np.atleast_2d(features)
+        if features.shape[1] != N_FEATURES:
+            raise ValueError(f"expected {N_FEATURES} features per row (photo_features), got {features.shape[1]}")
+        n = FEATURE_COUNTS[self.feature_version]
+        return (features[:, :n] - self.mean) / self.scale
 
     def p_clinical(self, features: np.ndarray) -> np.ndarray:
         """Logistic-regression probability of an ordinary photo (N,)."""

@@ -22,7 +22,14 @@ import numpy as np
 from ml.data.ham10000 import load_or_make_split, read_image_rgb
 from ml.data.pad_ufes import read_pad
 from ml.modelcard import ModelCard, name_by_hash
-from ml.triage.modality import FEATURE_SIDE, FEATURE_VERSION, MODALITY_CARD, ModalityParams, photo_features
+from ml.triage.modality import (
+    FEATURE_SIDE,
+    FEATURE_VERSION,
+    MODALITY_CARD,
+    TEXTURE_SIDE,
+    ModalityParams,
+    photo_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +186,10 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
             "features": "ml.triage.modality.photo_features",
             "feature_version": FEATURE_VERSION,
         },
-        preprocessing={"view": "centre square, resized to 96x96 (INTER_AREA)"},
+        preprocessing={
+            "view": f"centre square, resized to {FEATURE_SIDE}x{FEATURE_SIDE} and "
+            f"{TEXTURE_SIDE}x{TEXTURE_SIDE} (INTER_AREA)"
+        },
         labels=["dermoscopic", "clinical"],
         operating_point={
             "clinical_threshold": threshold,

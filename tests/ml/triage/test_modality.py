@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from ml.data.pad_ufes import pad_split, read_pad
 from ml.modelcard import ModelCardError
-from ml.triage.modality import MODALITY_CARD, N_FEATURES, ModalityModel, photo_features
+from ml.triage.modality import MODALITY_CARD, N_FEATURES, ModalityModel, ModalityParams, photo_features
 from ml.triage.train_modality import add_arguments, fit
 from skintriage.vocabulary import Modality
 from tests.ml.conftest import phone_like, write_synthetic_pad
@@ -123,3 +124,50 @@ def test_shipped_check_on_real_photos() -> None:
         assert verdict.modality is Modality.DERMOSCOPIC and verdict.skin_photo, name
     phone = judge("6-phone-nv-PAD_PAT_1107_427_352.jpg")
     assert phone.modality is Modality.CLINICAL and phone.skin_photo
+
+
+def test_glare_and_fine_texture_features_tell_a_lamp_lit_photo_from_dermoscopy() -> None:
+    rng = np.random.default_rng(3)
+    glare = slice(76, 79)  # feature version 4: share of glare pixels, log count of glare spots, their contrast
+    phone, derm = photo_features(phone_like(rng, 300)), photo_features(dermoscopy_like(rng, 300))
+    assert phone[glare][1] > derm[glare][1]
+    lbp = photo_features(dermoscopy_like(rng, 300))[79:]
+    np.testing.assert_allclose([lbp[:10].sum(), lbp[10:20].sum(), lbp[20:].sum()], 1.0, rtol=1e-5)
+
+
+def test_cards_of_the_previous_feature_version_still_load_and_judge(tmp_path: Path, synthetic_ham: Path) -> None:
+    _, out = _fit(tmp_path, synthetic_ham)
+    card = json.loads((out / MODALITY_CARD).read_text())
+    weights = out / card["weights_file"]
+    with np.load(weights, allow_pickle=False) as data:
+        arrays = dict(data)
+    old = ModalityParams(
+        mean=arrays["mean"][:76],
+        scale=arrays["scale"][:76],
+        coef=arrays["coef"][:76],
+        intercept=float(arrays["intercept"]),
+        centre=arrays["centre"][:76],
+        precision=np.linalg.inv(np.linalg.inv(arrays["precision"])[:76, :76]),
+        feature_version=3,
+    )
+    old.save(tmp_path / "old.npz")
+    loaded = ModalityParams.load(tmp_path / "old.npz")
+    assert loaded.feature_version == 3
+    features = photo_features(phone_like(np.random.default_rng(2)))
+    assert loaded.p_clinical(features).shape == (1,) and np.isfinite(loaded.distance(features)).all()
+    with pytest.raises(ValueError, match="expected 109 features"):
+        loaded.p_clinical(features[:76])
+
+
+def test_arrays_of_an_unknown_feature_version_are_refused_with_how_to_fix(tmp_path: Path, synthetic_ham: Path) -> None:
+    _, out = _fit(tmp_path, synthetic_ham)
+    card = json.loads((out / MODALITY_CARD).read_text())
+    weights = out / card["weights_file"]
+    with np.load(weights, allow_pickle=False) as data:
+        arrays = dict(data)
+    arrays["feature_version"] = np.int64(2)
+    np.savez(weights, **arrays)
+    card["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (out / MODALITY_CARD).write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match="feature version 2.*retrain it with `skintriage train-modality`"):
+        ModalityModel.from_card(out / MODALITY_CARD)
