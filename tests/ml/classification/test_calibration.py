@@ -82,7 +82,7 @@ def _toy_skewed(n: int = 4000, seed: int = 1):
 def test_matrix_scaling_fixes_a_per_class_miscalibration_that_temperature_cannot():
     logits, y = _toy_skewed()
     val, test = slice(0, 2000), slice(2000, 4000)
-    scaling, fit = fit_matrix_scaling(logits[val], y[val], np.arange(2000))
+    scaling, fit = fit_matrix_scaling(logits[val], y[val], np.arange(2000), strengths=(0.1, 1.0, 10.0))
     t = fit_temperature(logits[val], y[val])
     with_temperature = expected_calibration_error(softmax(logits[test], t), y[test])
     with_matrix = expected_calibration_error(scaling.probabilities(logits[test]), y[test])
