@@ -107,7 +107,9 @@ def test_hung_job_is_noticed_by_the_watchdog_and_the_case_goes_to_another_worker
         lambda: (c := svc.case(case.id)).status == CaseStatus.QUEUED and c, timeout=30, what="the case released"
     )
     assert released.processing_owner is None and released.attempts == 1
-    assert f"case {case.id}: its job hung on this worker; handed to another worker" in svc.log("hung-worker")
+    # The hand-over is committed before it is logged: wait for the line rather than read the log once.
+    handed = f"case {case.id}: its job hung on this worker; handed to another worker"
+    wait(lambda: handed in svc.log("hung-worker"), timeout=30, what="the hand-over in the hung worker's log")
     hung_jobs = _held_jobs(svc)  # the hung job itself, still held by the hung worker
     assert hung.poll() is None, "the hung worker is not killed: it is still running its job"
 
